@@ -1,0 +1,44 @@
+"""The `wmpo` command. Each subcommand lives in its own module as `main(argv) -> int`."""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+# subcommand -> ("module:function", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "collect": ("wmpo.sim.cli:collect_main", "collect episodes in the real simulator into an HDF5 store"),
+    "eval": ("wmpo.sim.cli:eval_main", "evaluate a policy in the real simulator on the evaluation initial states"),
+    "train-vae": ("wmpo.train.vae:main", "train the per-frame VAE on task frames"),
+    "train-wm": ("wmpo.train.world_model:main", "pretrain / fine-tune the action-conditioned video world model"),
+    "wm-eval": ("wmpo.train.wm_eval:main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),
+    "train-policy": ("wmpo.train.policy:main", "behaviour cloning of the VLA policy on expert demos"),
+    "train-reward": ("wmpo.train.reward:main", "train the VideoMAE success classifier"),
+    "run": ("wmpo.pipeline:main", "the whole WMPO pipeline for one task and preset, resumable stage by stage"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: wmpo <command> [options]", "", "commands:"]
+    lines += [f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "`wmpo <command> --help` for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"wmpo: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    mod_name, fn_name = COMMANDS[cmd][0].split(":")
+    fn = getattr(importlib.import_module(mod_name), fn_name)
+    return int(fn(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
