@@ -1,1 +1,43 @@
+"""Simulated robosuite tasks, scripted experts, vectorized envs, initial states and evaluation.
 
+Importing this package disables numba's JIT for the process (robosuite decorates its transform
+utilities with numba): with numba compiling in the same process as an EGL context, MuJoCo frames
+have come back as pure noise on fresh machines. It also defaults MUJOCO_GL to egl. Both must
+happen before robosuite is imported, which is why they are at the top of this module.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ["NUMBA_DISABLE_JIT"] = "1"
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+
+def _disable_numba_jit() -> None:
+    """Also cover the case where numba / robosuite were imported before wmpo.sim."""
+    numba = sys.modules.get("numba")
+    if numba is not None:
+        numba.config.DISABLE_JIT = True
+    macros = sys.modules.get("robosuite.macros")
+    if macros is not None:
+        macros.ENABLE_NUMBA = False
+    if "robosuite.utils.transform_utils" in sys.modules and numba is not None:
+        tu = sys.modules["robosuite.utils.transform_utils"]
+        if hasattr(getattr(tu, "mat2quat", None), "py_func"):
+            from wmpo.utils.logging import warn_once
+
+            warn_once(
+                "wmpo.sim.numba",
+                "robosuite was imported (with numba JIT on) before wmpo.sim: frames may come back as noise. "
+                "Import wmpo.sim first, or set NUMBA_DISABLE_JIT=1 in the environment.",
+            )
+
+
+_disable_numba_jit()
+
+from wmpo.sim.env import TaskEnv, make_env  # noqa: E402
+from wmpo.sim.spec import Expert, TaskSpec  # noqa: E402
+from wmpo.sim.tasks import TASKS, get_task  # noqa: E402
+
+__all__ = ["TASKS", "Expert", "TaskEnv", "TaskSpec", "get_task", "make_env"]

@@ -1,0 +1,183 @@
+"""Triton kernel: frame-causal attention over short sequences (the DiT's temporal attention).
+
+q [N, H, T_q, hd], k/v [N, H, T_k, hd] with T_k = num_cached + T_q; query i sees keys
+0 .. num_cached + i. T is tiny (about 12 frames), so one (n, h) row's whole attention fits in
+registers: each program packs BLOCK_R rows and computes their attention at once, with fp32
+softmax. Two variants of the same math:
+
+- ``use_dot=True``: batched tensor-core matmuls (3-D ``tl.dot``) on [BLOCK_R, T, hd] tiles;
+- ``use_dot=False``: CUDA-core online softmax over the keys, one key frame per step.
+
+Every load is upcast to fp32 first (the Triton interpreter computes bf16 arithmetic wrongly); the
+dot path casts operands back to the input dtype right before the tensor-core matmul.
+Forward only: wmpo.ops_attention supplies the backward.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _frame_causal_attn_dot_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    R, H, num_cached, scale,
+    sqn, sqh, sqt, sqd,
+    skn, skh, skt, skd,
+    svn, svh, svt, svd,
+    son, soh, sot, sod,
+    T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    n = (rows // H).to(tl.int64)
+    h = (rows % H).to(tl.int64)
+    r3 = row_ok[:, None, None]
+    n3 = n[:, None, None]
+    h3 = h[:, None, None]
+    tq = tl.arange(0, BLOCK_TQ)[None, :, None]
+    tk = tl.arange(0, BLOCK_TK)[None, :, None]
+    d = tl.arange(0, BLOCK_D)[None, None, :]
+    d_ok = d < HEAD_DIM
+
+    q_mask = r3 & (tq < T_Q) & d_ok
+    kv_mask = r3 & (tk < T_K) & d_ok
+    q = tl.load(q_ptr + n3 * sqn + h3 * sqh + tq * sqt + d * sqd, mask=q_mask, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + n3 * skn + h3 * skh + tk * skt + d * skd, mask=kv_mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + n3 * svn + h3 * svh + tk * svt + d * svd, mask=kv_mask, other=0.0).to(tl.float32)
+
+    kt = tl.permute(k, (0, 2, 1))  # [R, D, TK]
+    if DOT_FP32:
+        s = tl.dot(q, kt, input_precision="ieee")
+    else:
+        s = tl.dot(q.to(q_ptr.dtype.element_ty), kt.to(k_ptr.dtype.element_ty))
+    s = s * scale  # [R, TQ, TK] fp32
+
+    qi = tl.arange(0, BLOCK_TQ)[None, :, None]
+    kj = tl.arange(0, BLOCK_TK)[None, None, :]
+    visible = (kj <= qi + num_cached) & (kj < T_K)
+    s = tl.where(visible, s, float("-inf"))
+    m = tl.max(s, axis=2)
+    m = tl.where(m == float("-inf"), 0.0, m)  # padded query rows: all keys masked
+    p = tl.exp(s - m[:, :, None])
+    denom = tl.sum(p, axis=2)
+    denom = tl.where(denom == 0.0, 1.0, denom)
+    p = p / denom[:, :, None]
+
+    if DOT_FP32:
+        o = tl.dot(p, v, input_precision="ieee")
+    else:
+        o = tl.dot(p.to(v_ptr.dtype.element_ty), v.to(v_ptr.dtype.element_ty))
+    o_mask = q_mask
+    tl.store(o_ptr + n3 * son + h3 * soh + tq * sot + d * sod, o.to(o_ptr.dtype.element_ty), mask=o_mask)
+
+
+@triton.jit
+def _frame_causal_attn_loop_kernel(
+    q_ptr, k_ptr, v_ptr, o_ptr,
+    R, H, num_cached, scale,
+    sqn, sqh, sqt, sqd,
+    skn, skh, skt, skd,
+    svn, svh, svt, svd,
+    son, soh, sot, sod,
+    T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    row_ok = rows < R
+    n = (rows // H).to(tl.int64)
+    h = (rows % H).to(tl.int64)
+    tq = tl.arange(0, BLOCK_TQ)[None, :, None]
+    d3 = tl.arange(0, BLOCK_D)[None, None, :]
+    q_mask = row_ok[:, None, None] & (tq < T_Q) & (d3 < HEAD_DIM)
+    q = tl.load(q_ptr + n[:, None, None] * sqn + h[:, None, None] * sqh + tq * sqt + d3 * sqd,
+                mask=q_mask, other=0.0).to(tl.float32) * scale  # [R, TQ, D]
+
+    d2 = tl.arange(0, BLOCK_D)[None, :]
+    kv_mask = row_ok[:, None] & (d2 < HEAD_DIM)
+    k_base = k_ptr + n[:, None] * skn + h[:, None] * skh + d2 * skd
+    v_base = v_ptr + n[:, None] * svn + h[:, None] * svh + d2 * svd
+    qi = tl.arange(0, BLOCK_TQ)[None, :]
+
+    m_i = tl.full((BLOCK_R, BLOCK_TQ), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_R, BLOCK_TQ), tl.float32)
+    acc = tl.zeros((BLOCK_R, BLOCK_TQ, BLOCK_D), tl.float32)
+    for j in tl.static_range(T_K):
+        kj = tl.load(k_base + j * skt, mask=kv_mask, other=0.0).to(tl.float32)  # [R, D]
+        vj = tl.load(v_base + j * svt, mask=kv_mask, other=0.0).to(tl.float32)
+        s = tl.sum(q * kj[:, None, :], axis=2)  # [R, TQ]
+        s = tl.where(qi + num_cached >= j, s, float("-inf"))
+        m_new = tl.maximum(m_i, s)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp(m_i - m_safe)
+        p = tl.exp(s - m_safe)
+        l_i = l_i * alpha + p
+        acc = acc * alpha[:, :, None] + p[:, :, None] * vj[:, None, :]
+        m_i = m_new
+    l_i = tl.where(l_i == 0.0, 1.0, l_i)
+    o = acc / l_i[:, :, None]
+    tl.store(o_ptr + n[:, None, None] * son + h[:, None, None] * soh + tq * sot + d3 * sod,
+             o.to(o_ptr.dtype.element_ty), mask=q_mask)
+
+
+def default_config(T_q: int, T_k: int, head_dim: int, dtype: torch.dtype, device: torch.device) -> dict:
+    """Launch parameters used when the caller gives none (GPU values: first guesses, tune with bench)."""
+    if device.type != "cuda":
+        # interpreter: few, fat programs (each program costs ~0.1-0.3 s whatever its size)
+        return {"use_dot": False, "block_r": 64, "num_warps": 4}
+    use_dot = dtype in (torch.bfloat16, torch.float16)
+    return {"use_dot": use_dot, "block_r": 4 if use_dot else 2, "num_warps": 4}
+
+
+def frame_causal_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    num_cached: int,
+    scale: float,
+    *,
+    out: torch.Tensor | None = None,
+    use_dot: bool | None = None,
+    block_r: int | None = None,
+    num_warps: int | None = None,
+) -> torch.Tensor:
+    """Launch the kernel. Inputs are validated by wmpo.ops_attention; any strides are accepted."""
+    N, H, T_q, hd = q.shape
+    T_k = k.shape[2]
+    cfg = default_config(T_q, T_k, hd, q.dtype, q.device)
+    use_dot = cfg["use_dot"] if use_dot is None else use_dot
+    block_r = cfg["block_r"] if block_r is None else block_r
+    num_warps = cfg["num_warps"] if num_warps is None else num_warps
+    if out is None:
+        out = torch.empty((N, H, T_q, hd), dtype=q.dtype, device=q.device)
+    R = N * H
+    if R == 0 or T_q == 0:
+        return out
+    block_d = max(16, triton.next_power_of_2(hd))
+    grid = (triton.cdiv(R, block_r),)
+    common = (
+        q, k, v, out, R, H, int(num_cached), float(scale),
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+    )
+    if use_dot:
+        _frame_causal_attn_dot_kernel[grid](
+            *common,
+            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+            BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
+            BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
+            DOT_FP32=q.dtype == torch.float32,
+            num_warps=num_warps,
+        )
+    else:
+        _frame_causal_attn_loop_kernel[grid](
+            *common,
+            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+            BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
+            num_warps=num_warps,
+        )
+    return out

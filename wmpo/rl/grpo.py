@@ -1,0 +1,437 @@
+"""GRPO without KL (paper eq. 3-5, Algorithm 1): group advantages, dynamic sampling, clipped update.
+
+Conventions (see docs/rl.md):
+  * Batch size B and mini-batch size M count *trajectories* (Algorithm 1). The paper's Table 4 says
+    "batch size 64, mini-batch 128", which only makes sense (M | B) if 64 counts initial states:
+    appendix B confirms "a single model update requires at least 64 x 8 = 512 real trajectories".
+    So the paper preset is B = 64 groups x G 8 = 512 trajectories, M = 128 -> 4 optimizer steps
+    per batch.
+  * Ratios are per token (each of a chunk's K*D action tokens has its own ratio, as in the
+    official code built on veRL); `ratio_level="chunk"` uses the chunk ratio of eq. 3 instead.
+  * Log-probs (old and new) are those of the temperature-scaled policy, softmax(logits / T), at
+    the sampling temperature: that is the distribution the actions were drawn from, so the
+    importance ratio is exactly 1 at theta_old.
+  * Loss = token-mean over all valid tokens of the mini-batch (DAPO); `loss_agg="traj_mean"` gives
+    eq. 4's per-trajectory mean instead.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.utils.checks import check_tensor
+from wmpo.utils.frames import uint8_to_model
+
+
+@dataclass
+class GRPOConfig:
+    lr: float = 5e-6
+    """AdamW learning rate (paper Table 4)"""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (paper Table 4)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay; the paper gives none for GRPO, we use 0 (as its world-model Table 3)"""
+    adam_eps: float = 1e-8
+    """AdamW epsilon"""
+    batch_size: int = 512
+    """B, trajectories per policy update (paper: 64 initial states x G=8, see module docstring)"""
+    group_size: int = 8
+    """G, trajectories sampled from each initial state (paper Table 4)"""
+    minibatch_size: int = 128
+    """M, trajectories per optimizer step; must divide batch_size (paper Table 4)"""
+    micro_batch_chunks: int = 256
+    """chunks per forward/backward pass inside a mini-batch (gradient accumulation; memory only)"""
+    epochs: int = 1
+    """E, passes over each batch (paper: 1)"""
+    clip_low: float = 0.2
+    """epsilon_low: ratio clipped below at 1 - clip_low (paper Table 4)"""
+    clip_high: float = 0.28
+    """epsilon_high: ratio clipped above at 1 + clip_high (paper Table 4, DAPO clip-higher)"""
+    temperature: float = 1.6
+    """sampling temperature; old and new log-probs are both taken at it (paper Table 4)"""
+    adv_eps: float = 1e-6
+    """added to the group std in (R - mean) / (std + eps)"""
+    max_grad_norm: float = 1.0
+    """global gradient-norm clip per optimizer step (<= 0 disables)"""
+    ratio_level: str = "token"
+    """'token': one ratio per action token (official code); 'chunk': eq. 3's chunk log-prob ratio"""
+    loss_agg: str = "token_mean"
+    """'token_mean': mean over all valid tokens of a mini-batch (DAPO); 'traj_mean': eq. 4"""
+    recompute_old_logp: bool = True
+    """recompute old log-probs with the update's own forward passes (exact ratio 1 at theta_old)"""
+    dropout_in_update: bool = False
+    """keep the policy in train mode (dropout on) during updates; off makes ratios exact"""
+    dynamic_sampling: bool = True
+    """drop groups whose trajectories all succeed or all fail (DAPO dynamic sampling)"""
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.minibatch_size != 0:
+            raise ValueError(
+                f"minibatch_size: expected a divisor of batch_size={self.batch_size}, got {self.minibatch_size}"
+            )
+        if self.ratio_level not in ("token", "chunk"):
+            raise ValueError(f"ratio_level: expected 'token' or 'chunk', got {self.ratio_level!r}")
+        if self.loss_agg not in ("token_mean", "traj_mean"):
+            raise ValueError(f"loss_agg: expected 'token_mean' or 'traj_mean', got {self.loss_agg!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature: expected > 0 for GRPO sampling, got {self.temperature}")
+        self.betas = tuple(self.betas)  # JSON round trips give lists
+
+
+# ----------------------------------------------------------------------------------------------
+# hand-checkable pieces
+
+
+def group_advantages(success: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """(R - mean) / (std + eps) within each group, population std (Algorithm 1). -> float32 [N].
+
+    A group whose rewards are all equal gets advantage 0.
+    """
+    check_tensor("success", success, ndim=1)
+    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
+    if success.shape != group.shape:
+        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
+    r = success.to(torch.float32)
+    _, inv = torch.unique(group, return_inverse=True)
+    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
+    count = torch.zeros(n_groups, device=r.device).index_add_(0, inv, torch.ones_like(r))
+    mean = torch.zeros(n_groups, device=r.device).index_add_(0, inv, r) / count
+    centered = r - mean[inv]
+    var = torch.zeros(n_groups, device=r.device).index_add_(0, inv, centered * centered) / count
+    return centered / (var.sqrt()[inv] + eps)
+
+
+def dynamic_sampling_filter(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """-> bool [N]: True for trajectories whose group has both successes and failures."""
+    check_tensor("success", success, ndim=1)
+    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
+    if success.shape != group.shape:
+        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
+    s = success.to(torch.float32)
+    _, inv = torch.unique(group, return_inverse=True)
+    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
+    n_succ = torch.zeros(n_groups, device=s.device).index_add_(0, inv, s)
+    count = torch.zeros(n_groups, device=s.device).index_add_(0, inv, torch.ones_like(s))
+    mixed = (n_succ > 0) & (n_succ < count)
+    return mixed[inv]
+
+
+def clipped_surrogate(
+    new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-element min(r*A, clip(r, 1-low, 1+high)*A) (to maximize), ratio r, and bool 'clipped'.
+
+    `advantages` broadcasts against the log-prob shape. 'clipped' marks elements where the clipped
+    term is the active one (so the gradient is zero).
+    """
+    ratio = torch.exp(new_logp - old_logp)
+    adv = advantages.to(ratio.dtype)
+    unclipped = ratio * adv
+    clipped = ratio.clamp(1.0 - clip_low, 1.0 + clip_high) * adv
+    obj = torch.minimum(unclipped, clipped)
+    is_clipped = clipped < unclipped
+    return obj, ratio, is_clipped
+
+
+def grpo_loss(
+    new_logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    token_mask: torch.Tensor | None = None,
+    clip_low: float = 0.2,
+    clip_high: float = 0.28,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Token-mean of -min(r*A, clip(r, 1-low, 1+high)*A) over masked tokens (eq. 4, no KL).
+
+    new_logp, old_logp: [N, ...] per-token log-probs; advantages: [N] (broadcast over the token
+    dims) or the log-prob shape; token_mask: bool, broadcastable to the log-prob shape.
+    -> (loss scalar, stats {clip_frac, clip_frac_low, clip_frac_high, ratio_mean, ratio_max,
+    ratio_min, approx_kl}) computed over valid tokens.
+    """
+    check_tensor("new_logp", new_logp, floating=True)
+    check_tensor("old_logp", old_logp, floating=True, shape=tuple(new_logp.shape))
+    check_tensor("advantages", advantages, floating=True)
+    if advantages.dim() < new_logp.dim():
+        if tuple(advantages.shape) != tuple(new_logp.shape[: advantages.dim()]):
+            raise ValueError(
+                f"advantages: expected shape {tuple(new_logp.shape[:1])} or {tuple(new_logp.shape)}, got {tuple(advantages.shape)}"
+            )
+        advantages = advantages.reshape(*advantages.shape, *([1] * (new_logp.dim() - advantages.dim())))
+    obj, ratio, is_clipped = clipped_surrogate(new_logp, old_logp.detach(), advantages.detach(), clip_low, clip_high)
+    if token_mask is None:
+        mask = torch.ones_like(obj, dtype=torch.bool)
+    else:
+        mask = torch.broadcast_to(token_mask.to(torch.bool), obj.shape)
+    m = mask.to(obj.dtype)
+    n = m.sum().clamp_min(1.0)
+    loss = -(obj * m).sum() / n
+    stats = _ratio_stats(ratio.detach(), is_clipped, torch.broadcast_to(advantages, obj.shape), mask)
+    return loss, stats
+
+
+def _ratio_stats(ratio: torch.Tensor, is_clipped: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    with torch.no_grad():
+        valid = mask
+        n = valid.sum().clamp_min(1).to(torch.float64)
+        r = ratio[valid].to(torch.float64)
+        a = adv.detach()[valid]
+        c = is_clipped[valid]
+        log_r = r.log()
+        return {
+            "clip_frac": float(c.sum() / n),
+            "clip_frac_low": float((c & (a < 0)).sum() / n),
+            "clip_frac_high": float((c & (a > 0)).sum() / n),
+            "ratio_mean": float(r.sum() / n),
+            "ratio_max": float(r.max()) if r.numel() else 1.0,
+            "ratio_min": float(r.min()) if r.numel() else 1.0,
+            "approx_kl": float(((r - 1.0) - log_r).sum() / n),
+        }
+
+
+# ----------------------------------------------------------------------------------------------
+# batch assembly (dynamic sampling)
+
+
+def assemble_batch(
+    groups: list[TrajectoryBatch], batch_size: int | None = None, eps: float = 1e-6, dynamic_sampling: bool = True
+) -> tuple[TrajectoryBatch | None, dict[str, int]]:
+    """Concatenate sampled group batches into one training batch, Algorithm 1 style.
+
+    Each element of `groups` is one sampling round (any number of whole groups, group ids unique
+    within it). Uniform groups are dropped (when dynamic_sampling), advantages are computed per
+    group, group ids are renumbered to be unique across rounds, and the result is cut to the
+    first `batch_size` trajectories (None: keep all). -> (batch or None if nothing kept, counts).
+    """
+    kept: list[TrajectoryBatch] = []
+    next_gid = 0
+    n_groups = n_dropped = 0
+    for b in groups:
+        _, inv = torch.unique(b.group, return_inverse=True)
+        n_round = int(inv.max().item()) + 1 if inv.numel() else 0
+        n_groups += n_round
+        keep = dynamic_sampling_filter(b.success, b.group) if dynamic_sampling else torch.ones_like(b.success, dtype=torch.bool)
+        n_dropped += n_round - (int(torch.unique(inv[keep]).numel()) if keep.any() else 0)
+        if not keep.any():
+            continue
+        adv = group_advantages(b.success, b.group, eps)
+        idx = keep.nonzero().squeeze(1)
+        sub = b.index(idx)
+        sub.advantage = adv[idx]
+        sub.group = inv[idx].to(torch.int64) + next_gid
+        next_gid += n_round
+        kept.append(sub)
+    counts = {"groups": n_groups, "groups_dropped": n_dropped}
+    if not kept:
+        counts["trajectories"] = 0
+        return None, counts
+    out = TrajectoryBatch.cat(kept)
+    if batch_size is not None and len(out) > batch_size:
+        out = out.index(slice(0, batch_size))
+    counts["trajectories"] = len(out)
+    return out, counts
+
+
+# ----------------------------------------------------------------------------------------------
+# trainer
+
+
+@dataclass
+class _Micro:
+    """The valid chunks of a slice of trajectories, flattened to [C, ...]."""
+
+    rows: torch.Tensor  # int64 [C] trajectory row (in the batch) of each chunk
+    steps: torch.Tensor  # int64 [C] chunk index inside its trajectory
+    weight: torch.Tensor = field(default=None)  # float [C] loss weight per chunk (sums to 1 per mini-batch)
+
+
+def policy_device(policy: nn.Module) -> torch.device:
+    for p in policy.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+class GRPOTrainer:
+    """Policy updates of Algorithm 1 on TrajectoryBatch batches (no KL, no reference model).
+
+    The policy must be an nn.Module implementing wmpo.models.protocol.Policy.
+    """
+
+    STAT_KEYS = ("grpo/loss", "grpo/clip_frac", "grpo/ratio_mean", "grpo/entropy", "grpo/grad_norm")
+
+    def __init__(self, policy: nn.Module, cfg: GRPOConfig | None = None):
+        self.policy = policy
+        self.cfg = cfg or GRPOConfig()
+        params = [p for p in policy.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("policy: expected an nn.Module with trainable parameters, got none")
+        self.optimizer = torch.optim.AdamW(
+            params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
+        )
+        self.step = 0  # optimizer steps taken
+        self.updates = 0  # batches consumed
+        self.minibatch_stats: list[dict[str, float]] = []  # per optimizer step of the last update()
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "updates": self.updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.updates = int(state["updates"])
+
+    # -- chunk iteration ---------------------------------------------------------------------
+    def _minibatches(self, n: int) -> list[slice]:
+        m = self.cfg.minibatch_size
+        return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+
+    def _micro_batches(self, batch: TrajectoryBatch, rows: slice) -> list[_Micro]:
+        """Valid chunks of trajectories `rows`, split into micro-batches, with per-chunk loss weights."""
+        mask = batch.chunk_mask[rows]
+        r, s = mask.nonzero(as_tuple=True)
+        r = r + rows.start
+        n_chunks = int(r.numel())
+        if n_chunks == 0:
+            return []
+        if self.cfg.loss_agg == "token_mean":
+            w = torch.full((n_chunks,), 1.0 / n_chunks)
+        else:
+            per_traj = mask.sum(1).clamp_min(1).to(torch.float32)  # chunks of each trajectory
+            n_traj = int((mask.sum(1) > 0).sum())
+            w = 1.0 / (per_traj[r - rows.start] * n_traj)
+        out = []
+        step = max(1, self.cfg.micro_batch_chunks)
+        for i in range(0, n_chunks, step):
+            out.append(_Micro(r[i : i + step].cpu(), s[i : i + step].cpu(), w[i : i + step]))
+        return out
+
+    def _forward(self, batch: TrajectoryBatch, mb: _Micro) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (logp, entropy) [C, K, D] of the micro-batch's chunks at the sampling temperature."""
+        dev = policy_device(self.policy)
+        rows, steps = mb.rows.to(batch.obs.device), mb.steps.to(batch.obs.device)
+        frames = uint8_to_model(batch.obs[rows, steps].to(dev, non_blocking=True))
+        instr = batch.instr[rows.to(batch.instr.device)].to(dev)
+        tokens = batch.tokens[rows.to(batch.tokens.device), steps.to(batch.tokens.device)].to(dev)
+        return self.policy.log_prob(frames, instr, tokens, temperature=self.cfg.temperature)
+
+    def _set_mode(self, train: bool) -> None:
+        self.policy.train(train and self.cfg.dropout_in_update)
+
+    # -- public API --------------------------------------------------------------------------
+    def check_batch(self, batch: TrajectoryBatch) -> None:
+        N = len(batch)
+        check_tensor("batch.obs", batch.obs, ndim=5, dtype=torch.uint8)
+        S = batch.obs.shape[1]
+        K, D = self.policy.chunk_len, self.policy.action_dim
+        check_tensor("batch.tokens", batch.tokens, dtype=torch.int64, shape=(N, S, K, D))
+        check_tensor("batch.old_logp", batch.old_logp, floating=True, shape=(N, S, K, D))
+        check_tensor("batch.chunk_mask", batch.chunk_mask, dtype=torch.bool, shape=(N, S))
+        check_tensor("batch.success", batch.success, shape=(N,))
+        check_tensor("batch.group", batch.group, dtype=(torch.int64, torch.int32), shape=(N,))
+        check_tensor("batch.instr", batch.instr, dtype=torch.int64, ndim=2)
+        if batch.advantage is not None:
+            check_tensor("batch.advantage", batch.advantage, floating=True, shape=(N,))
+
+    @torch.no_grad()
+    def recompute_old_logp(self, batch: TrajectoryBatch) -> TrajectoryBatch:
+        """Fill batch.old_logp with log pi_theta_old at the sampling temperature (in place; returns batch).
+
+        Uses exactly the mini/micro-batch partition of `update`, so the first mini-batch of the
+        update sees ratio == 1 bit for bit.
+        """
+        self.check_batch(batch)
+        self._set_mode(True)
+        old = torch.zeros_like(batch.old_logp, dtype=torch.float32)
+        for rows in self._minibatches(len(batch)):
+            for mb in self._micro_batches(batch, rows):
+                logp, _ = self._forward(batch, mb)
+                old[mb.rows.to(old.device), mb.steps.to(old.device)] = logp.float().to(old.device)
+        batch.old_logp = old
+        return batch
+
+    def update(self, batch: TrajectoryBatch) -> dict[str, float]:
+        """E epochs over B/M contiguous mini-batches; one AdamW step each. -> stats (grpo/*)."""
+        cfg = self.cfg
+        self.check_batch(batch)
+        if batch.advantage is None:
+            batch.advantage = group_advantages(batch.success, batch.group, cfg.adv_eps)
+        if cfg.recompute_old_logp:
+            self.recompute_old_logp(batch)
+        self._set_mode(True)
+        dev = policy_device(self.policy)
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        self.minibatch_stats = []
+        for _epoch in range(cfg.epochs):
+            for rows in self._minibatches(len(batch)):
+                micro = self._micro_batches(batch, rows)
+                if not micro:
+                    continue
+                self.optimizer.zero_grad(set_to_none=True)
+                acc = {"loss": 0.0, "entropy": 0.0, "n_tok": 0, "n": 0, "clip": 0.0, "ratio": 0.0, "kl": 0.0, "rmax": 0.0, "rmin": float("inf")}
+                for mb in micro:
+                    logp, ent = self._forward(batch, mb)
+                    old = batch.old_logp[mb.rows.to(batch.old_logp.device), mb.steps.to(batch.old_logp.device)].to(dev, torch.float32)
+                    adv = batch.advantage[mb.rows.to(batch.advantage.device)].to(dev, torch.float32)
+                    logp = logp.float()
+                    if cfg.ratio_level == "chunk":
+                        new_l, old_l = logp.sum((1, 2)), old.sum((1, 2))
+                        obj, ratio, clipped = clipped_surrogate(new_l, old_l, adv, cfg.clip_low, cfg.clip_high)
+                        per_chunk = obj
+                    else:
+                        obj, ratio, clipped = clipped_surrogate(logp, old, adv[:, None, None], cfg.clip_low, cfg.clip_high)
+                        per_chunk = obj.mean((1, 2))
+                    w = mb.weight.to(dev)
+                    loss = -(per_chunk * w).sum()
+                    loss.backward()
+                    with torch.no_grad():
+                        # diagnostics are plain means over the mini-batch's ratios (tokens or chunks)
+                        r64 = ratio.double()
+                        acc["loss"] += float(loss)
+                        acc["entropy"] += float(ent.double().sum())
+                        acc["n_tok"] += ent.numel()
+                        acc["clip"] += float(clipped.sum())
+                        acc["ratio"] += float(r64.sum())
+                        acc["kl"] += float(((r64 - 1) - r64.log()).sum())
+                        acc["n"] += r64.numel()
+                        acc["rmax"] = max(acc["rmax"], float(ratio.max()))
+                        acc["rmin"] = min(acc["rmin"], float(ratio.min()))
+                if cfg.max_grad_norm > 0:
+                    gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                else:
+                    gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+                self.optimizer.step()
+                self.step += 1
+                self.minibatch_stats.append(
+                    {
+                        "grpo/loss": acc["loss"],
+                        "grpo/clip_frac": acc["clip"] / acc["n"],
+                        "grpo/ratio_mean": acc["ratio"] / acc["n"],
+                        "grpo/ratio_max": acc["rmax"],
+                        "grpo/ratio_min": acc["rmin"],
+                        "grpo/approx_kl": acc["kl"] / acc["n"],
+                        "grpo/entropy": acc["entropy"] / acc["n_tok"],
+                        "grpo/grad_norm": float(gn),
+                    }
+                )
+        self.updates += 1
+        self.policy.train(False)
+        out = {k: sum(s[k] for s in self.minibatch_stats) / max(1, len(self.minibatch_stats)) for k in self.minibatch_stats[0]} if self.minibatch_stats else {k: 0.0 for k in self.STAT_KEYS}
+        if self.minibatch_stats:
+            out["grpo/ratio_max"] = max(s["grpo/ratio_max"] for s in self.minibatch_stats)
+            out["grpo/ratio_min"] = min(s["grpo/ratio_min"] for s in self.minibatch_stats)
+        succ = batch.success.float()
+        out["grpo/success_rate"] = float(succ.mean()) if len(batch) else 0.0
+        out["grpo/adv_abs_mean"] = float(batch.advantage.abs().mean()) if len(batch) else 0.0
+        out["grpo/chunks"] = float(batch.chunk_mask.sum())
+        out["grpo/optimizer_steps"] = float(len(self.minibatch_stats))
+        return out

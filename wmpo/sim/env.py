@@ -1,0 +1,143 @@
+"""TaskEnv: one robosuite task with cheap agentview rendering, seeded resets and state restore."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from wmpo.sim.render import CameraRenderer
+from wmpo.sim.spec import TaskSpec
+
+ACTION_DIM = 7
+
+
+def reseed(raw: Any, seed: int) -> None:
+    """Point every random generator a robosuite env draws its initial state from at `seed`."""
+    rng = np.random.default_rng(int(seed))
+    raw.rng = rng
+    stack = [getattr(raw, "placement_initializer", None)]
+    while stack:
+        sampler = stack.pop()
+        if sampler is None:
+            continue
+        if hasattr(sampler, "rng"):
+            sampler.rng = rng
+        stack.extend(getattr(sampler, "samplers", {}).values())
+
+
+class TaskEnv:
+    """A task env: frames are uint8 [H, W, 3] agentview images (None when image_size == 0).
+
+    Reward is sparse: 1.0 at steps where the task is solved. `done` is True at success or when the
+    horizon is reached.
+    """
+
+    def __init__(self, spec: TaskSpec, image_size: int = 64, seed: int = 0, camera: str = "agentview"):
+        self.spec = spec
+        self.image_size = int(image_size)
+        self.instruction = spec.instruction
+        self.horizon = spec.horizon
+        self.raw = spec.make_robosuite_env(
+            has_renderer=False,
+            has_offscreen_renderer=False,
+            use_camera_obs=False,
+            ignore_done=True,
+            hard_reset=False,  # keeps the MjModel (and the renderer bound to it) across resets
+        )
+        self._seeds = np.random.default_rng(int(seed))
+        self.renderer = None
+        if self.image_size > 0:
+            self.renderer = CameraRenderer(self.raw.sim.model._model, self.raw.sim.data._data, self.image_size, camera)
+        self._expert = None
+        self.t = 0
+
+    # ---- episode control --------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> np.ndarray | None:
+        """New initial state from the task's D0 distribution; same `seed` -> same state."""
+        if seed is None:
+            seed = int(self._seeds.integers(0, 2**31 - 1))
+        reseed(self.raw, seed)
+        self.raw.reset()
+        return self._after_reset()
+
+    def reset_to(self, state: np.ndarray) -> np.ndarray | None:
+        """Restore a flattened simulator state (from `get_state`); the frame is bit-identical for
+        the same state."""
+        state = np.asarray(state, dtype=np.float64)
+        want = self.state_dim
+        if state.shape != (want,):
+            raise ValueError(f"state: expected shape ({want},), got {state.shape}")
+        reseed(self.raw, 0)
+        self.raw.reset()
+        self.raw.sim.set_state_from_flattened(state)
+        self.raw.sim.forward()
+        # controllers read the new joint state on their next update
+        for robot in self.raw.robots:
+            controller = getattr(robot, "composite_controller", None)
+            if controller is not None:
+                controller.update_state()
+                controller.reset()
+        return self._after_reset()
+
+    def _after_reset(self):
+        self.t = 0
+        if self._expert is not None:
+            self._expert.reset(self.raw)
+        return self.render()
+
+    def step(self, action: np.ndarray):
+        """-> (frame, reward, done, info{"success", "t"})."""
+        action = np.asarray(action, dtype=np.float64)
+        if action.shape != (ACTION_DIM,):
+            raise ValueError(f"action: expected shape ({ACTION_DIM},), got {action.shape}")
+        self.raw.step(action)
+        self.t += 1
+        success = self.is_success()
+        done = success or self.t >= self.horizon
+        return self.render(), float(success), bool(done), {"success": success, "t": self.t}
+
+    # ---- queries ------------------------------------------------------------------------
+    def render(self) -> np.ndarray | None:
+        return None if self.renderer is None else self.renderer.render()
+
+    def get_state(self) -> np.ndarray:
+        """float64 [S] = [time, qpos, qvel] (robomimic's flattened MjSimState)."""
+        return np.asarray(self.raw.sim.get_state().flatten(), dtype=np.float64)
+
+    @property
+    def state_dim(self) -> int:
+        m = self.raw.sim.model._model
+        return 1 + int(m.nq) + int(m.nv)
+
+    def is_success(self) -> bool:
+        return bool(self.raw._check_success())
+
+    def expert_action(self) -> np.ndarray:
+        """The task's scripted expert's action for the current state (expert created lazily and
+        reset with the env)."""
+        if self._expert is None:
+            self._expert = self.spec.make_expert()
+            self._expert.reset(self.raw)
+        return np.asarray(self._expert.act(self.raw), dtype=np.float64)
+
+    def close(self) -> None:
+        if self.renderer is not None:
+            self.renderer.close()
+            self.renderer = None
+        try:
+            self.raw.close()
+        except Exception:  # robosuite close can fail on a half-built env; nothing to release then
+            pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def make_env(task: str, image_size: int = 64, seed: int = 0, camera: str = "agentview") -> TaskEnv:
+    """A TaskEnv for a registered task name (see wmpo.sim.TASKS)."""
+    from wmpo.sim.tasks import get_task
+
+    return TaskEnv(get_task(task), image_size=image_size, seed=seed, camera=camera)
