@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import math
-import os
 import platform
 import subprocess
 import sys
@@ -30,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,19 +40,28 @@ from wmpo.rollout.engine import ImaginationEngine, RolloutConfig  # noqa: E402
 # dense bf16 peak FLOP/s by device-name substring (no sparsity)
 PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
-# component sizes per preset; names follow the model configs of wmpo.models
+# component configs per preset (keyword arguments of each model's config dataclass)
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
-        frame_size=32, latent_channels=4, vae_downsample=4, vae_block_channels=(16, 32, 32),
-        dit_hidden=64, dit_spatial_blocks=2, dit_temporal_blocks=2, dit_heads=4, patch=2,
-        num_context=4, chunk_len=8, action_dim=7, policy_width=64, policy_depth=2, policy_image_size=32,
-        reward_width=32, reward_depth=1, reward_window=8, instruction="stack the cubes",
+        frame_size=32, num_context=4, chunk_len=8, action_dim=7, t_context=50, instruction="stack the cubes",
+        vae=dict(frame_size=32, latent_channels=4, block_channels=(16, 32, 32), layers_per_block=1, norm_groups=8,
+                 mid_attention=False),
+        world_model=dict(hidden=64, spatial_blocks=2, temporal_blocks=2, heads=4, patch=2),
+        policy=dict(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1,
+                    fusion_layers=2),
+        reward=dict(clip_len=8, image_size=32, patch_size=8, tubelet_size=2, hidden_size=32, num_layers=1, num_heads=2),
     ),
     "paper": dict(
-        frame_size=256, latent_channels=4, vae_downsample=8, vae_block_channels=(128, 256, 512, 512),
-        dit_hidden=1152, dit_spatial_blocks=28, dit_temporal_blocks=28, dit_heads=16, patch=2,
-        num_context=4, chunk_len=8, action_dim=7, policy_width=768, policy_depth=12, policy_image_size=224,
-        reward_width=384, reward_depth=6, reward_window=8, instruction="stack the cubes",
+        frame_size=256, num_context=4, chunk_len=8, action_dim=7, t_context=50, instruction="stack the cubes",
+        # SDXL-VAE architecture: 256x256 -> 4x32x32 latents
+        vae=dict(frame_size=256, latent_channels=4, block_channels=(128, 256, 512, 512)),
+        # DiT: hidden 1152, 28 spatial + 28 temporal blocks, 16 heads, patch 2
+        world_model=dict(hidden=1152, spatial_blocks=28, temporal_blocks=28, heads=16, patch=2),
+        # ViT-B/16-sized vision tower + instruction encoder + fusion (about 110M parameters)
+        policy=dict(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12, instr_layers=2,
+                    fusion_layers=4),
+        # VideoMAE-S-sized reward model on 8-frame clips at 224
+        reward=dict(clip_len=8, image_size=224, patch_size=16, tubelet_size=2, hidden_size=384, num_layers=12, num_heads=6),
     ),
 }
 
@@ -70,33 +78,44 @@ def build_models(preset: dict[str, Any], device: torch.device, dtype: torch.dtyp
         raise SystemExit(f"bench/rollout_loop.py: a wmpo component is missing ({e}); it needs vae, world_model, "
                          "policy, reward and tokenizer")
     p = preset
-    vae = FrameVAE(VAEConfig(latent_channels=p["latent_channels"], block_channels=p["vae_block_channels"]))
-    wm = WorldModel(WorldModelConfig(
-        latent_channels=p["latent_channels"], latent_size=p["frame_size"] // p["vae_downsample"], patch=p["patch"],
-        hidden=p["dit_hidden"], spatial_blocks=p["dit_spatial_blocks"], temporal_blocks=p["dit_temporal_blocks"],
-        heads=p["dit_heads"], num_context=p["num_context"], chunk_len=p["chunk_len"], action_dim=p["action_dim"],
-    ))
-    policy = VLAPolicy(PolicyConfig(chunk_len=p["chunk_len"], action_dim=p["action_dim"], width=p["policy_width"],
-                                    depth=p["policy_depth"], image_size=p["policy_image_size"]))
-    reward = RewardModel(RewardConfig(width=p["reward_width"], depth=p["reward_depth"], window=p["reward_window"],
-                                      frame_size=p["frame_size"]))
+    vae = FrameVAE(VAEConfig(**p["vae"]))
+    wm = WorldModel(_wm_config(WorldModelConfig, p))
+    policy = VLAPolicy(PolicyConfig(chunk_len=p["chunk_len"], action_dim=p["action_dim"], **p["policy"]))
+    reward = RewardModel(RewardConfig(**p["reward"]))
     for m in (vae, wm, policy, reward):
         m.to(device).eval()
         if dtype is not None:
             m.to(dtype)
-    return {"vae": vae, "world_model": wm, "policy": policy, "reward": reward, "tokenizer": ActionTokenizer(), "preset": p}
+    return {"vae": vae, "world_model": wm, "policy": policy, "reward": reward, "tokenizer": ActionTokenizer(-np.ones(p["action_dim"]), np.ones(p["action_dim"])), "preset": p}
+
+
+def _wm_config(cls: Any, p: dict[str, Any]) -> Any:
+    """WorldModelConfig from the preset (latent geometry from the VAE config; unknown names rejected loudly)."""
+    from dataclasses import fields
+
+    names = {f.name for f in fields(cls)}
+    vae = p["vae"]
+    kw = dict(p["world_model"])
+    derived = dict(latent_channels=vae["latent_channels"], latent_size=vae["frame_size"] // 2 ** (len(vae["block_channels"]) - 1),
+                   num_context=p["num_context"], chunk_len=p["chunk_len"], action_dim=p["action_dim"])
+    kw.update({k: v for k, v in derived.items() if k in names})
+    unknown = sorted(set(kw) - names)
+    if unknown:
+        raise SystemExit(f"bench/rollout_loop.py: WorldModelConfig has no field(s) {unknown}; fields: {sorted(names)}")
+    return cls(**kw)
 
 
 def engine_factory(models: dict[str, Any], steps: int, device: torch.device) -> Callable[[RolloutConfig], ImaginationEngine]:
-    """-> make_engine(cfg): a fresh world-model env and success detector (sized cfg.num_slots) around the shared models."""
+    """-> make_engine(cfg, reference=False): a fresh world-model env and success detector (sized cfg.num_slots) around the shared models."""
     from wmpo.models.reward import IncrementalSuccess  # type: ignore
     from wmpo.rollout.world_model_env import WorldModelEnv  # type: ignore
 
     p = models["preset"]
 
-    def make(cfg: RolloutConfig) -> ImaginationEngine:
+    def make(cfg: RolloutConfig, reference: bool = False) -> ImaginationEngine:
+        # reference: no context KV cache (the context is re-denoised with the K new frames at every step)
         env = WorldModelEnv(models["vae"], models["world_model"], steps=steps, num_context=p["num_context"],
-                            t_context=50, device=device)
+                            t_context=p["t_context"], device=device, use_cache=not reference)
         det = IncrementalSuccess(models["reward"], batch_size=cfg.num_slots, device=device)
         return ImaginationEngine(env, models["policy"], det, models["tokenizer"], cfg)
 
@@ -141,7 +160,7 @@ def device_name(device: torch.device) -> str:
 
 
 def measure_point(
-    make_engine: Callable[[RolloutConfig], ImaginationEngine],
+    make_engine: Callable[..., ImaginationEngine],
     init_frames: torch.Tensor,
     instruction: str,
     *,
@@ -155,7 +174,8 @@ def measure_point(
     peak: float | None,
     repeats: int = 1,
 ) -> dict[str, Any]:
-    """All modes at one (batch size, step count). make_engine(cfg) builds an engine on fresh-state components."""
+    """All modes at one (batch size, step count). make_engine(cfg, reference=False) builds an engine on
+    fresh-state components (reference=True: the reference implementation's world-model settings)."""
     frames = init_frames[torch.arange(batch) % init_frames.shape[0]]
     # FLOPs of one chunk at batch 1, scaled (every component is linear in the batch)
     one = make_engine(RolloutConfig(num_slots=1))
@@ -185,7 +205,7 @@ def measure_point(
             if device.type != "cuda":
                 continue
             cfg.cuda_graph = True
-        eng = make_engine(cfg)
+        eng = make_engine(cfg, reference=(mode == "eager_reference"))
         if mode == "eager_reference":
             wall, (b, st) = timed(lambda: eng.rollout_eager_reference(frames, instruction, max_steps, temperature, seed=0))
             split = st["time"]
@@ -228,6 +248,9 @@ def measure_point(
     ref = out["modes"].get("eager_reference", {}).get("frames_per_sec")
     if ref:
         out["speedup_vs_reference"] = {m: v["frames_per_sec"] / ref for m, v in out["modes"].items()}
+        # the reference runs every trajectory to the horizon: its trajectories/hour follow from its frames/s
+        out["grpo"]["reference_trajectories_per_hour_est"] = ref * 3600 / (horizon_chunks * K)
+        out["grpo"]["speedup_vs_reference_est"] = out["grpo"]["trajectories_per_hour"] / out["grpo"]["reference_trajectories_per_hour_est"]
     return out
 
 

@@ -9,8 +9,12 @@ softmax. Two variants of the same math:
 - ``use_dot=False``: CUDA-core online softmax over the keys, one key frame per step.
 
 Every load is upcast to fp32 first (the Triton interpreter computes bf16 arithmetic wrongly); the
-dot path casts operands back to the input dtype right before the tensor-core matmul.
-Forward only: wmpo.ops_attention supplies the backward.
+dot path casts operands back to the input dtype right before the tensor-core matmul. On CPU
+tensors (interpreter only) bf16 rounding is emulated in fp32, because the interpreter's bf16 dot
+is wrong and its fp32 -> bf16 cast truncates instead of rounding to nearest.
+Forward only: wmpo.ops_attention supplies the backward. The frame and channel strides are
+compile-time constants (one compilation per layout), so the compiler can prove the 16-byte
+alignment of each frame's hd-vector (hd = 72 is not a multiple of 16 elements) and vectorize loads.
 """
 from __future__ import annotations
 
@@ -20,16 +24,45 @@ import triton.language as tl
 
 
 @triton.jit
+def _round_to_bf16(x):
+    """fp32 -> the nearest bf16 value (ties to even), kept in fp32. The interpreter's own
+    fp32 -> bf16 cast truncates; on the GPU this equals x.to(bf16).to(fp32)."""
+    b = x.to(tl.uint32, bitcast=True)
+    b = b + 0x7FFF + ((b >> 16) & 1)
+    b = (b >> 16) << 16
+    return b.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cast_operand(x, LOWP: tl.constexpr, IS_BF16: tl.constexpr, EMULATE: tl.constexpr):
+    """Matmul operand in the input precision: a real bf16/fp16 cast on the GPU, an fp32 value
+    rounded to that precision in the interpreter (whose bf16 dot is wrong)."""
+    if LOWP:
+        if EMULATE:
+            if IS_BF16:
+                return _round_to_bf16(x)
+            else:
+                return x.to(tl.float16).to(tl.float32)
+        else:
+            if IS_BF16:
+                return x.to(tl.bfloat16)
+            else:
+                return x.to(tl.float16)
+    else:
+        return x
+
+
+@triton.jit
 def _frame_causal_attn_dot_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     R, H, num_cached, scale,
-    sqn, sqh, sqt, sqd,
-    skn, skh, skt, skd,
-    svn, svh, svt, svd,
-    son, soh, sot, sod,
+    sqn, sqh, sqt: tl.constexpr, sqd: tl.constexpr,
+    skn, skh, skt: tl.constexpr, skd: tl.constexpr,
+    svn, svh, svt: tl.constexpr, svd: tl.constexpr,
+    son, soh, sot: tl.constexpr, sod: tl.constexpr,
     T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr,
-    DOT_FP32: tl.constexpr,
+    LOWP: tl.constexpr, IS_BF16: tl.constexpr, EMULATE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -51,10 +84,12 @@ def _frame_causal_attn_dot_kernel(
     v = tl.load(v_ptr + n3 * svn + h3 * svh + tk * svt + d * svd, mask=kv_mask, other=0.0).to(tl.float32)
 
     kt = tl.permute(k, (0, 2, 1))  # [R, D, TK]
-    if DOT_FP32:
-        s = tl.dot(q, kt, input_precision="ieee")
+    q = _cast_operand(q, LOWP, IS_BF16, EMULATE)
+    kt = _cast_operand(kt, LOWP, IS_BF16, EMULATE)
+    if LOWP and not EMULATE:
+        s = tl.dot(q, kt)
     else:
-        s = tl.dot(q.to(q_ptr.dtype.element_ty), kt.to(k_ptr.dtype.element_ty))
+        s = tl.dot(q, kt, input_precision="ieee")
     s = s * scale  # [R, TQ, TK] fp32
 
     qi = tl.arange(0, BLOCK_TQ)[None, :, None]
@@ -68,10 +103,14 @@ def _frame_causal_attn_dot_kernel(
     denom = tl.where(denom == 0.0, 1.0, denom)
     p = p / denom[:, :, None]
 
-    if DOT_FP32:
-        o = tl.dot(p, v, input_precision="ieee")
+    p = _cast_operand(p, LOWP, IS_BF16, EMULATE)
+    v = _cast_operand(v, LOWP, IS_BF16, EMULATE)
+    if LOWP and not EMULATE:
+        o = tl.dot(p, v)
     else:
-        o = tl.dot(p.to(v_ptr.dtype.element_ty), v.to(v_ptr.dtype.element_ty))
+        o = tl.dot(p, v, input_precision="ieee")
+    if EMULATE and IS_BF16:
+        o = _round_to_bf16(o)
     o_mask = q_mask
     tl.store(o_ptr + n3 * son + h3 * soh + tq * sot + d * sod, o.to(o_ptr.dtype.element_ty), mask=o_mask)
 
@@ -80,12 +119,13 @@ def _frame_causal_attn_dot_kernel(
 def _frame_causal_attn_loop_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     R, H, num_cached, scale,
-    sqn, sqh, sqt, sqd,
-    skn, skh, skt, skd,
-    svn, svh, svt, svd,
-    son, soh, sot, sod,
+    sqn, sqh, sqt: tl.constexpr, sqd: tl.constexpr,
+    skn, skh, skt: tl.constexpr, skd: tl.constexpr,
+    svn, svh, svt: tl.constexpr, svd: tl.constexpr,
+    son, soh, sot: tl.constexpr, sod: tl.constexpr,
     T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_D: tl.constexpr,
+    EMULATE_BF16_STORE: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -121,6 +161,8 @@ def _frame_causal_attn_loop_kernel(
         m_i = m_new
     l_i = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_i[:, :, None]
+    if EMULATE_BF16_STORE:
+        o = _round_to_bf16(o)
     tl.store(o_ptr + n[:, None, None] * son + h[:, None, None] * soh + tq * sot + d3 * sod,
              o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
@@ -145,8 +187,13 @@ def frame_causal_attention_triton(
     use_dot: bool | None = None,
     block_r: int | None = None,
     num_warps: int | None = None,
+    fallback_on_error: bool = True,
 ) -> torch.Tensor:
-    """Launch the kernel. Inputs are validated by wmpo.ops_attention; any strides are accepted."""
+    """Launch the kernel. Inputs are validated by wmpo.ops_attention; any strides are accepted.
+
+    `use_dot`, `block_r`, `num_warps`: None = default_config. If the tl.dot variant fails to
+    compile on a GPU and `fallback_on_error`, it warns, and this process uses the loop variant.
+    """
     N, H, T_q, hd = q.shape
     T_k = k.shape[2]
     cfg = default_config(T_q, T_k, hd, q.dtype, q.device)
@@ -159,25 +206,45 @@ def frame_causal_attention_triton(
     if R == 0 or T_q == 0:
         return out
     block_d = max(16, triton.next_power_of_2(hd))
+    emulate = q.device.type != "cuda"  # CPU tensors only run in the Triton interpreter
     grid = (triton.cdiv(R, block_r),)
     common = (
         q, k, v, out, R, H, int(num_cached), float(scale),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
     )
+    if use_dot and q.device.type == "cuda" and _DOT_BROKEN:
+        use_dot = False
     if use_dot:
-        _frame_causal_attn_dot_kernel[grid](
-            *common,
-            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
-            BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
-            BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
-            DOT_FP32=q.dtype == torch.float32,
-            num_warps=num_warps,
-        )
-    else:
-        _frame_causal_attn_loop_kernel[grid](
-            *common,
-            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
-            BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
-            num_warps=num_warps,
-        )
+        try:
+            _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, q.dtype, emulate, num_warps)
+            return out
+        except Exception as e:  # noqa: BLE001 - 3-D tl.dot support varies by GPU / Triton version
+            if q.device.type != "cuda" or not fallback_on_error:
+                raise
+            _DOT_BROKEN.append(repr(e))
+            import warnings
+
+            warnings.warn(f"wmpo temporal attention: the tl.dot kernel failed ({e!r:.300}); using the loop kernel", RuntimeWarning)
+    _frame_causal_attn_loop_kernel[grid](
+        *common,
+        T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+        BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
+        EMULATE_BF16_STORE=emulate and out.dtype == torch.bfloat16,
+        num_warps=num_warps,
+    )
     return out
+
+
+_DOT_BROKEN: list[str] = []  # set after the first failed tl.dot launch on this process's GPU
+
+
+def _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, dtype, emulate, num_warps):
+    _frame_causal_attn_dot_kernel[grid](
+        *common,
+        T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+        BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
+        BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
+        LOWP=dtype in (torch.bfloat16, torch.float16), IS_BF16=dtype == torch.bfloat16,
+        EMULATE=emulate,
+        num_warps=num_warps,
+    )

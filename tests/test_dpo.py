@@ -81,3 +81,32 @@ def test_dpo_fit_raises_preferred_margin():
     assert hist[-1]["dpo/reward_margin"] > 0
     # reference stays frozen
     assert all(not p.requires_grad for p in tr.reference.parameters())
+
+
+def test_dpo_on_vla_policy_two_pass_matches_direct():
+    from test_grpo import tiny_vla
+    from wmpo.utils.frames import uint8_to_model
+
+    torch.manual_seed(0)
+    pol = tiny_vla()
+    batch = make_batch(pol, [1, 0, 0, 1], [0, 0, 1, 1], lengths=[3, 2, 1, 3], temperature=1.0)
+    tr = DPOTrainer(pol, DPOConfig(beta=0.2, lr=0.0, micro_batch_chunks=3, max_grad_norm=0.0))
+    with torch.no_grad():
+        for p in tr.reference.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    pairs = build_preference_pairs(batch.success, batch.group)
+    ref = tr.trajectory_logp(tr.reference, batch)
+    st = tr._step(batch, pairs, ref)
+    two_pass = [None if p.grad is None else p.grad.clone() for p in pol.parameters()]
+    pol.zero_grad()
+    rows, steps = batch.chunk_mask.nonzero(as_tuple=True)
+    lp, _ = pol.log_prob(uint8_to_model(batch.obs[rows, steps]), batch.instr[rows], batch.tokens[rows, steps], 1.0)
+    traj = torch.zeros(4).index_add(0, rows, lp.sum((1, 2)))
+    loss, _ = dpo_loss(traj[pairs[:, 0]], traj[pairs[:, 1]], ref[pairs[:, 0]], ref[pairs[:, 1]], 0.2)
+    assert st["dpo/loss"] == pytest.approx(loss.item(), abs=1e-5)
+    loss.backward()
+    for a, p in zip(two_pass, pol.parameters()):
+        if a is None:
+            assert p.grad is None or p.grad.abs().max() == 0
+        else:
+            assert torch.allclose(a, p.grad, atol=1e-6, rtol=1e-3)

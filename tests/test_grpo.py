@@ -292,3 +292,32 @@ def test_trainer_state_dict_resume_is_exact():
     assert tr2.step == tr.step == 4
     for a, b in zip(pol.parameters(), pol2.parameters()):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the built-in VLA policy
+
+
+def tiny_vla(action_dim: int = 3):
+    vla = pytest.importorskip("wmpo.models.policy")
+    cfg = vla.PolicyConfig(chunk_len=2, action_dim=action_dim, image_size=32, patch_size=16, hidden_size=32, num_heads=2,
+                           vision_layers=1, instr_layers=1, fusion_layers=1, max_instr_len=64)
+    return vla.VLAPolicy(cfg)
+
+
+def test_vla_policy_exact_ratio_and_positive_chunks_gain():
+    torch.manual_seed(0)
+    pol = tiny_vla()
+    assert isinstance(pol, Policy)
+    success = [1, 0, 0, 0, 1, 1, 0, 0]
+    batch = make_batch(pol, success, [0, 0, 0, 0, 1, 1, 1, 1], lengths=[3, 3, 2, 3, 1, 3, 2, 3])
+    tr = GRPOTrainer(pol, _cfg(lr=1e-3, minibatch_size=4, micro_batch_chunks=5))
+    tr.recompute_old_logp(batch)
+    old = batch.old_logp.clone()
+    stats = tr.update(batch)
+    assert tr.minibatch_stats[0]["grpo/ratio_mean"] == 1.0 and tr.minibatch_stats[0]["grpo/ratio_max"] == 1.0
+    assert all(math.isfinite(stats[k]) for k in GRPOTrainer.STAT_KEYS)
+    tr.recompute_old_logp(batch)
+    delta = (batch.old_logp - old).sum((2, 3))[batch.chunk_mask]
+    pos = torch.as_tensor(success, dtype=torch.bool)[:, None].expand_as(batch.chunk_mask)[batch.chunk_mask]
+    assert delta[pos].mean() > 0 > delta[~pos].mean()

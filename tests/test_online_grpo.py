@@ -9,7 +9,8 @@ import torch
 
 from test_grpo import TinyPolicy
 from wmpo.rl.grpo import GRPOConfig
-from wmpo.rl.online import OnlineGRPOConfig, bin_centers_decoder, rollout_groups, run_online_grpo
+from wmpo.models.tokenizer import ActionTokenizer
+from wmpo.rl.online import OnlineGRPOConfig, rollout_groups, run_online_grpo
 
 
 class ReachVecEnv:
@@ -67,7 +68,7 @@ def test_rollout_groups_masks_and_success():
     pol = TinyPolicy(chunk_len=2, action_dim=3)
     env = ReachVecEnv("reach", 8, 16, 0)
     starts = np.repeat(_init_states(2), 4, axis=0)
-    dec = bin_centers_decoder(256, -np.ones(3), np.ones(3))
+    dec = ActionTokenizer(-np.ones(3), np.ones(3))
     instr = pol.encode_instructions(["reach"] * 8)
     b = rollout_groups(pol, env, starts, instr, dec, max_chunks=6, temperature=1.6, group=torch.arange(2).repeat_interleave(4))
     S = b.obs.shape[1]
@@ -80,7 +81,21 @@ def test_rollout_groups_masks_and_success():
     assert (b.length[b.success] < 12).all() or not b.success.any()
     # frame 0 of each trajectory is the reset frame: point and target drawn
     assert (b.obs[:, 0, ..., 0] == 255).any((1, 2)).all()
-    assert torch.allclose(dec(torch.tensor([[[0, 255, 128]]])), torch.tensor([[[-1 + 1 / 256, 1 - 1 / 256, 1 / 256]]]))
+    # the env saw the tokenizer's decoded actions: replaying chunk 0 of trajectory 0 reproduces its frame 1
+    if b.chunk_mask[0, 1]:
+        env2 = ReachVecEnv("reach", 8, 16, 0)
+        env2.reset_to(starts)
+        acts = dec.decode(b.tokens[:, 0]).numpy()
+        for k in range(2):
+            fr = env2.step(acts[:, k])[0]
+        assert np.array_equal(fr[0], b.obs[0, 1].numpy())
+    # tokenizer_decoder with the tokenizer's own q01/q99 is its decode
+    from wmpo.rl.online import tokenizer_decoder
+
+    tok = ActionTokenizer(np.array([-2.0, 0.0, 1.0]), np.array([2.0, 1.0, 3.0]))
+    t = torch.tensor([[[0, 255, 128]]])
+    assert torch.allclose(tokenizer_decoder(tok, tok.q01, tok.q99)(t), tok.decode(t).float())
+    assert torch.allclose(tokenizer_decoder(tok)(t), tok.decode(t).float())
 
 
 def test_online_grpo_spends_budget_and_updates():
@@ -92,7 +107,7 @@ def test_online_grpo_spends_budget_and_updates():
         budget=40, num_envs=8, max_chunks=6, image_size=16, seed=0,
         grpo=GRPOConfig(group_size=4, batch_size=8, minibatch_size=4, lr=1e-3),
     )
-    dec = bin_centers_decoder(256, -np.ones(3), np.ones(3))
+    dec = ActionTokenizer(-np.ones(3), np.ones(3))
     out = run_online_grpo(pol, "reach", cfg, dec, "reach the green dot", make_env=ReachVecEnv, initial_states=_init_states(16))
     assert out["real_trajectories"] == 40  # 5 rounds of 8 envs
     assert sum(e.resets * e.n for e in ReachVecEnv.made) == 40
@@ -107,7 +122,7 @@ def test_online_grpo_budget_not_multiple_of_envs():
     pol = TinyPolicy(chunk_len=2, action_dim=3)
     cfg = OnlineGRPOConfig(budget=14, num_envs=8, max_chunks=3, image_size=16,
                            grpo=GRPOConfig(group_size=4, batch_size=8, minibatch_size=8))
-    dec = bin_centers_decoder(256, -np.ones(3), np.ones(3))
+    dec = ActionTokenizer(-np.ones(3), np.ones(3))
     out = run_online_grpo(pol, "reach", cfg, dec, "reach", make_env=ReachVecEnv, initial_states=_init_states(4))
     assert out["real_trajectories"] == 12  # 8 + 4: never exceeds P, whole groups only
     with pytest.raises(ValueError, match="num_envs"):
@@ -115,19 +130,60 @@ def test_online_grpo_budget_not_multiple_of_envs():
                         dec, "reach", make_env=ReachVecEnv, initial_states=_init_states(4))
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(importlib.util.find_spec("wmpo.sim.vec_env") is None, reason="wmpo.sim.vec_env not present yet")
-def test_online_grpo_real_simulator_smoke():
-    from wmpo.sim.initial_states import get_initial_states
+class TaskEnvList:
+    """VecEnv API over a list of real wmpo.sim TaskEnvs (used until wmpo.sim.vec_env lands)."""
 
+    def __init__(self, task, num_envs, image_size, seed):
+        from wmpo.sim.env import make_env
+
+        self.envs = [make_env(task, image_size=image_size, seed=seed + i) for i in range(num_envs)]
+
+    def reset_to(self, states):
+        return np.stack([e.reset_to(s) for e, s in zip(self.envs, np.asarray(states))])
+
+    def step(self, actions):
+        outs = [e.step(a) for e, a in zip(self.envs, np.asarray(actions, np.float64))]
+        return (np.stack([o[0] for o in outs]), np.array([o[1] for o in outs]), np.array([o[2] for o in outs]),
+                np.array([o[3]["success"] for o in outs]))
+
+    def close(self):
+        for e in self.envs:
+            e.close()
+
+
+def test_online_grpo_real_simulator_smoke():
+    """A few real robosuite steps with the built-in VLA policy and tokenizer, then one GRPO update."""
+    pytest.importorskip("wmpo.sim.env")
+    from test_grpo import tiny_vla
+
+    if importlib.util.find_spec("wmpo.sim.vec_env") is not None:
+        from wmpo.sim.vec_env import VecEnv as make_env
+    else:
+        make_env = TaskEnvList
+    if importlib.util.find_spec("wmpo.sim.initial_states") is not None:
+        from wmpo.sim.initial_states import get_initial_states
+
+        states = get_initial_states("square", "train", 1)
+    else:
+        from wmpo.sim.env import make_env as make_one
+
+        e = make_one("square", image_size=0, seed=0)
+        e.reset(seed=3)
+        states = e.get_state()[None]
+        e.close()
     torch.manual_seed(0)
-    pol = TinyPolicy(chunk_len=2, action_dim=7)
-    cfg = OnlineGRPOConfig(budget=4, num_envs=2, max_chunks=2, image_size=32,
-                           grpo=GRPOConfig(group_size=2, batch_size=2, minibatch_size=2))
-    dec = bin_centers_decoder(256, -np.ones(7), np.ones(7))
-    states = get_initial_states("square", "train", 2)
-    out = run_online_grpo(pol, "square", cfg, dec, "put the square nut on the peg", initial_states=states)
-    assert out["real_trajectories"] == 4
+    pol = tiny_vla(action_dim=7)
+    tok = ActionTokenizer(-0.5 * np.ones(7), 0.5 * np.ones(7))
+    cfg = OnlineGRPOConfig(budget=2, num_envs=2, max_chunks=2, image_size=32,
+                           grpo=GRPOConfig(group_size=2, batch_size=2, minibatch_size=2, dynamic_sampling=False))
+    before = [p.detach().clone() for p in pol.parameters()]
+    out = run_online_grpo(pol, "square", cfg, tok, make_env=make_env, initial_states=states)
+    assert out["real_trajectories"] == 2 and out["updates"] == 1
+    h = out["history"][0]
+    assert h["grpo/chunks"] == 4.0  # 2 trajectories x 2 chunks (no success in 4 steps)
+    # both trajectories failed -> zero advantage -> the update leaves the policy unchanged
+    assert h["grpo/adv_abs_mean"] == 0.0
+    assert all(torch.equal(a, p) for a, p in zip(before, pol.parameters()))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,7 +194,7 @@ def _lifelong_stages(calls):
     from wmpo.rl.grpo import GRPOTrainer, assemble_batch
     from wmpo.rl.lifelong import LifelongStages
 
-    dec = bin_centers_decoder(256, -np.ones(3), np.ones(3))
+    dec = ActionTokenizer(-np.ones(3), np.ones(3))
     states = _init_states(8, seed=3)
 
     def rollout(policy, n_groups, G, temperature):

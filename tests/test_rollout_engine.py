@@ -8,7 +8,6 @@ model once those modules exist.
 """
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -65,9 +64,11 @@ class TinyPolicy(nn.Module):
         return lp.gather(-1, tokens[..., None])[..., 0], ent
 
 
-class TinyTokenizer:
-    def detokenize(self, tokens):
-        return (tokens.float() + 0.5) / BINS * 2 - 1
+def TinyTokenizer():
+    """wmpo's own tokenizer over BINS bins (the engine only uses detokenize)."""
+    from wmpo.models.tokenizer import ActionTokenizer
+
+    return ActionTokenizer(-torch.ones(D), torch.ones(D), num_bins=BINS)
 
 
 class TinyWorldModelEnv:
@@ -296,7 +297,7 @@ def test_bench_measure_point_runs_all_modes():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
 
-    def make(cfg):
+    def make(cfg, reference=False):
         return ImaginationEngine(TinyWorldModelEnv(), TinyPolicy(), TinySuccess(), TinyTokenizer(), cfg)
 
     res = bench.measure_point(make, make_pool(3), "x", batch=4, chunks=2, horizon_chunks=3, group_size=2,
@@ -348,3 +349,138 @@ def test_unseeded_calls_differ_and_global_seed_reproduces():
     torch.manual_seed(7)
     c, _ = eng.rollout_fixed(pool, "x", max_steps=10)
     assert torch.equal(a.tokens, c.tokens)
+
+
+def test_dropped_groups_are_freed_and_result_unchanged():
+    pool = make_pool(3)
+    eng = make_engine(num_slots=2)
+    a, sa = eng.sample_groups(pool, "x", group_size=2, num_trajectories=6, seed=2)
+    assert sa["groups_dropped"] * 2 > 2  # compaction ran (more dropped rows than slots)
+    init = sa["init_index"]
+    assert len(a) == 6 and not set(init.tolist()) & {0, 1}
+    for g in range(3):
+        s = a.success[a.group == g]
+        assert s.any() and not s.all()
+    # the kept records survived compaction intact: they replay exactly
+    for n, (reads, first_success) in enumerate(replay(eng, a, pool[init], 1.6)):
+        steps = int(a.chunk_mask[n].sum())
+        assert all(torch.equal(a.obs[n, s], reads[s]) for s in range(steps))
+        assert (first_success is not None) == bool(a.success[n])
+
+
+def test_with_builtin_vla_policy_logp_matches():
+    pol_mod = pytest.importorskip("wmpo.models.policy")
+    from wmpo.models.tokenizer import ActionTokenizer
+
+    cfg = pol_mod.PolicyConfig(chunk_len=K, action_dim=D, image_size=16, patch_size=8, hidden_size=32,
+                               num_heads=2, vision_layers=1, instr_layers=1, fusion_layers=1, max_instr_len=16)
+    torch.manual_seed(0)
+    policy = pol_mod.VLAPolicy(cfg).eval()
+    eng = ImaginationEngine(TinyWorldModelEnv(), policy, TinySuccess(), ActionTokenizer(-torch.ones(D), torch.ones(D)),
+                            RolloutConfig(num_slots=4, max_steps=6, group_size=2))
+    pool = make_pool(3)
+    batch, stats = eng.sample_groups(pool, "lift the cube", group_size=2, num_trajectories=4, seed=0,
+                                     dynamic_sampling=False)
+    assert len(batch) == 4 and batch.instr.shape == (4, 16)
+    m = batch.chunk_mask
+    instr = batch.instr[:, None].expand(-1, m.shape[1], -1)[m]
+    with torch.no_grad():
+        lp, _ = policy.log_prob(uint8_to_model(batch.obs[m]), instr, batch.tokens[m], temperature=1.6)
+    torch.testing.assert_close(lp, batch.old_logp[m], rtol=1e-4, atol=1e-4)
+    fixed, _ = eng.rollout_fixed(pool, "lift the cube", max_steps=6, temperature=0.0)
+    assert fixed.tokens.shape[1:] == batch.tokens.shape[1:]
+
+
+def test_with_reward_model_detector_matches_offline_classify():
+    rw = pytest.importorskip("wmpo.models.reward")
+    torch.manual_seed(0)
+    model = rw.RewardModel(rw.RewardConfig(clip_len=4, image_size=8, patch_size=4, tubelet_size=2, hidden_size=16,
+                                           num_layers=1, num_heads=2)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(200.0)  # spread the random probabilities
+    pool = make_pool(4)
+    B, steps = 4, 12
+    probe = ImaginationEngine(TinyWorldModelEnv(), TinyPolicy(), rw.IncrementalSuccess(model, B), TinyTokenizer(),
+                              RolloutConfig(num_slots=B))
+    # pick the threshold so that some trajectories succeed and some do not
+    full, _ = probe.rollout_fixed(pool, "x", max_steps=steps, temperature=1.6, seed=1, early_exit=False)
+    frames = _replay_frames(full, pool)
+    probs = model.score_windows(frames, pad=True)[:, 1:]
+    model.threshold.fill_(float(probs.amax(1).median()))
+    eng = ImaginationEngine(TinyWorldModelEnv(), TinyPolicy(), rw.IncrementalSuccess(model, B), TinyTokenizer(),
+                            RolloutConfig(num_slots=B))
+    out, _ = eng.rollout_fixed(pool, "x", max_steps=steps, temperature=1.6, seed=1)
+    success, first, _ = model.classify(_replay_frames(out, pool))
+    assert success.any() and not success.all()
+    assert torch.equal(out.success, success)
+    # a success ends the trajectory at the chunk holding its first success frame
+    assert torch.equal(out.length[success], first[success] + 1)
+    assert torch.equal(out.chunk_mask.sum(1)[success], first[success] // K + 1)
+    assert torch.equal(out.length[~success], torch.full_like(out.length[~success], steps))
+
+
+def _replay_frames(batch, init_u8):
+    """All frames (initial + generated) of each trajectory, from its recorded tokens -> [N, 1 + steps, 3, H, W]."""
+    env = TinyWorldModelEnv()
+    env.reset(uint8_to_model(init_u8))
+    vids = [uint8_to_model(init_u8)[:, None]]
+    for s in range(batch.tokens.shape[1]):
+        vids.append(env.step(TinyTokenizer().detokenize(batch.tokens[:, s])))
+    return torch.cat(vids, 1)[:, : 1 + int(batch.length.max())]
+
+
+def _real_engine(num_slots, steps=2, seed=0):
+    """wmpo's own VAE, world model, world-model env, VLA policy and reward detector at toy sizes."""
+    pytest.importorskip("wmpo.rollout.world_model_env")
+    from wmpo.models.policy import PolicyConfig, VLAPolicy
+    from wmpo.models.reward import IncrementalSuccess, RewardConfig, RewardModel
+    from wmpo.models.tokenizer import ActionTokenizer
+    from wmpo.models.vae import FrameVAE, VAEConfig
+    from wmpo.models.world_model import WorldModel, WorldModelConfig
+    from wmpo.rollout.world_model_env import WorldModelEnv
+
+    torch.manual_seed(seed)
+    vae = FrameVAE(VAEConfig(frame_size=16, latent_channels=4, block_channels=(8, 16), layers_per_block=1,
+                             norm_groups=4, mid_attention=False)).eval()
+    wm = WorldModel(WorldModelConfig(latent_channels=4, latent_size=8, patch=2, hidden=32, spatial_blocks=1,
+                                     temporal_blocks=1, heads=2, num_context=2, chunk_len=4, action_dim=3)).eval()
+    pol = VLAPolicy(PolicyConfig(chunk_len=4, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
+                                 vision_layers=1, instr_layers=1, fusion_layers=1, max_instr_len=16)).eval()
+    rm = RewardModel(RewardConfig(clip_len=4, image_size=16, patch_size=8, tubelet_size=2, hidden_size=16,
+                                  num_layers=1, num_heads=2)).eval()
+    env = WorldModelEnv(vae, wm, steps=steps, num_context=2, device="cpu")
+    tok = ActionTokenizer(-torch.ones(3), torch.ones(3))
+    return ImaginationEngine(env, pol, IncrementalSuccess(rm, num_slots), tok,
+                             RolloutConfig(num_slots=num_slots, max_steps=12, group_size=2))
+
+
+def test_real_components_sample_groups():
+    eng = _real_engine(num_slots=3)
+    g = torch.Generator().manual_seed(0)
+    pool = torch.randint(0, 256, (3, 16, 16, 3), dtype=torch.uint8, generator=g)
+    batch, stats = eng.sample_groups(pool, "lift", group_size=2, num_trajectories=4, seed=0, dynamic_sampling=False)
+    assert len(batch) == 4 and batch.obs.shape == (4, 3, 16, 16, 3) and batch.tokens.shape == (4, 3, 4, 3)
+    assert stats["slot_utilization"] == 1.0 and stats["host_syncs"] == stats["chunks"]
+    assert torch.equal(batch.obs[:, 0], pool[stats["init_index"]])  # the first obs is the initial frame
+    m = batch.chunk_mask
+    assert m[:, 0].all() and torch.equal(m.sum(1), (batch.length + 3) // 4)
+    instr = batch.instr[:, None].expand(-1, m.shape[1], -1)[m]
+    with torch.no_grad():
+        lp, _ = eng.policy.log_prob(uint8_to_model(batch.obs[m]), instr, batch.tokens[m], temperature=1.6)
+    torch.testing.assert_close(lp, batch.old_logp[m], rtol=1e-4, atol=1e-4)
+    again, _ = eng.sample_groups(pool, "lift", group_size=2, num_trajectories=4, seed=0, dynamic_sampling=False)
+    for f in ("obs", "tokens", "old_logp", "success", "length"):
+        assert torch.equal(getattr(batch, f), getattr(again, f)), f
+    fixed, fstats = eng.rollout_fixed(pool, "lift", max_steps=12, temperature=1.6, seed=0)
+    assert fixed.obs.shape[1:] == batch.obs.shape[1:] and fixed.tokens.shape[1:] == batch.tokens.shape[1:]
+    ref, rstats = eng.rollout_eager_reference(pool, "lift", max_steps=12, temperature=1.6, seed=0)
+    assert ref.obs.shape == fixed.obs.shape and rstats["time"]["world_model"] > 0
+
+
+def test_horizon_not_multiple_of_chunk():
+    pool = make_pool(3)
+    eng = make_engine()
+    out, _ = eng.rollout_fixed(pool, "x", max_steps=5, temperature=1.6, seed=0)  # K=2: 3 chunks, 6 frames
+    assert out.tokens.shape[1] == 3
+    assert (out.length <= 5).all()
+    assert int(out.length[1]) == 5 and int(out.chunk_mask[1].sum()) == 3  # never-succeeding state: to the horizon

@@ -1,1 +1,29 @@
+"""Inference engines for the rollout's VAE decoder and policy (see docs/engine.md).
 
+- wmpo.engine.onnx_export: ONNX export + `OnnxEngine` (onnxruntime).
+- wmpo.engine.compiled: `compile_module` (torch.compile modes) and `CUDAGraphRunner`.
+- wmpo.engine.tensorrt: TensorRT from the ONNX file; optional and UNVERIFIED.
+
+Submodules import lazily (onnxruntime / tensorrt are optional at import time).
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "OnnxEngine": "onnx_export",
+    "export_onnx": "onnx_export",
+    "export_vae_decoder": "onnx_export",
+    "export_policy_logits": "onnx_export",
+    "compile_module": "compiled",
+    "CUDAGraphRunner": "compiled",
+    "tensorrt_available": "tensorrt",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"wmpo.engine.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'wmpo.engine' has no attribute {name!r}")

@@ -10,14 +10,7 @@ from wmpo.rl.grpo import (
     grpo_loss,
 )
 from wmpo.rl.lifelong import LifelongConfig, LifelongStages, run_lifelong
-from wmpo.rl.online import (
-    OnlineGRPOConfig,
-    bin_centers_decoder,
-    rollout_groups,
-    run_online_grpo,
-    tokenizer_decoder,
-    unnormalize_actions,
-)
+from wmpo.rl.online import OnlineGRPOConfig, as_action_decoder, rollout_groups, run_online_grpo, tokenizer_decoder
 
 __all__ = [
     "DPOConfig",
@@ -35,9 +28,8 @@ __all__ = [
     "LifelongStages",
     "run_lifelong",
     "OnlineGRPOConfig",
-    "bin_centers_decoder",
+    "as_action_decoder",
     "rollout_groups",
     "run_online_grpo",
     "tokenizer_decoder",
-    "unnormalize_actions",
 ]

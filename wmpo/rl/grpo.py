@@ -17,7 +17,6 @@ Conventions (see docs/rl.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 from torch import nn

@@ -8,6 +8,7 @@ batch is 8 initial states (x G = 64 trajectories) with the learning rate divided
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -46,33 +47,28 @@ class OnlineGRPOConfig:
     """GRPO hyper-parameters (default: appendix B's small-budget setting)"""
 
 
-def bin_centers_decoder(num_bins: int, low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor) -> Callable:
-    """tokens [N, K, D] -> env actions [N, K, D]: bin centres in [-1, 1] mapped to [low, high] (q01/q99).
+def as_action_decoder(decoder: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ActionTokenizer (its .decode: tokens -> bin centres -> q01/q99 env actions) or a callable."""
+    if hasattr(decoder, "decode") and callable(decoder.decode):
+        return decoder.decode
+    if callable(decoder):
+        return decoder
+    raise ValueError(f"decode_actions: expected an ActionTokenizer or a callable, got {type(decoder).__name__}")
 
-    The inverse of uniform 256-bin tokenization of actions normalized with the store's q01/q99.
+
+def tokenizer_decoder(tokenizer: Any, low: Any = None, high: Any = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """tokens [N, K, D] -> env actions: tokenizer.detokenize (bin centres in [-1, 1]) then q01/q99.
+
+    low/high default to the tokenizer's own statistics (then this is tokenizer.decode).
     """
-    low_t = torch.as_tensor(np.asarray(low), dtype=torch.float32)
-    high_t = torch.as_tensor(np.asarray(high), dtype=torch.float32)
+    if low is None and high is None:
+        return as_action_decoder(tokenizer)
+    lo = torch.as_tensor(np.asarray(low), dtype=torch.float32)
+    hi = torch.as_tensor(np.asarray(high), dtype=torch.float32)
 
     def decode(tokens: torch.Tensor) -> torch.Tensor:
-        x = (tokens.float() + 0.5) / num_bins * 2.0 - 1.0
-        return unnormalize_actions(x, low_t, high_t)
-
-    return decode
-
-
-def unnormalize_actions(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Normalized actions in [-1, 1] -> env space [low, high] (the store's q01/q99)."""
-    return (x + 1.0) * 0.5 * (high.to(x) - low.to(x)) + low.to(x)
-
-
-def tokenizer_decoder(tokenizer: Any, low: np.ndarray | torch.Tensor, high: np.ndarray | torch.Tensor) -> Callable:
-    """tokens [N, K, D] -> env actions [N, K, D] via tokenizer.detokenize (-> [-1, 1]) and q01/q99."""
-    low_t = torch.as_tensor(np.asarray(low), dtype=torch.float32)
-    high_t = torch.as_tensor(np.asarray(high), dtype=torch.float32)
-
-    def decode(tokens: torch.Tensor) -> torch.Tensor:
-        return unnormalize_actions(tokenizer.detokenize(tokens).float(), low_t, high_t)
+        x = torch.as_tensor(tokenizer.detokenize(tokens)).float()
+        return (x + 1.0) * 0.5 * (hi.to(x.device) - lo.to(x.device)) + lo.to(x.device)
 
     return decode
 
@@ -83,16 +79,18 @@ def rollout_groups(
     env: Any,
     init_states: np.ndarray | torch.Tensor,
     instr: torch.Tensor,
-    decode_actions: Callable[[torch.Tensor], torch.Tensor],
+    decode_actions: Any,
     max_chunks: int,
     temperature: float,
     group: torch.Tensor,
 ) -> TrajectoryBatch:
     """Roll out len(init_states) real trajectories (one per env) -> TrajectoryBatch on the CPU.
 
-    A trajectory ends at the first success or done; finished envs keep stepping (their results are
-    ignored) so the vectorized env stays in lock-step.
+    A trajectory ends at the first success or done; finished envs are left idle when env.step takes
+    a `mask` (wmpo.sim.vec_env.VecEnv), else they keep stepping and their results are ignored.
     """
+    decode = as_action_decoder(decode_actions)
+    masked_step = "mask" in inspect.signature(env.step).parameters  # VecEnv: finished envs stay idle
     dev = policy_device(policy)
     policy.eval()
     frames = torch.as_tensor(np.asarray(env.reset_to(init_states)))
@@ -110,9 +108,9 @@ def rollout_groups(
         tok, lp = policy.sample(uint8_to_model(frames.to(dev)), instr, temperature)
         toks.append(tok.cpu())
         logps.append(lp.float().cpu())
-        actions = decode_actions(tok).float().cpu().numpy()
+        actions = torch.as_tensor(decode(tok)).float().cpu().numpy()
         for k in range(K):
-            out = env.step(actions[:, k])
+            out = env.step(actions[:, k], mask=alive.numpy()) if masked_step else env.step(actions[:, k])
             new_frames, _rew, dones, succ = out[0], out[1], out[2], out[3]
             new_frames = torch.as_tensor(np.asarray(new_frames))
             succ = torch.as_tensor(np.asarray(succ), dtype=torch.bool)
@@ -139,14 +137,17 @@ def run_online_grpo(
     policy: nn.Module,
     task: str,
     cfg: OnlineGRPOConfig,
-    decode_actions: Callable[[torch.Tensor], torch.Tensor],
-    instruction: str,
+    decode_actions: Any,
+    instruction: str | None = None,
     horizon: int | None = None,
     make_env: Callable[[str, int, int, int], Any] | None = None,
     initial_states: np.ndarray | None = None,
     logger: ScalarLogger | None = None,
 ) -> dict[str, Any]:
     """Online GRPO in the real simulator until the budget P is spent. -> summary dict.
+
+    decode_actions: the policy's ActionTokenizer (tokens -> env actions) or any such callable.
+    instruction / horizon: default to the registered task's (wmpo.sim.tasks.get_task).
 
     make_env(task, num_envs, image_size, seed) defaults to wmpo.sim.vec_env.VecEnv; initial_states
     defaults to get_initial_states(task, "train", cfg.num_initial_states).
@@ -163,6 +164,12 @@ def run_online_grpo(
 
         initial_states = get_initial_states(task, "train", cfg.num_initial_states)
     initial_states = np.asarray(initial_states)
+    if instruction is None or (horizon is None and cfg.max_chunks is None):
+        from wmpo.sim.tasks import get_task
+
+        spec = get_task(task)
+        instruction = spec.instruction if instruction is None else instruction
+        horizon = spec.horizon if horizon is None else horizon
     max_chunks = cfg.max_chunks
     if max_chunks is None:
         if horizon is None:

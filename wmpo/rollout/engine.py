@@ -136,6 +136,8 @@ class ImaginationEngine:
         self._chunk_runner = None  # compiled / graph-captured chunk, keyed by state identity
         self._runner_key = None
         self._graph = None
+        self._warm = 0
+        self._graph_failed = False
         self._states: dict[tuple, _SlotState] = {}
 
     # ------------------------------------------------------------------ inputs
@@ -229,11 +231,12 @@ class ImaginationEngine:
             first = torch.full((S,), -1, dtype=torch.int64, device=self.device)
         prev_steps = st.step * self.K
         st.step.add_(st.active.to(torch.int64))
-        succ_now = st.active & success.to(torch.bool) & ~st.success
         # first_success_frame counts frames of the current chunk (0..K-1) unless it is >= K
-        # (then it already counts from the trajectory's start)
+        # (then it already counts from the trajectory's start, as IncrementalSuccess reports it)
         first = first.to(torch.int64)
         first_global = torch.where(first >= self.K, first, prev_steps + first)
+        # a success after the horizon (max_steps not a multiple of K) does not count
+        succ_now = st.active & success.to(torch.bool) & ~st.success & (first_global < max_steps)
         horizon = st.active & (st.step >= max_chunks)
         new_len = torch.where(succ_now, first_global + 1, torch.clamp(st.step * self.K, max=max_steps))
         st.length.copy_(torch.where(st.active, new_len, st.length))
@@ -249,7 +252,7 @@ class ImaginationEngine:
         """The chunk, eager or through torch.compile / a CUDA graph per the config."""
         cfg = self.cfg
         cuda = self.device.type == "cuda"
-        use_graph = cfg.cuda_graph and cuda and not timer.enabled
+        use_graph = cfg.cuda_graph and cuda and not timer.enabled and not self._graph_failed
         use_compile = cfg.compile_chunk and (cuda or cfg.compile_on_cpu) and not timer.enabled
         if not (use_graph or use_compile):
             self._chunk(st, temperature, max_chunks, max_steps, timer)
@@ -278,7 +281,7 @@ class ImaginationEngine:
                 self._graph = self._capture(self._chunk_runner)
             except Exception as e:  # pragma: no cover - CUDA only
                 warn_once("rollout-graph", f"wmpo.rollout: CUDA-graph capture of the chunk failed ({e}); running eager")
-                self.cfg.cuda_graph = False
+                self._graph_failed = True
                 self._chunk_runner()
                 return
         self._graph()
@@ -293,11 +296,8 @@ class ImaginationEngine:
         except ImportError:
             CUDAGraphRunner = None
         if CUDAGraphRunner is not None:
-            try:
-                runner = CUDAGraphRunner(fn)
-                return runner
-            except TypeError:
-                pass
+            # zero-argument in-place callable: no warm-up inside (done by _run_chunk), capture runs no work
+            return CUDAGraphRunner(fn, device=self.device, warmup=0)
         g = torch.cuda.CUDAGraph()
         s = torch.cuda.Stream(self.device)
         s.wait_stream(torch.cuda.current_stream(self.device))
@@ -305,6 +305,21 @@ class ImaginationEngine:
             fn()
         torch.cuda.current_stream(self.device).wait_stream(s)
         return g.replay
+
+    def _check_detector(self, rows: int, what: str) -> None:
+        n = getattr(self.detector, "batch_size", None)
+        if self.detector is not None and n is not None and n != rows:
+            raise ValueError(f"success_detector: expected batch_size {rows} ({what}), got {n}")
+
+    def _env_reset(self, first_frames: torch.Tensor) -> None:
+        """Reset every row of the env; reuse its buffers (reset_slots) when the batch size is unchanged,
+        so a captured chunk stays valid; a reallocating reset drops the captured graph."""
+        B = first_frames.shape[0]
+        if getattr(self.wm_env, "batch_size", None) == B:
+            self.wm_env.reset_slots(torch.ones(B, dtype=torch.bool, device=self.device), first_frames)
+        else:
+            self.wm_env.reset(first_frames)
+            self._graph, self._chunk_runner, self._runner_key = None, None, None
 
     # ------------------------------------------------------------------ slot refills
     def _reset_rows(self, st: _SlotState, mask: torch.Tensor, first_u8: torch.Tensor, instr: torch.Tensor, traj: torch.Tensor) -> None:
@@ -330,6 +345,7 @@ class ImaginationEngine:
         return packed.cpu().numpy()
 
     # ------------------------------------------------------------------ public API
+    @torch.no_grad()
     def sample_groups(
         self,
         initial_frames: torch.Tensor,
@@ -362,6 +378,7 @@ class ImaginationEngine:
         need_groups = B // G
         max_groups = int(max_groups or max(need_groups, math.ceil(cfg.max_groups_factor * need_groups)))
         S = int(cfg.num_slots)
+        self._check_detector(S, "RolloutConfig.num_slots")
 
         t_wall = time.perf_counter()
         timer = _Timer(cfg.profile, self.device)
@@ -387,6 +404,8 @@ class ImaginationEngine:
         group_done = np.zeros(max_groups, dtype=np.int64)
         group_succ = np.zeros(max_groups, dtype=np.int64)
         kept_groups: list[int] = []
+        group_dropped = np.zeros(max_groups, dtype=bool)
+        stored_dropped = 0  # finished trajectories of dropped groups still held in `finished`
         dropped = 0
         next_traj = 0
         chunks = 0
@@ -415,10 +434,9 @@ class ImaginationEngine:
             n0 = min(S, n_traj_total)
             mask_np = np.zeros(S, dtype=bool)
             mask_np[:n0] = True
-            self.wm_env.reset(uint8_to_model(pool[group_init_dev[0:1].expand(S)], dtype=frame_dtype))
-            if self.detector is not None:
-                self.detector.reset_slots(torch.ones(S, dtype=torch.bool, device=self.device), uint8_to_model(pool[group_init_dev[0:1].expand(S)], dtype=frame_dtype))
-            launch(mask_np)
+            if getattr(self.wm_env, "batch_size", None) != S:
+                self._env_reset(uint8_to_model(pool[group_init_dev[0:1].expand(S)], dtype=frame_dtype))
+            launch(mask_np)  # resets the launched rows of the env and the detector
             host_s += time.perf_counter() - th
             while True:
                 timer.start()
@@ -455,6 +473,11 @@ class ImaginationEngine:
                             kept_groups.append(int(g))
                         else:
                             dropped += 1
+                            group_dropped[g] = True
+                            stored_dropped += G
+                    if stored_dropped > S:  # free the records of dropped groups (amortized compaction)
+                        finished = [self._compact(finished, ~group_dropped[traj_group])]
+                        stored_dropped = 0
                 # frames generated for slots that held a trajectory in this chunk
                 frames_active += busy_now * self.K
                 slot_busy += busy_now
@@ -497,6 +520,13 @@ class ImaginationEngine:
             "time": dict(timer.t),
         }
         return batch, stats
+
+    @staticmethod
+    def _compact(finished: list[dict[str, torch.Tensor]], keep_traj: np.ndarray) -> dict[str, torch.Tensor]:
+        """Concatenate finished-trajectory blocks, keeping rows whose trajectory id has keep_traj True."""
+        cat = {k: torch.cat([f[k] for f in finished]) for k in finished[0]}
+        rows = torch.from_numpy(np.nonzero(keep_traj[cat["traj"].numpy()])[0])
+        return {k: v.index_select(0, rows.to(v.device)) for k, v in cat.items()}
 
     def _assemble(self, finished, kept_groups, G, T, instr_pool, group_init, out_dev):
         H, W = (finished[0]["obs"].shape[2:4]) if finished else (0, 0)
@@ -560,6 +590,7 @@ class ImaginationEngine:
         timer = _Timer(cfg.profile, self.device)
         pool, instr = self._prepare_pool(initial_frames, instructions)
         B, H, W = pool.shape[:3]
+        self._check_detector(B, "one row per initial frame")
         st = self._alloc(B, T, H, W, instr.shape[1], torch.float32)
         host_s = 0.0
         # a seed from the global RNG when none is given, so unseeded calls differ but stay reproducible
@@ -568,7 +599,8 @@ class ImaginationEngine:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(run_seed)
             first_in = uint8_to_model(pool)
-            self.wm_env.reset(first_in)
+            if getattr(self.wm_env, "batch_size", None) != B:
+                self._env_reset(first_in)
             mask = torch.ones(B, dtype=torch.bool, device=self.device)
             self._reset_rows(st, mask, pool, instr, torch.arange(B, device=self.device))
             chunks = 0
@@ -630,6 +662,7 @@ class ImaginationEngine:
         timer = _Timer(True, self.device)
         pool, instr = self._prepare_pool(initial_frames, instructions)
         B = pool.shape[0]
+        self._check_detector(B, "one row per initial frame")
         videos: list[np.ndarray] = []  # host uint8 [B, K, H, W, 3] per chunk
         obs_l, tok_l, logp_l = [], [], []
         # a seed from the global RNG when none is given, so unseeded calls differ but stay reproducible
@@ -638,7 +671,7 @@ class ImaginationEngine:
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(run_seed)
             cur = pool.cpu().numpy()
-            self.wm_env.reset(uint8_to_model(pool))
+            self._env_reset(uint8_to_model(pool))
             timer.start()
             for _ in range(T):
                 frames_in = uint8_to_model(torch.from_numpy(cur).to(self.device))
@@ -666,7 +699,7 @@ class ImaginationEngine:
                     ok, first = self.detector.update(uint8_to_model(torch.from_numpy(video).to(self.device)))
                     ok, first = ok.cpu(), first.cpu().to(torch.int64)
                     first_g = torch.where(first >= self.K, first, s * self.K + first)
-                    new = ok & ~success
+                    new = ok & ~success & (first_g < max_steps)
                     length = torch.where(new, first_g + 1, length)
                     success |= ok
                 timer.lap("reward")

@@ -86,8 +86,9 @@ class TaskEnv:
         return self.render()
 
     def step(self, action: np.ndarray):
-        """-> (frame, reward, done, info{"success", "t"})."""
-        action = np.asarray(action, dtype=np.float64)
+        """-> (frame, reward, done, info{"success", "t"}). The action is rounded to float32 (what
+        the trajectory store keeps), so replaying stored actions reproduces an episode exactly."""
+        action = np.asarray(action, dtype=np.float32).astype(np.float64)
         if action.shape != (ACTION_DIM,):
             raise ValueError(f"action: expected shape ({ACTION_DIM},), got {action.shape}")
         self.raw.step(action)

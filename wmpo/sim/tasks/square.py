@@ -1,6 +1,6 @@
 """square: robosuite NutAssemblySquare with a narrow (D0-like) initial distribution.
 
-The square nut starts flat on the table in a small box left of the robot with a small yaw; the
+The square nut starts flat on the table in a small box left of the robot with its handle pointing left (+y, small yaw noise); the
 expert grasps the handle, lifts the nut above the square peg, turns it so the hole lines up with
 the peg, lowers it over the peg and lets go.
 """
@@ -27,7 +27,9 @@ HORIZON = 184
 # y in [0.11, 0.225] and any yaw)
 X_RANGE = (-0.12, -0.10)
 Y_RANGE = (0.12, 0.19)
-YAW_RANGE = (-np.pi / 8, np.pi / 8)
+YAW_RANGE = (np.pi / 2 - np.pi / 8, np.pi / 2 + np.pi / 8)
+"""nut yaw: the handle points left (+y). A handle on the far side (+x) puts the gripper at the edge
+of the Panda's reach over the peg."""
 
 
 class SquareEnv(NutAssemblySquare):
@@ -115,7 +117,7 @@ class SquareExpert(WaypointExpert):
 
         def lift(env):
             p = env.eef_pos()
-            return np.array([p[0], p[1], SAFE_Z])
+            return np.array([p[0], p[1], TABLE_Z + 0.11])
 
         def carry(z):
             def f(env):
@@ -144,7 +146,7 @@ class SquareExpert(WaypointExpert):
             Waypoint("above", above_handle(0.08), -1.0, yaw=grasp_yaw, tol=0.012, max_steps=45),
             Waypoint("descend", above_handle(0.0), -1.0, yaw=grasp_yaw, tol=0.006, max_steps=30, speed=0.6),
             Waypoint("close", above_handle(0.0), 1.0, min_steps=8, max_steps=8, tol=1.0),
-            Waypoint("lift", lift, 1.0, tol=0.02, max_steps=30),
+            Waypoint("lift", lift, 1.0, tol=0.02, max_steps=20),
             Waypoint("carry", carry(SAFE_Z), 1.0, yaw=align_yaw, tol=0.008, max_steps=50),
             Waypoint("align", carry(PEG_TOP_Z + 0.045), 1.0, yaw=align_yaw, tol=0.004, max_steps=25, speed=0.5),
             Waypoint("lower", lowered, 1.0, yaw=align_yaw, tol=0.01, max_steps=40, speed=0.5, end_on_stall=True),

@@ -1,0 +1,26 @@
+"""Launch-size helpers shared by the Triton launchers (not a kernel)."""
+from __future__ import annotations
+
+import os
+
+import triton
+
+
+def interpreting(device) -> bool:
+    """True when kernels run in the Triton CPU interpreter (TRITON_INTERPRET=1 or CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET") == "1" or getattr(device, "type", str(device)) == "cpu"
+
+
+def rows_per_program(R: int, block_d: int, device) -> int:
+    """Rows per program: a few rows on a GPU, big blocks (few programs) in the interpreter."""
+    if interpreting(device):
+        want = triton.next_power_of_2(max(1, triton.cdiv(R, 4)))
+        return max(1, min(want, (1 << 20) // block_d))
+    return max(1, min(16, 4096 // block_d))
+
+
+def flat_block(n: int, device) -> int:
+    """Elements per program for flat elementwise kernels."""
+    if interpreting(device):
+        return max(16, min(triton.next_power_of_2(max(1, triton.cdiv(n, 4))), 1 << 20))
+    return 2048

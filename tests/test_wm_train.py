@@ -1,0 +1,85 @@
+import pytest
+import torch
+
+from wmpo.data.clips import LatentWindowDataset, action_stats, normalize_actions, synthetic_episodes
+from wmpo.models.vae import FrameVAE, VAEConfig
+from wmpo.models.world_model import WorldModel, WorldModelConfig
+from wmpo.train.wm_eval import evaluate_world_model
+from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset, train_world_model
+from wmpo.utils.checkpoint import load_checkpoint
+
+torch.set_num_threads(1)
+
+
+def small_setup():
+    eps = synthetic_episodes(4, 14, size=32, seed=0)
+    torch.manual_seed(0)
+    vae = FrameVAE(VAEConfig(frame_size=32, block_channels=(16, 32), layers_per_block=1, norm_groups=8, mid_attention=False)).eval()
+    mcfg = WorldModelConfig(latent_size=16, hidden=32, spatial_blocks=1, temporal_blocks=1, heads=2, num_context=2, chunk_len=3)
+    return eps, vae, mcfg
+
+
+def test_windows_alignment_and_start_padding():
+    lat = [torch.arange(6).float().view(6, 1, 1, 1).expand(6, 2, 2, 2)]
+    act = [torch.arange(1, 6).float().view(5, 1).expand(5, 3)]
+    ds = LatentWindowDataset(lat, act, num_context=3, chunk_len=2)
+    assert ds.index[0] == (0, -2) and len(ds) == 1 + (6 - 5 + 1)
+    x, a = ds.get(0)  # padded start: frames 0,0,0 | 1,2 ; actions 0,0,0 | a0,a1
+    assert x[:, 0, 0, 0].tolist() == [0, 0, 0, 1, 2]
+    assert a[:, 0].tolist() == [0, 0, 0, 1, 2]
+    x, a = ds.get(2)  # s=1: frames 1..5, producing actions a0..a4
+    assert x[:, 0, 0, 0].tolist() == [1, 2, 3, 4, 5] and a[:, 0].tolist() == [1, 2, 3, 4, 5]
+
+
+def test_normalize_actions():
+    st = {"q01": [-2.0, 0.0, 1.0], "q99": [2.0, 1.0, 1.0]}
+    out = normalize_actions(torch.tensor([[0.0, 2.0, 5.0], [-4.0, 0.5, 1.0]]), st)
+    assert out.tolist() == [[0.0, 1.0, 0.0], [-1.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="actions"):
+        normalize_actions(torch.zeros(2, 4), st)
+
+
+def test_loss_falls_on_tiny_dataset():
+    eps, vae, mcfg = small_setup()
+    cfg = WMTrainConfig(model=mcfg, steps=60, batch_size=8, lr=2e-3, grad_clip=1.0, ema_decay=0.0, t_sampling="uniform")
+    data = build_dataset(vae, eps, action_stats(eps), mcfg, "cpu")
+    tr = WMTrainer(cfg, data, torch.device("cpu"))
+    losses = [tr.step() for _ in range(60)]
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.7 * first, (first, last)
+
+
+def test_checkpoint_resume_gives_same_next_step(tmp_path):
+    eps, vae, mcfg = small_setup()
+    cfg = WMTrainConfig(model=mcfg, steps=3, batch_size=4, lr=1e-3, ema_decay=0.99, ckpt_every=100)
+    r = train_world_model(cfg, None, tmp_path / "a", vae=vae, episodes=eps, device="cpu")
+    assert r["step"] == 3 and (tmp_path / "a" / "config.json").is_file()
+    # continue A by one step in memory
+    data = build_dataset(vae, eps, action_stats(eps), mcfg, "cpu")
+    st = load_checkpoint(tmp_path / "a" / "world_model.pt")
+    tr1 = WMTrainer(cfg, data, torch.device("cpu"))
+    tr1.load(st)
+    l1 = tr1.step()
+    # resume from the checkpoint through the public function
+    cfg.steps = 4
+    r2 = train_world_model(cfg, None, tmp_path / "a", vae=vae, episodes=eps, device="cpu")
+    assert r2["step"] == 4
+    st2 = load_checkpoint(tmp_path / "a" / "world_model.pt")
+    assert r2["loss"] == pytest.approx(l1, rel=1e-5)
+    for k, v in tr1.model.state_dict().items():
+        torch.testing.assert_close(st2["model"]["state_dict"][k], v)
+    # fine-tuning from a checkpoint starts from its (EMA) weights
+    cfg2 = WMTrainConfig(model=WorldModelConfig(), steps=1, batch_size=2, ema_decay=0.0)
+    r3 = train_world_model(cfg2, None, tmp_path / "ft", vae=vae, episodes=eps, device="cpu", init_from=tmp_path / "a" / "world_model.pt")
+    assert r3["step"] == 1 and cfg2.model.hidden == mcfg.hidden
+    wm = WorldModel.from_checkpoint(tmp_path / "ft" / "world_model.pt")
+    assert wm.cfg.hidden == 32
+
+
+def test_fidelity_eval_outputs(tmp_path):
+    eps, vae, mcfg = small_setup()
+    wm = WorldModel(mcfg).eval()
+    res = evaluate_world_model(vae, wm, eps[:2], action_stats(eps), steps=2, device="cpu", video_dir=tmp_path)
+    assert len(res["psnr"]) == len(res["ssim"]) == 12  # 4 chunks x 3 frames
+    assert all(torch.isfinite(torch.tensor(res["psnr"]))) and -1 <= res["ssim_mean"] <= 1
+    assert len(res["videos"]) == 2 and all((tmp_path / f"episode_{i:03d}.mp4").stat().st_size > 0 for i in range(2))

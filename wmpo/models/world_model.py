@@ -1,0 +1,316 @@
+"""Action-conditioned video DiT over VAE latents (paper section 3.2).
+
+Tokens: patch-`patch` patches of every latent frame, rows ordered frame-major ([B, T, N, D] flattened to
+[B*T*N, D]), so AdaLN modulation rows are per frame ([B*T, D]) and never expanded per token
+(`wmpo.ops.adaln_modulate` / `gated_residual_adaln` with tokens_per_frame=N).
+
+Blocks alternate spatial attention (within a frame) and temporal attention (across frames, frame-causal:
+frame i attends to frames <= i of the same spatial token). Frame-level action control: per frame,
+cond = timestep_embedding(t_frame) + action_embedding(action_frame); one linear maps SiLU(cond) to every
+block's (shift, scale, gate) x (attention, MLP) and the final layer's (shift, scale). Update rule:
+x = x + (gate_offset + alpha) * Block(LN(x) * (1 + gamma) + beta)  (paper: gate_offset 1).
+
+Context KV cache: context frames never attend to predicted frames, so their hidden states, and the
+temporal keys/values they produce, do not depend on the predicted frames. `build_context_cache` runs the
+context frames once; `forward_cached` runs only the K predicted frames, reading the cached context K/V.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from wmpo import ops as _ops
+from wmpo.utils.checks import check_tensor
+
+
+@dataclass
+class WorldModelConfig:
+    latent_channels: int = 4
+    """VAE latent channels (SDXL VAE: 4)"""
+    latent_size: int = 32
+    """latent side h = w (256 px / 8)"""
+    patch: int = 2
+    """patch side in latent pixels"""
+    hidden: int = 1152
+    """transformer width D"""
+    spatial_blocks: int = 28
+    """spatial (within-frame) attention blocks"""
+    temporal_blocks: int = 28
+    """temporal (across-frame, frame-causal) attention blocks; interleaved with the spatial ones"""
+    heads: int = 16
+    """attention heads"""
+    mlp_ratio: float = 4.0
+    """MLP hidden = mlp_ratio * hidden"""
+    num_context: int = 4
+    """c: context (conditioning) frames per chunk"""
+    chunk_len: int = 8
+    """K: predicted frames per chunk (= the policy's action chunk length)"""
+    action_dim: int = 7
+    """action dimensions (normalized to [-1, 1])"""
+    t_context: float = 0.05
+    """noisy-frame conditioning: the flow time of context frames (paper: 50/1000)"""
+    gate_offset: float = 1.0
+    """residual gate = gate_offset + alpha (paper: 1 + alpha; 0 gives DiT adaLN-Zero)"""
+    freq_dim: int = 256
+    """sinusoidal timestep embedding size"""
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return (self.latent_size // self.patch) ** 2
+
+    @property
+    def window(self) -> int:
+        return self.num_context + self.chunk_len
+
+
+def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int = 0) -> torch.Tensor:
+    """q [S, H, Tq, hd], k/v [S, H, num_cached + Tq, hd]; query i attends keys <= num_cached + i.
+
+    The swap point for a frame-causal short-sequence attention kernel.
+    """
+    tq, tk = q.shape[-2], k.shape[-2]
+    if num_cached == 0 and tq == tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """t (flow time in [0, 1]) [...] -> sinusoidal [..., dim] of 1000 t."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = (t.float() * 1000.0).unsqueeze(-1) * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class _Block(nn.Module):
+    """Attention + MLP; `kind` is 'spatial' or 'temporal'. Modulation comes from the model (per frame)."""
+
+    def __init__(self, cfg: WorldModelConfig, kind: str):
+        super().__init__()
+        D = cfg.hidden
+        self.kind = kind
+        self.heads = cfg.heads
+        self.qkv = nn.Linear(D, 3 * D)
+        self.proj = nn.Linear(D, D)
+        hid = int(D * cfg.mlp_ratio)
+        self.fc1 = nn.Linear(D, hid)
+        self.fc2 = nn.Linear(hid, D)
+
+    def mlp(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(h), approximate="tanh"))
+
+
+class WorldModel(nn.Module):
+    """forward(x_t [B,T,C,h,w], t_frames [B,T], actions [B,T,A]) -> velocity [B,T,C,h,w]."""
+
+    def __init__(self, cfg: WorldModelConfig | None = None):
+        super().__init__()
+        cfg = cfg or WorldModelConfig()
+        if cfg.hidden % cfg.heads:
+            raise ValueError(f"hidden: expected a multiple of heads={cfg.heads}, got {cfg.hidden}")
+        if cfg.latent_size % cfg.patch:
+            raise ValueError(f"latent_size: expected a multiple of patch={cfg.patch}, got {cfg.latent_size}")
+        self.cfg = cfg
+        D, p, C = cfg.hidden, cfg.patch, cfg.latent_channels
+        self.patch_embed = nn.Linear(C * p * p, D)
+        self.pos_spatial = nn.Parameter(torch.zeros(cfg.tokens_per_frame, D))
+        self.pos_temporal = nn.Parameter(torch.zeros(cfg.window, D))
+        self.t_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
+        self.a_mlp = nn.Sequential(nn.Linear(cfg.action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        kinds: list[str] = []
+        for i in range(max(cfg.spatial_blocks, cfg.temporal_blocks)):
+            if i < cfg.spatial_blocks:
+                kinds.append("spatial")
+            if i < cfg.temporal_blocks:
+                kinds.append("temporal")
+        self.blocks = nn.ModuleList(_Block(cfg, k) for k in kinds)
+        self.temporal_index = [i for i, k in enumerate(kinds) if k == "temporal"]
+        # one matmul for all blocks' (shift1, scale1, gate1, shift2, scale2, gate2) + final (shift, scale)
+        self.modulation = nn.Linear(D, len(kinds) * 6 * D + 2 * D)
+        self.final = nn.Linear(D, C * p * p)
+        self.attention = frame_causal_attention  # swap point (q, k, v, num_cached) -> out
+        self.ops = SimpleNamespace(adaln_modulate=None, gated_residual_adaln=None)
+        self.use_reference_ops(False)
+        self._init_weights()
+
+    def use_reference_ops(self, reference: bool = True) -> None:
+        """Route AdaLN ops to wmpo.ops.*_ref (True) or the public (possibly fused) wmpo.ops (False)."""
+        self.ops.adaln_modulate = _ops.adaln_modulate_ref if reference else _ops.adaln_modulate
+        self.ops.gated_residual_adaln = _ops.gated_residual_adaln_ref if reference else _ops.gated_residual_adaln
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.normal_(self.pos_spatial, std=0.02)
+        nn.init.normal_(self.pos_temporal, std=0.02)
+        nn.init.normal_(self.t_mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_mlp[2].weight, std=0.02)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        nn.init.zeros_(self.final.weight)
+        nn.init.zeros_(self.final.bias)
+
+    # ------------------------------------------------------------------ pieces
+    def _check(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor, T: int | None = None) -> None:
+        c = self.cfg
+        check_tensor("x_t", x_t, ndim=5, floating=True, shape=(None, T, c.latent_channels, c.latent_size, c.latent_size))
+        B, T = x_t.shape[:2]
+        check_tensor("t_frames", t_frames, shape=(B, T), floating=True)
+        check_tensor("actions", actions, shape=(B, T, c.action_dim), floating=True)
+
+    def _embed(self, x: torch.Tensor, t0: int) -> torch.Tensor:
+        """latents [B,T,C,h,w] -> tokens [B*T*N, D] (with positions; temporal positions start at t0)."""
+        B, T, C, h, w = x.shape
+        p = self.cfg.patch
+        x = x.reshape(B, T, C, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, T, -1, C * p * p)
+        tok = self.patch_embed(x) + self.pos_spatial + self.pos_temporal[t0:t0 + T].unsqueeze(1)
+        return tok.reshape(B * T * tok.shape[2], -1)
+
+    def _unembed(self, y: torch.Tensor, B: int, T: int) -> torch.Tensor:
+        c = self.cfg
+        p, C, g = c.patch, c.latent_channels, c.latent_size // c.patch
+        y = y.reshape(B, T, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
+        return y.reshape(B, T, C, g * p, g * p)
+
+    def _modulation(self, t_frames: torch.Tensor, actions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """-> [B*T, L*6*D + 2*D]: per frame modulation rows for every block + the final layer."""
+        emb = self.t_mlp(timestep_embedding(t_frames.reshape(-1), self.cfg.freq_dim).to(dtype))
+        emb = emb + self.a_mlp(actions.reshape(-1, actions.shape[-1]).to(dtype))
+        return self.modulation(F.silu(emb))
+
+    def _attn(self, blk: _Block, h: torch.Tensor, B: int, T: int, past: tuple | None, keep_kv: bool):
+        """h [B*T*N, D] -> (out [B*T*N, D], (k, v) of this call's frames when keep_kv and temporal)."""
+        N, D, H = self.cfg.tokens_per_frame, self.cfg.hidden, blk.heads
+        hd = D // H
+        qkv = blk.qkv(h)
+        kv_out = None
+        if blk.kind == "spatial":
+            qkv = qkv.reshape(B * T, N, 3, H, hd).permute(2, 0, 3, 1, 4)  # 3, B*T, H, N, hd
+            o = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
+            o = o.permute(0, 2, 1, 3).reshape(B * T * N, D)
+        else:
+            qkv = qkv.reshape(B, T, N, 3, H, hd).permute(3, 0, 2, 4, 1, 5).reshape(3, B * N, H, T, hd)
+            q, k, v = qkv[0], qkv[1], qkv[2]
+            if keep_kv:
+                kv_out = (k, v)
+            nc = 0
+            if past is not None:
+                k = torch.cat([past[0].to(k.dtype), k], dim=2)
+                v = torch.cat([past[1].to(v.dtype), v], dim=2)
+                nc = past[0].shape[2]
+            o = self.attention(q, k, v, nc)  # [B*N, H, T, hd]
+            o = o.reshape(B, N, H, T, hd).permute(0, 3, 1, 2, 4).reshape(B * T * N, D)
+        return blk.proj(o), kv_out
+
+    def _run(self, x_t, t_frames, actions, t0: int, past: list | None, keep_kv: bool):
+        B, T = x_t.shape[:2]
+        N, D = self.cfg.tokens_per_frame, self.cfg.hidden
+        x = self._embed(x_t.to(self.patch_embed.weight.dtype), t0)
+        mod = self._modulation(t_frames, actions, x.dtype)
+        L = len(self.blocks)
+        blk_mod = mod[:, : L * 6 * D].reshape(B * T, L, 6, D)
+        fin = mod[:, L * 6 * D:].reshape(B * T, 2, D)
+        g0 = self.cfg.gate_offset
+        tpf = N
+        h = self.ops.adaln_modulate(x, blk_mod[:, 0, 0].contiguous(), blk_mod[:, 0, 1].contiguous(), tokens_per_frame=tpf)
+        kvs: list = []
+        ti = 0
+        for i, blk in enumerate(self.blocks):
+            m = blk_mod[:, i]
+            p_kv = None
+            if blk.kind == "temporal":
+                p_kv = past[ti] if past is not None else None
+                ti += 1
+            y, kv = self._attn(blk, h, B, T, p_kv, keep_kv)
+            if kv is not None:
+                kvs.append(kv)
+            x, h = self.ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
+                                                 tokens_per_frame=tpf)
+            y = blk.mlp(h)
+            if i + 1 < L:
+                nshift, nscale = blk_mod[:, i + 1, 0], blk_mod[:, i + 1, 1]
+            else:
+                nshift, nscale = fin[:, 0], fin[:, 1]
+            x, h = self.ops.gated_residual_adaln(x, y, (m[:, 5] + g0).contiguous(), nshift.contiguous(), nscale.contiguous(),
+                                                 tokens_per_frame=tpf)
+        out = self._unembed(self.final(h), B, T)
+        return out, kvs
+
+    # ------------------------------------------------------------------ public
+    def forward(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """Uncached: all T <= c + K frames at once (frame-causal). -> velocity [B, T, C, h, w]."""
+        self._check(x_t, t_frames, actions)
+        if x_t.shape[1] > self.cfg.window:
+            raise ValueError(f"x_t: expected at most {self.cfg.window} frames, got {x_t.shape[1]}")
+        return self._run(x_t, t_frames, actions, 0, None, False)[0]
+
+    def build_context_cache(self, context_latents: torch.Tensor, context_actions: torch.Tensor,
+                            t_context: float | torch.Tensor | None = None) -> dict[str, Any]:
+        """Run the c context frames once (at flow time t_context); keep every temporal block's K/V."""
+        c = self.cfg.num_context
+        check_tensor("context_latents", context_latents, ndim=5, floating=True,
+                     shape=(None, c, self.cfg.latent_channels, self.cfg.latent_size, self.cfg.latent_size))
+        B = context_latents.shape[0]
+        check_tensor("context_actions", context_actions, shape=(B, c, self.cfg.action_dim), floating=True)
+        tc = self.cfg.t_context if t_context is None else t_context
+        t_frames = torch.as_tensor(tc, dtype=torch.float32, device=context_latents.device).expand(B, c)
+        _, kvs = self._run(context_latents, t_frames, context_actions, 0, None, True)
+        return {"kv": kvs, "num_context": c, "batch": B}
+
+    def forward_cached(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
+        """Only the predicted frames (x_t [B, K', ...], K' <= K), reading the cached context K/V."""
+        self._check(x_t, t_frames, actions)
+        if x_t.shape[0] != cache["batch"]:
+            raise ValueError(f"x_t: expected batch {cache['batch']} (the cache's), got {x_t.shape[0]}")
+        return self._run(x_t, t_frames, actions, cache["num_context"], cache["kv"], False)[0]
+
+    # ------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        return {"config": asdict(self.cfg), "state_dict": self.state_dict()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "WorldModel":
+        m = cls(WorldModelConfig(**state["config"]))
+        m.load_state_dict(state["state_dict"])
+        return m
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True) -> "WorldModel":
+        from wmpo.utils.checkpoint import load_checkpoint
+
+        st = load_checkpoint(path, map_location)
+        if "model" in st:
+            m = st["model"]
+            if ema and st.get("ema") is not None:
+                m = {"config": m["config"], "state_dict": st["ema"]}
+            st = m
+        return cls.from_state(st)
+
+
+def world_model_flops(cfg: WorldModelConfig, batch: int, frames: int, kv_frames: int | None = None) -> float:
+    """Analytic forward FLOPs (2 per MAC) for `frames` query frames attending to `kv_frames` temporal keys
+    (kv_frames = cached context + frames; default frames). Causal temporal attention counted as computed (full)."""
+    D, N = cfg.hidden, cfg.tokens_per_frame
+    kvf = frames if kv_frames is None else kv_frames
+    R = batch * frames * N
+    hid = int(D * cfg.mlp_ratio)
+    per_block = 2 * R * D * 3 * D + 2 * R * D * D + 2 * R * D * hid * 2
+    spatial_attn = 4 * R * N * D
+    temporal_attn = 4 * R * kvf * D
+    L = cfg.spatial_blocks + cfg.temporal_blocks
+    total = L * per_block + cfg.spatial_blocks * spatial_attn + cfg.temporal_blocks * temporal_attn
+    p2c = cfg.patch * cfg.patch * cfg.latent_channels
+    total += 2 * R * p2c * D * 2  # patch embed + final
+    Fr = batch * frames
+    total += 2 * Fr * D * (L * 6 * D + 2 * D) + 2 * Fr * (cfg.freq_dim * D + D * D + cfg.action_dim * D + D * D)
+    return float(total)

@@ -1,0 +1,88 @@
+"""DIR/report.md: a table like the paper's Table 1, success lengths, training curves, videos."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+LABELS = {"base": "Base policy (SFT)", "online_grpo": "Online GRPO (real env)", "dpo": "DPO (offline)", "wmpo": "WMPO (ours)"}
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def _ci(res: dict) -> str:
+    ci = res.get("ci95")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return f"[{_pct(ci[0])}, {_pct(ci[1])}]"
+    return "-"
+
+
+def _plot_curves(history: list[dict], path: Path) -> bool:
+    if not history:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    it = [h["iteration"] for h in history]
+    keys = [("imagined_success_rate", "imagined success rate"), ("grpo/loss", "GRPO loss"),
+            ("grpo/clip_frac", "clip fraction"), ("grpo/entropy", "policy entropy")]
+    keys = [(k, t) for k, t in keys if any(k in h for h in history)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, (k, title) in zip(axes[0], keys):
+        xs = [i for i, h in zip(it, history) if k in h]
+        ax.plot(xs, [h[k] for h in history if k in h], marker="o")
+        ax.set_title(title)
+        ax.set_xlabel("WMPO iteration")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
+def write_report(ctx: Any) -> Path:
+    out: Path = ctx.out
+    cfg = ctx.cfg
+    outs = ctx.runner.outputs
+    ev = outs.get("evaluate", {})
+    lines = [f"# WMPO run: task `{cfg.task}`, preset `{cfg.preset}`", ""]
+    if cfg.preset in ("micro", "tiny"):
+        lines += ["> The tiny/micro presets are smoke tests of the whole pipeline on a CPU: models are tiny and",
+                  "> trained for minutes, so the numbers below are not claims about WMPO.", ""]
+    lines += ["## Success rate on the evaluation initial states (paper Table 1)", "",
+              f"Real-rollout budget P = {cfg.real_budget}; {cfg.eval_episodes} evaluation episodes per policy, greedy actions.", "",
+              "| method | success rate (%) | 95% CI | mean length of successes (steps) | episodes |",
+              "|---|---|---|---|---|"]
+    for name in ("base", "online_grpo", "dpo", "wmpo"):
+        if name in ev:
+            r = ev[name]
+            msl = r.get("mean_success_length")
+            lines.append(f"| {LABELS[name]} | {_pct(r.get('success_rate'))} | {_ci(r)} | "
+                         f"{'-' if msl is None else f'{msl:.1f}'} | {r.get('n', '-')} |")
+    lines += ["", "## Pipeline", "", "| stage | seconds | summary |", "|---|---|---|"]
+    for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
+        m = json.loads(marker.read_text())
+        summ = {k: v for k, v in m["outputs"].items() if isinstance(v, (int, float, str)) and not str(v).startswith("/")}
+        summ_s = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(summ.items())[:6])
+        lines.append(f"| {m['stage']} | {m['seconds']:.1f} | {summ_s} |")
+    hist = outs.get("wmpo", {}).get("history", [])
+    if _plot_curves(hist, out / "wmpo_curves.png"):
+        lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]
+        lines += ["| iteration | trajectories | imagined success | groups dropped / tried | rollout s |", "|---|---|---|---|---|"]
+        for h in hist:
+            lines.append(f"| {h['iteration']} | {h['trajectories']} | {_pct(h.get('imagined_success_rate'))} | "
+                         f"{h.get('groups_dropped', '-')} / {h.get('groups_tried', '-')} | {h.get('rollout_seconds', 0):.1f} |")
+    vids = sorted(p.relative_to(out) for p in (out / "videos").rglob("*.mp4")) if (out / "videos").is_dir() else []
+    if vids:
+        lines += ["", "## Videos", "", "Imagined vs real rollouts of the WMPO policy from the same initial state "
+                  "(`imagined_vs_real/`: left real simulator, right world model), and sample real evaluation episodes.", ""]
+        lines += [f"- [{v}]({v})" for v in vids]
+    lines.append("")
+    path = out / "report.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path

@@ -1,0 +1,204 @@
+"""Run a policy in N real simulator workers and write finished episodes to a TrajectoryStore.
+
+A policy is either "expert" (each worker runs the task's scripted expert, one action per step) or
+a callable `(frames uint8 [n, H, W, 3], instructions list[str]) -> float [n, K, 7]` env actions:
+an action chunk executed open loop for K steps, after which that env's policy is queried again.
+Envs that need a new chunk at the same step are queried together in one batch.
+
+An episode ends at the first step where the task is solved (its last frame shows the solved
+state; finish_step == T) or at the task horizon (success False, finish_step == T).
+"""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence, Union
+
+import numpy as np
+
+from wmpo.data.episode import Episode
+
+Policy = Union[str, Callable[[np.ndarray, list], np.ndarray]]
+
+
+@dataclass
+class Start:
+    """How an episode starts: from a D0 seed or from a stored simulator state."""
+
+    seed: int | None = None
+    state: np.ndarray | None = None
+    index: int = 0
+    """position of this start in the caller's list"""
+
+
+def _check_chunk(chunk, n: int) -> np.ndarray:
+    chunk = np.asarray(chunk, dtype=np.float64)
+    if chunk.ndim == 2:
+        chunk = chunk[:, None, :]
+    if chunk.ndim != 3 or chunk.shape[0] != n or chunk.shape[2] != 7 or chunk.shape[1] < 1:
+        raise ValueError(f"policy output: expected env actions [{n}, K, 7], got shape {chunk.shape}")
+    if not np.all(np.isfinite(chunk)):
+        raise ValueError("policy output: contains NaN or inf")
+    return chunk
+
+
+def run_episodes(venv, policy: Policy, starts: Sequence[Start], task: str,
+                 max_steps: int | None = None) -> Iterator[tuple[Start, Episode]]:
+    """Yield (start, Episode) as episodes finish (not in start order), keeping every worker busy."""
+    expert = isinstance(policy, str)
+    if expert and policy != "expert":
+        raise ValueError(f"policy: expected 'expert' or a callable, got {policy!r}")
+    n = venv.num_envs
+    horizon = int(max_steps or venv.horizon)
+    pending = deque(starts)
+    slot_start: list[Start | None] = [None] * n
+    buf: list[dict | None] = [None] * n
+    queues: list[deque] = [deque() for _ in range(n)]
+    frames_now: list[np.ndarray | None] = [None] * n
+
+    def launch(slots: list[int]) -> None:
+        by_kind: dict[str, list[int]] = {"seed": [], "state": []}
+        for i in slots:
+            st = pending.popleft()
+            slot_start[i] = st
+            by_kind["state" if st.state is not None else "seed"].append(i)
+        for kind, idx in by_kind.items():
+            if not idx:
+                continue
+            mask = np.zeros(n, bool)
+            mask[idx] = True
+            if kind == "seed":
+                seeds = [slot_start[i].seed if mask[i] else None for i in range(n)]
+                frames = venv.reset(seeds, mask=mask)
+            else:
+                states = np.zeros((n, venv.state_dim))
+                for i in idx:
+                    states[i] = slot_start[i].state
+                frames = venv.reset_to(states, mask=mask)
+            for i in idx:
+                f = None if frames is None else frames[i]
+                frames_now[i] = f
+                buf[i] = {"frames": [f], "states": [venv.last_states[i].copy()], "actions": [], "rewards": [], "dones": []}
+                queues[i].clear()
+
+    launch([i for i in range(min(n, len(pending)))])
+    while any(s is not None for s in slot_start):
+        active = np.array([s is not None for s in slot_start])
+        if expert:
+            frames, rewards, dones, successes, actions = venv.step_expert(mask=active)
+        else:
+            need = [i for i in range(n) if active[i] and not queues[i]]
+            if need:
+                batch = np.stack([frames_now[i] for i in need])
+                chunk = _check_chunk(policy(batch, [venv.instruction] * len(need)), len(need))
+                for j, i in enumerate(need):
+                    queues[i].extend(chunk[j])
+            actions = np.zeros((n, 7))
+            for i in np.flatnonzero(active):
+                actions[i] = queues[i].popleft()
+            frames, rewards, dones, successes = venv.step(actions, mask=active)
+        finished = []
+        for i in np.flatnonzero(active):
+            b = buf[i]
+            frames_now[i] = None if frames is None else frames[i]
+            b["frames"].append(frames_now[i])
+            b["states"].append(venv.last_states[i].copy())
+            b["actions"].append(actions[i].astype(np.float32))
+            b["rewards"].append(float(rewards[i]))
+            T = len(b["actions"])
+            done = bool(successes[i]) or T >= horizon
+            b["dones"].append(done)
+            if done:
+                ep = Episode(
+                    frames=np.stack(b["frames"]) if frames is not None else np.zeros((T + 1, 0, 0, 3), np.uint8),
+                    actions=np.stack(b["actions"]),
+                    states=np.stack(b["states"]),
+                    rewards=np.asarray(b["rewards"], np.float32),
+                    dones=np.asarray(b["dones"], bool),
+                    success=bool(successes[i]),
+                    finish_step=T,
+                    instruction=venv.instruction,
+                    task=task,
+                    meta={"seed": slot_start[i].seed, "start_index": slot_start[i].index},
+                )
+                yield slot_start[i], ep
+                slot_start[i], buf[i] = None, None
+                finished.append(i)
+        refill = finished[: len(pending)]
+        if refill:
+            launch(refill)
+
+
+@dataclass
+class CollectResult:
+    episodes: int
+    successes: int
+    env_steps: int
+    seconds: float
+
+    @property
+    def success_rate(self) -> float:
+        return self.successes / max(1, self.episodes)
+
+    @property
+    def steps_per_second(self) -> float:
+        return self.env_steps / max(1e-9, self.seconds)
+
+
+def make_starts(init_states: np.ndarray | None = None, n_episodes: int | None = None, seed: int = 0) -> list[Start]:
+    """Episode starts from explicit states [n, S] or from `n_episodes` D0 seeds seed, seed+1, ..."""
+    if init_states is not None:
+        init_states = np.asarray(init_states, np.float64)
+        if init_states.ndim != 2:
+            raise ValueError(f"init_states: expected [n, S], got shape {init_states.shape}")
+        return [Start(state=s, index=i) for i, s in enumerate(init_states)]
+    if n_episodes is None or n_episodes < 1:
+        raise ValueError(f"n_episodes: expected >= 1 when init_states is None, got {n_episodes}")
+    return [Start(seed=seed + i, index=i) for i in range(n_episodes)]
+
+
+def env_meta(task: str, image_size: int) -> dict:
+    """Environment metadata stored with the episodes (robomimic's env_args, plus ours)."""
+    import mujoco
+    import robosuite
+
+    from wmpo.sim.tasks import get_task
+
+    spec = get_task(task)
+    return {
+        "env_name": task, "type": 1, "instruction": spec.instruction, "horizon": spec.horizon,
+        "image_size": image_size, "camera": "agentview", "robots": "Panda", "controller": "OSC_POSE",
+        "robosuite_version": robosuite.__version__, "mujoco_version": mujoco.__version__,
+        "env_kwargs": {"camera_heights": image_size, "camera_widths": image_size, "control_freq": 20},
+    }
+
+
+def collect(policy: Policy, task: str, store, *, init_states: np.ndarray | None = None,
+            n_episodes: int | None = None, seed: int = 0, num_workers: int = 1, image_size: int = 64,
+            only_successes: bool = False, max_steps: int | None = None, show_progress: bool = True) -> CollectResult:
+    """Run `policy` on the given starts and append the episodes to `store` (a TrajectoryStore or a
+    path, opened in "a" mode). With `only_successes`, failed episodes are not written."""
+    from wmpo.data.store import TrajectoryStore
+    from wmpo.sim.vec_env import VecEnv
+    from wmpo.utils.logging import progress
+
+    starts = make_starts(init_states, n_episodes, seed)
+    own = not isinstance(store, TrajectoryStore)
+    if own:
+        store = TrajectoryStore(store, "a", env_meta=env_meta(task, image_size))
+    t0, steps, succ, count = time.time(), 0, 0, 0
+    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=seed)
+    try:
+        it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
+        for _, ep in progress(it, total=len(starts), desc=f"collect {task}", disable=None if show_progress else True):
+            count += 1
+            steps += len(ep)
+            succ += int(ep.success)
+            if ep.success or not only_successes:
+                store.append(ep)
+    finally:
+        venv.close()
+        if own:
+            store.close()
+    return CollectResult(episodes=count, successes=succ, env_steps=steps, seconds=time.time() - t0)

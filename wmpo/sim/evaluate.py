@@ -1,0 +1,98 @@
+"""Success rate of a policy in the real simulator on a task's evaluation initial states."""
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from wmpo.sim.collect import Policy, make_starts, run_episodes
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass
+class EpisodeResult:
+    index: int
+    """index of the initial state in the split"""
+    success: bool
+    length: int
+    """steps taken (finish step for successes)"""
+
+
+@dataclass
+class EvalResult:
+    task: str
+    split: str
+    n: int
+    success_rate: float
+    ci95: tuple[float, float]
+    mean_success_length: float
+    """mean episode length over successful episodes (nan when none)"""
+    episodes: list[EpisodeResult] = field(default_factory=list)
+    videos: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        lo, hi = self.ci95
+        return (f"{self.task} [{self.split}, n={self.n}]: success {self.success_rate:.3f} "
+                f"(95% CI {lo:.3f}-{hi:.3f}), mean success length {self.mean_success_length:.1f}")
+
+
+def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 20) -> None:
+    """uint8 [T, H, W, 3] -> mp4 (imageio-ffmpeg, H.264)."""
+    import imageio.v2 as imageio
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imageio.mimwrite(str(path), list(frames), fps=fps, codec="libx264", macro_block_size=1,
+                     ffmpeg_log_level="error")
+
+
+def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_workers: int = 1,
+             image_size: int = 64, video_dir: str | os.PathLike | None = None, n_videos: int = 4,
+             init_states: np.ndarray | None = None, show_progress: bool = True) -> EvalResult:
+    """Run `policy` from the first `n` initial states of `split` (or the given `init_states`);
+    write mp4s of the first `n_videos` episodes (by start index) to `video_dir`."""
+    from wmpo.sim.initial_states import get_initial_states
+    from wmpo.sim.vec_env import VecEnv
+    from wmpo.utils.logging import progress
+
+    if init_states is None:
+        init_states = get_initial_states(task, split, n)
+    starts = make_starts(init_states=init_states)
+    t0 = time.time()
+    results: list[EpisodeResult] = []
+    videos: list[str] = []
+    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=0)
+    try:
+        it = run_episodes(venv, policy, starts, task)
+        for start, ep in progress(it, total=len(starts), desc=f"eval {task}", disable=None if show_progress else True):
+            results.append(EpisodeResult(index=start.index, success=ep.success, length=len(ep)))
+            if video_dir is not None and start.index < n_videos and image_size > 0:
+                tag = "success" if ep.success else "fail"
+                path = Path(video_dir) / f"{task}_{split}_{start.index:03d}_{tag}.mp4"
+                write_video(path, ep.frames)
+                videos.append(str(path))
+    finally:
+        venv.close()
+    results.sort(key=lambda r: r.index)
+    k = sum(r.success for r in results)
+    lengths = [r.length for r in results if r.success]
+    return EvalResult(
+        task=task, split=split, n=len(results), success_rate=k / max(1, len(results)),
+        ci95=wilson_interval(k, len(results)),
+        mean_success_length=float(np.mean(lengths)) if lengths else float("nan"),
+        episodes=results, videos=sorted(videos), seconds=time.time() - t0,
+    )

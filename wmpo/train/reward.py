@@ -1,0 +1,340 @@
+"""Training the VideoMAE success classifier (`wmpo train-reward`), paper section 3.3.
+
+Clips of L=8 frames end at a frame index e (frames e-7 .. e, left-padded with frame 0 when e < 7).
+  positive:  the terminal clip of a success, ending at its success frame min(finish_step + 1, T)
+  negative:  clips of successes ending at e <= success_frame - L (entirely before the success),
+             and any clip of a failure (e = 1 .. T)
+Each batch is half positives, half negatives (sampled with replacement), BCE loss.
+
+Episodes are split per (task, outcome) into train / val / test. After training, the threshold is
+the F1-best one on the validation trajectories (a trajectory is predicted successful if any of its
+windows exceeds it), stored in the checkpoint; precision / recall / F1 per task are reported on
+the held-out test trajectories. Outputs in out_dir: reward.pt (`wmpo.models.reward.load_reward`),
+train_state.pt (resume), config.json, metrics.json, tb/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wmpo.data.episode import Episode
+from wmpo.models.policy import random_shift
+from wmpo.models.reward import RewardConfig, RewardModel, prf1, save_reward, select_threshold
+from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
+from wmpo.utils.device import default_device, seed_everything
+from wmpo.utils.frames import uint8_to_model
+from wmpo.utils.logging import ScalarLogger, progress, warn_once
+
+
+@dataclass
+class RewardTrainConfig:
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """the reward model architecture"""
+    steps: int = 5000
+    """optimizer steps"""
+    batch_size: int = 32
+    """clips per step, half positive, half negative"""
+    lr: float = 1e-4
+    """peak AdamW learning rate"""
+    weight_decay: float = 0.05
+    """AdamW weight decay"""
+    warmup_steps: int = 200
+    """linear warmup, then cosine decay to 0.1 * lr"""
+    grad_clip: float = 1.0
+    """max global grad norm (0: off)"""
+    crop_pad: int = 4
+    """random crop: shift each clip by up to this many pixels at the model's image size (0: off)"""
+    val_fraction: float = 0.2
+    """episodes per (task, outcome) for threshold selection"""
+    test_fraction: float = 0.2
+    """episodes per (task, outcome) held out for the reported precision / recall / F1"""
+    eval_every: int = 1000
+    """steps between validation-F1 passes (0: only at the end)"""
+    log_every: int = 20
+    """steps between TensorBoard scalars"""
+    ckpt_every: int = 1000
+    """steps between resumable checkpoints"""
+    seed: int = 0
+    """seed for init, splits and sampling"""
+    amp: bool = True
+    """bf16 autocast on CUDA"""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RewardTrainConfig":
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in names and k != "reward"}
+        r = d.get("reward", {})
+        return cls(reward=r if isinstance(r, RewardConfig) else RewardConfig.from_dict(r), **kw)
+
+
+# Suggested presets (the lead's wmpo/config.py is authoritative once it has them).
+PRESETS: dict[str, dict[str, Any]] = {
+    "tiny": dict(
+        reward=dict(image_size=32, patch_size=8, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4),
+        steps=400, batch_size=16, lr=5e-4, warmup_steps=30, crop_pad=2, eval_every=0, ckpt_every=200,
+    ),
+    "small": dict(
+        reward=dict(image_size=96, patch_size=16, tubelet_size=2, hidden_size=256, num_layers=4, num_heads=4),
+        steps=3000, batch_size=32, lr=3e-4, warmup_steps=100, crop_pad=4,
+    ),
+    "paper": dict(
+        reward=dict(image_size=224, patch_size=16, tubelet_size=2, hidden_size=768, num_layers=12, num_heads=12),
+        steps=10000, batch_size=64, lr=1e-4, warmup_steps=500, crop_pad=12,
+    ),
+}
+
+
+def preset(name: str) -> RewardTrainConfig:
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    return RewardTrainConfig.from_dict(PRESETS[name])
+
+
+# ---------------------------------------------------------------------- clips
+def success_frame(ep: Episode) -> int:
+    """Index of the first frame showing success: frames[finish_step + 1] (clamped to T)."""
+    T = len(ep.actions)
+    return int(min(max(int(ep.finish_step) + 1, 1), T))
+
+
+def clip_pools(episodes: Sequence[Episode], clip_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """-> (positives [P, 2], negatives [Q, 2]) rows (episode index, clip end frame)."""
+    pos, neg = [], []
+    for i, ep in enumerate(episodes):
+        T = len(ep.actions)
+        if T == 0:
+            continue
+        if ep.success:
+            s = success_frame(ep)
+            pos.append((i, s))
+            neg += [(i, e) for e in range(1, s - clip_len + 1)]
+        else:
+            neg += [(i, e) for e in range(1, T + 1)]
+    return np.asarray(pos, dtype=np.int64).reshape(-1, 2), np.asarray(neg, dtype=np.int64).reshape(-1, 2)
+
+
+def gather_clips(episodes: Sequence[Episode], rows: np.ndarray, clip_len: int) -> torch.Tensor:
+    """rows [N, 2] (episode, end) -> uint8 [N, L, H, W, 3], indices end-L+1 .. end clamped at 0."""
+    k = np.arange(-clip_len + 1, 1)
+    out = [np.asarray(episodes[int(i)].frames)[np.maximum(int(e) + k, 0)] for i, e in rows]
+    return torch.from_numpy(np.stack(out))
+
+
+def split_episodes(episodes: Sequence[Episode], val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Stratified by (task, success): -> (train, val, test) episode indices; train keeps >= 1 per group."""
+    groups: dict[tuple[str, bool], list[int]] = {}
+    for i, ep in enumerate(episodes):
+        groups.setdefault((str(ep.task), bool(ep.success)), []).append(i)
+    rng = np.random.default_rng(seed)
+    tr, va, te = [], [], []
+    for key in sorted(groups):
+        idx = list(rng.permutation(groups[key]))
+        n = len(idx)
+        n_te = min(int(round(n * test_fraction)), max(0, n - 1))
+        n_va = min(int(round(n * val_fraction)), max(0, n - 1 - n_te))
+        te += idx[:n_te]
+        va += idx[n_te : n_te + n_va]
+        tr += idx[n_te + n_va :]
+    return sorted(tr), sorted(va), sorted(te)
+
+
+# ---------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def trajectory_scores(model: RewardModel, episodes: Sequence[Episode], device: torch.device) -> np.ndarray:
+    """Max window probability per episode (windows ending at frames 1..T, left-padded), as at rollout."""
+    model.eval()
+    out = []
+    for ep in episodes:
+        f = uint8_to_model(torch.from_numpy(np.asarray(ep.frames)).to(device))[None]
+        probs = model.score_windows(f, pad=True)[0, 1:]
+        out.append(float(probs.max()) if probs.numel() else 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+def per_task_metrics(episodes: Sequence[Episode], scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
+    """{task: {precision, recall, f1, accuracy, n, positives}} plus "all"."""
+    tasks = np.asarray([str(e.task) for e in episodes])
+    labels = np.asarray([bool(e.success) for e in episodes])
+    pred = scores > threshold
+    res: dict[str, dict[str, float]] = {}
+    for t in sorted(set(tasks.tolist())) + ["all"]:
+        m = np.ones(len(tasks), bool) if t == "all" else tasks == t
+        p, r, f1 = prf1(pred[m], labels[m])
+        res[t] = {"precision": p, "recall": r, "f1": f1, "accuracy": float((pred[m] == labels[m]).mean()) if m.any() else 0.0,
+                  "n": int(m.sum()), "positives": int(labels[m].sum())}
+    return res
+
+
+def _lr_at(step: int, cfg: RewardTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / max(1, cfg.warmup_steps)
+    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
+
+
+def train_reward_on_episodes(
+    cfg: RewardTrainConfig,
+    episodes: Sequence[Episode],
+    out_dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    log_tb: bool = True,
+    show_progress: bool | None = None,
+) -> dict[str, Any]:
+    """Train on `episodes` (split inside), pick the threshold on val, report on test. -> metrics dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    dev = torch.device(device) if device is not None else default_device()
+    seed_everything(cfg.seed)
+    episodes = list(episodes)
+    tr, va, te = split_episodes(episodes, cfg.val_fraction, cfg.test_fraction, cfg.seed)
+    train_eps = [episodes[i] for i in tr]
+    val_eps = [episodes[i] for i in va]
+    test_eps = [episodes[i] for i in te]
+    L = cfg.reward.clip_len
+    pos, neg = clip_pools(train_eps, L)
+    if len(pos) == 0 or len(neg) == 0:
+        raise ValueError(f"episodes: expected training clips of both classes, got {len(pos)} positive and {len(neg)} negative "
+                         "(need successful and failed / long-enough trajectories)")
+    save_json(out / "config.json", {"train": asdict(cfg), "split": {"train": tr, "val": va, "test": te}})
+    model = RewardModel(cfg.reward).to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
+    rng = np.random.default_rng(cfg.seed + 1)
+    step = 0
+    state_path = out / "train_state.pt"
+    if resume and state_path.is_file():
+        st = load_checkpoint(state_path, map_location="cpu")
+        model.load_state_dict(st["model"])
+        opt.load_state_dict(st["optimizer"])
+        step = int(st["step"])
+        rng.bit_generator.state = st["np_rng"]
+        torch.set_rng_state(st["torch_rng"])
+    logger = ScalarLogger(out / "tb" if log_tb else None)
+    amp_dtype = torch.bfloat16 if (cfg.amp and dev.type == "cuda") else None
+    n_pos = cfg.batch_size // 2
+    n_neg = cfg.batch_size - n_pos
+    labels = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).to(dev)
+    print(f"[train-reward] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, episodes train/val/test "
+          f"{len(train_eps)}/{len(val_eps)}/{len(test_eps)}, clips +{len(pos)} -{len(neg)}, device {dev}, from step {step}")
+
+    def save_state(at: int) -> None:
+        save_checkpoint(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": at,
+                                     "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
+
+    thr_eps = val_eps
+    if len({e.success for e in val_eps}) < 2:
+        warn_once("wmpo.reward.val", "train-reward: the validation split lacks successes or failures; the threshold is chosen on train + val")
+        thr_eps = train_eps + val_eps
+
+    t0, s0 = time.perf_counter(), step
+    last: dict[str, float] = {}
+    model.train()
+    for step in progress(range(step, cfg.steps), total=cfg.steps - step, desc="train-reward", disable=None if show_progress is None else not show_progress):
+        for g in opt.param_groups:
+            g["lr"] = _lr_at(step, cfg)
+        rows = np.concatenate([pos[rng.integers(0, len(pos), n_pos)], neg[rng.integers(0, len(neg), n_neg)]])
+        clips = uint8_to_model(gather_clips(train_eps, rows, L).to(dev))
+        x = model.prepare(clips)
+        if cfg.crop_pad > 0:
+            x = random_shift(x, cfg.crop_pad)
+        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x, prepared=True)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            with torch.no_grad():
+                acc = ((logits > 0).float() == labels).float().mean()
+            last = {"train/loss": float(loss.detach()), "train/clip_acc": float(acc), "train/lr": opt.param_groups[0]["lr"],
+                    "train/steps_per_sec": (done - s0) / max(time.perf_counter() - t0, 1e-9)}
+            logger.scalars(last, done)
+        if cfg.eval_every > 0 and done % cfg.eval_every == 0 and done != cfg.steps and thr_eps:
+            s = trajectory_scores(model, thr_eps, dev)
+            _, f1 = select_threshold(s, [e.success for e in thr_eps])
+            logger.scalar("val/f1", f1, done)
+            model.train()
+        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            save_state(done)
+    elapsed = time.perf_counter() - t0
+
+    # threshold by F1 on validation trajectories, then held-out metrics
+    model.eval()
+    val_scores = trajectory_scores(model, thr_eps, dev)
+    thr, val_f1 = select_threshold(val_scores, [e.success for e in thr_eps])
+    model.threshold.fill_(thr)
+    report_eps = test_eps if test_eps else val_eps
+    test_scores = trajectory_scores(model, report_eps, dev) if report_eps else np.zeros(0)
+    metrics = {
+        "threshold": thr,
+        "val_f1": val_f1,
+        "val": per_task_metrics(thr_eps, val_scores, thr),
+        "test": per_task_metrics(report_eps, test_scores, thr) if report_eps else {},
+        "test_split": "test" if test_eps else "val",
+        "train_last": last,
+        "steps": cfg.steps,
+        "steps_this_run": cfg.steps - s0,
+        "wall_s": elapsed,
+        "device": str(dev),
+        "reward_path": str(out / "reward.pt"),
+    }
+    for task, m in metrics["test"].items():
+        for k in ("precision", "recall", "f1"):
+            logger.scalar(f"eval/{task}/{k}", m[k], cfg.steps)
+    logger.close()
+    save_reward(out / "reward.pt", model, step=cfg.steps, metrics={"threshold": thr, "val_f1": val_f1})
+    save_json(out / "metrics.json", metrics)
+    return metrics
+
+
+def train_reward(
+    cfg: RewardTrainConfig,
+    store_paths: Sequence[str | os.PathLike] | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device: torch.device | str | None = None,
+    resume: bool = True,
+    **kw: Any,
+) -> dict[str, Any]:
+    """Train on every episode of the given trajectory stores (see train_reward_on_episodes)."""
+    from wmpo.train.policy import load_episodes
+
+    episodes, _ = load_episodes(store_paths if not isinstance(store_paths, (str, os.PathLike)) else [store_paths])
+    return train_reward_on_episodes(cfg, episodes, out_dir, device=device, resume=resume, **kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from wmpo.train.policy import _apply_overrides
+
+    ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
+    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with successes and failures")
+    ap.add_argument("--out", required=True, help="output folder (reward.pt, metrics.json, config.json, tb/)")
+    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset")
+    ap.add_argument("--config", help="JSON file of RewardTrainConfig fields (applied over the preset)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="field overrides, e.g. steps=100 reward.hidden_size=128")
+    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
+    a = ap.parse_args(argv)
+    d = json.loads(json.dumps(PRESETS[a.preset]))
+    if a.config:
+        extra = json.loads(Path(a.config).read_text())
+        rw = {**d.get("reward", {}), **extra.pop("reward", {})}
+        d.update(extra)
+        d["reward"] = rw
+    d = _apply_overrides(d, a.set, nested="reward")
+    cfg = RewardTrainConfig.from_dict(d)
+    metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
+    print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
+    return 0

@@ -1,0 +1,193 @@
+"""`wmpo train-wm`: rectified-flow training of the world model on latent windows (pretrain, or fine-tune
+from a checkpoint for policy behaviour alignment). Context frames noised to t_context, loss on the K
+predicted frames only (velocity target noise - x0)."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from wmpo import ops
+from wmpo.data.clips import LatentWindowDataset, encode_episodes, load_episodes, normalize_actions
+from wmpo.models.vae import FrameVAE
+from wmpo.models.world_model import WorldModel, WorldModelConfig
+from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
+from wmpo.utils.device import autocast_dtype, default_device, seed_everything
+from wmpo.utils.logging import ScalarLogger, progress
+
+
+@dataclass
+class WMTrainConfig:
+    model: WorldModelConfig = field(default_factory=WorldModelConfig)
+    """the world model architecture"""
+    steps: int = 100000
+    """optimizer steps"""
+    batch_size: int = 32
+    """windows per batch"""
+    lr: float = 1e-4
+    """AdamW learning rate (paper Table 3)"""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas (paper)"""
+    weight_decay: float = 0.0
+    """AdamW weight decay (paper: 0)"""
+    grad_clip: float = 0.1
+    """gradient-norm clip (paper: 0.1)"""
+    ema_decay: float = 0.9999
+    """EMA of the weights (paper 0.9999); 0 disables"""
+    t_sampling: str = "logit_normal"
+    """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
+    log_every: int = 25
+    """steps between logged scalars"""
+    ckpt_every: int = 1000
+    """steps between checkpoints"""
+    seed: int = 0
+    """random seed"""
+
+
+def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
+    if how == "uniform":
+        return torch.rand(n, generator=gen)
+    if how == "logit_normal":
+        return torch.sigmoid(torch.randn(n, generator=gen))
+    raise ValueError(f"t_sampling: expected 'uniform' or 'logit_normal', got {how!r}")
+
+
+def flow_loss(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """MSE between predicted velocity and noise - x0 on the predicted frames; context at t_context."""
+    c = model.cfg.num_context
+    xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
+    v = model(xt, tf, actions)
+    return (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2).mean()
+
+
+class WMTrainer:
+    """Holds model/optimizer/EMA/RNG; `step()` is one optimizer step; state() / load() for exact resume."""
+
+    def __init__(self, cfg: WMTrainConfig, data: LatentWindowDataset, device: torch.device, init_state: dict | None = None):
+        self.cfg, self.data, self.device = cfg, data, device
+        self.model = (WorldModel.from_state(init_state) if init_state is not None else WorldModel(cfg.model)).to(device)
+        self.ema = copy.deepcopy(self.model).eval().requires_grad_(False) if cfg.ema_decay > 0 else None
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.step_count = 0
+        self.amp = autocast_dtype(device)
+
+    def step(self) -> float:
+        x0, act = self.data.sample(self.cfg.batch_size, self.gen)
+        t = sample_t(x0.shape[0], self.cfg.t_sampling, self.gen)
+        noise = torch.randn(x0.shape, generator=self.gen)
+        x0, act, t, noise = (z.to(self.device) for z in (x0, act, t, noise))
+        self.model.train()
+        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+            loss = flow_loss(self.model, x0, act, t, noise)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.opt.step()
+        if self.ema is not None:
+            with torch.no_grad():
+                for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+                    pe.lerp_(pm, 1 - self.cfg.ema_decay)
+        self.step_count += 1
+        return loss.item()
+
+    def state(self) -> dict:
+        return {"model": self.model.state(), "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optim": self.opt.state_dict(), "rng": self.gen.get_state(), "step": self.step_count,
+                "train_config": asdict(self.cfg)}
+
+    def load(self, st: dict) -> None:
+        self.model.load_state_dict(st["model"]["state_dict"])
+        if self.ema is not None and st.get("ema") is not None:
+            self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["optim"])
+        self.gen.set_state(st["rng"])
+        self.step_count = st["step"]
+
+
+def build_dataset(vae: FrameVAE, episodes, stats: dict, model_cfg: WorldModelConfig, device) -> LatentWindowDataset:
+    lat = encode_episodes(vae, episodes, torch.device(device))
+    acts = [normalize_actions(e.actions, stats) for e in episodes]
+    return LatentWindowDataset(lat, acts, model_cfg.num_context, model_cfg.chunk_len)
+
+
+def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out_dir: str | Path, *, vae: FrameVAE | str | Path,
+                      init_from: str | Path | None = None, episodes=None, action_stats: dict | None = None,
+                      device: torch.device | str | None = None, resume: bool = True) -> dict:
+    """Pretrain (init_from=None) or fine-tune (init_from = a world_model.pt) on windows of the given stores
+    (or `episodes` + `action_stats`). Writes out_dir/world_model.pt, config.json, tb/. Returns {"loss", "step", "path"}."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device is not None else default_device()
+    seed_everything(cfg.seed)
+    if not isinstance(vae, FrameVAE):
+        vae = FrameVAE.from_checkpoint(vae)
+    vae = vae.to(device).eval()
+    if episodes is None:
+        episodes, stats = load_episodes(list(store_paths or []))
+    else:
+        from wmpo.data.clips import action_stats as _stats
+
+        stats = action_stats if action_stats is not None else _stats(episodes)
+    init_state = None
+    if init_from is not None:
+        st = load_checkpoint(init_from)
+        init_state = st["model"] if "model" in st else st
+        if st.get("ema") is not None:  # fine-tune from the EMA weights
+            init_state = {"config": init_state["config"], "state_dict": st["ema"]}
+        cfg.model = WorldModelConfig(**init_state["config"])
+    data = build_dataset(vae, episodes, stats, cfg.model, device)
+    tr = WMTrainer(cfg, data, device, init_state)
+    ckpt = out / "world_model.pt"
+    if resume and ckpt.is_file():
+        tr.load(load_checkpoint(ckpt))
+    save_json(out / "config.json", asdict(cfg))
+    save_json(out / "action_stats.json", {k: [float(x) for x in v] for k, v in stats.items()})
+    log = ScalarLogger(out / "tb")
+    loss = float("nan")
+    losses: list[float] = []
+    for _ in progress(range(tr.step_count, cfg.steps), total=cfg.steps - tr.step_count, desc="train-wm"):
+        loss = tr.step()
+        losses.append(loss)
+        s = tr.step_count
+        if s % cfg.log_every == 0 or s == cfg.steps:
+            log.scalar("train/loss", sum(losses[-cfg.log_every:]) / len(losses[-cfg.log_every:]), s)
+        if s % cfg.ckpt_every == 0:
+            save_checkpoint(ckpt, tr.state())
+    save_checkpoint(ckpt, tr.state())
+    log.close()
+    tail = losses[-max(1, min(len(losses), cfg.log_every)):]
+    result = {"loss": sum(tail) / len(tail) if tail else loss, "step": tr.step_count, "path": str(ckpt)}
+    save_json(out / "result.json", result)
+    return result
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="wmpo train-wm", description="pretrain / fine-tune the action-conditioned world model")
+    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
+    ap.add_argument("--vae", required=True, help="vae.pt from `wmpo train-vae`")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--init-from", help="world_model.pt to fine-tune from (policy behaviour alignment)")
+    ap.add_argument("--config", help="JSON with WMTrainConfig fields (model: WorldModelConfig fields)")
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--device")
+    a = ap.parse_args(argv)
+    cfg = WMTrainConfig()
+    if a.config:
+        d = json.loads(Path(a.config).read_text())
+        cfg = WMTrainConfig(**{**d, "model": WorldModelConfig(**d.get("model", {}))})
+    if a.steps is not None:
+        cfg.steps = a.steps
+    if a.batch_size is not None:
+        cfg.batch_size = a.batch_size
+    vae = FrameVAE.from_checkpoint(a.vae)
+    cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
+    r = train_world_model(cfg, a.store, a.out, vae=vae, init_from=a.init_from, device=a.device)
+    print(json.dumps(r))
+    return 0
