@@ -6,6 +6,7 @@ frames) x 16 heads, T = 12 frames, hd = 72, bf16. Modes, in one run on one devic
   sdpa_eager      F.scaled_dot_product_attention with the explicit frame-causal mask (the reference)
   sdpa_causal     SDPA with is_causal=True (only when num_cached == 0)
   sdpa_compiled   torch.compile of the reference
+  wmpo_op_<be>    the public op wmpo.ops_attention.frame_causal_attention (default dispatch and config)
   triton_dot/loop the Triton kernel, both variants, over a small sweep of block_r x num_warps (GPU)
 
 Each mode reports the median ms, TFLOP/s (visible query-key pairs and dense T_q x T_k counts),
@@ -36,7 +37,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from wmpo.ops_attention import attention_flops, frame_causal_attention_ref, frame_causal_mask  # noqa: E402
+from wmpo.ops_attention import (  # noqa: E402
+    attention_flops,
+    backend_for,
+    frame_causal_attention,
+    frame_causal_attention_ref,
+    frame_causal_mask,
+)
 
 # dense bf16 tensor-core peak (TFLOP/s) by device name fragment
 _BF16_PEAK = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 PCIe": 756.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0}
@@ -140,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         compiled = torch.compile(lambda a, b, c: F.scaled_dot_product_attention(a, b, c, attn_mask=mask, scale=scale), dynamic=False)
         modes["sdpa_compiled"] = lambda: compiled(q, k, v)
 
+    # the public op with its default dispatch and launch config (what the world model calls)
+    modes[f"wmpo_op_{backend_for(q)}"] = lambda: frame_causal_attention(q, k, v, num_cached=nc, scale=scale)
     triton_ok = device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
     notes = []
     if triton_ok:

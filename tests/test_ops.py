@@ -48,6 +48,8 @@ def test_adaln_modulate(backend, dtype, frames, tpf, D):
     eager = ops.adaln_modulate_ref(x, shift, scale, tokens_per_frame=tpf)
     got = ops.adaln_modulate(x, shift, scale, tokens_per_frame=tpf, backend=backend)
     _check(got, ref64, eager, dtype)
+    # the registered custom op (the path autograd and torch.compile take) gives the same result
+    assert torch.equal(torch.ops.wmpo.adaln_modulate(x, shift, scale, tpf, 1e-6, backend), got)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -120,6 +122,8 @@ def test_action_logprob(backend, dtype, shape, temperature):
     lp64, en64 = ops.action_logprob_ref(logits.double(), tokens, temperature=temperature)
     e_lp, e_en = ops.action_logprob_ref(logits, tokens, temperature=temperature)
     lp, en = ops.action_logprob(logits, tokens, temperature=temperature, backend=backend)
+    lp2, en2 = torch.ops.wmpo.action_logprob(logits, tokens, temperature, backend)
+    assert torch.equal(lp, lp2) and torch.equal(en, en2)
     _check(lp, lp64, e_lp, torch.float32 if dtype == torch.float32 else dtype)
     _check(en, en64, e_en, torch.float32 if dtype == torch.float32 else dtype)
 

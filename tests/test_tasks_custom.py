@@ -2,13 +2,13 @@
 success checks, initial distribution, and the scripted experts."""
 import importlib
 
+import wmpo.sim  # noqa: F401  (first: it turns numba's JIT off before robosuite is imported)
+
 import numpy as np
 import pytest
 
-pytest.importorskip("robosuite")
-
-from wmpo.sim.spec import TaskSpec  # noqa: E402
-from wmpo.sim.tasks._waypoints import run_expert_episode  # noqa: E402
+from wmpo.sim.spec import TaskSpec
+from wmpo.sim.tasks._waypoints import run_expert_episode
 
 TASKS = {"stack_three": 320, "three_piece_assembly": 384, "coffee": 256}
 

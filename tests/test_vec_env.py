@@ -94,6 +94,30 @@ def test_collect_with_chunking_policy_replays_in_single_env(tmp_path, single):
                     show_progress=False)
 
 
+def test_cli_collect_and_evaluate_smoke(tmp_path):
+    from wmpo.sim.cli import collect_main, eval_main
+    from wmpo.sim.evaluate import evaluate
+
+    out = tmp_path / "demos.h5"
+    assert collect_main(["--task", "square", "--policy", "random", "--episodes", "1", "--seed", "3",
+                         "--image-size", str(SIZE), "--max-steps", "4", "--out", str(out)]) == 0
+    with TrajectoryStore(out) as store:
+        ep = store.load(0)
+    assert len(ep) == 4 and ep.meta["seed"] == 3 and not ep.success
+    res = evaluate("expert", "square", init_states=np.stack([ep.states[0]] * 2), num_workers=1, image_size=SIZE,
+                   video_dir=tmp_path / "videos", n_videos=1, max_steps=5, show_progress=False)
+    assert res.n == 2 and res.success_rate == 0.0 and np.isnan(res.mean_success_length)
+    assert [r.index for r in res.episodes] == [0, 1] and all(r.length == 5 for r in res.episodes)
+    import imageio.v2 as imageio
+
+    assert len(res.videos) == 1
+    video = imageio.mimread(res.videos[0])
+    assert len(video) == 6 and video[0].shape == (SIZE, SIZE, 3)
+    with pytest.raises(SystemExit):
+        eval_main(["--task", "nope"])
+
+
+@pytest.mark.slow
 def test_expert_collect_cli_and_evaluate(tmp_path):
     from wmpo.sim.cli import collect_main
     from wmpo.sim.evaluate import evaluate

@@ -161,6 +161,13 @@ def _pick(backend: str, *tensors: Tensor) -> str:
     return be
 
 
+def _eager_direct(*tensors: Tensor) -> bool:
+    """Skip the custom-op layer (its dispatch overhead) when neither torch.compile nor autograd needs it."""
+    if torch.compiler.is_compiling():
+        return False
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
 def _kernel(name: str):
     return importlib.import_module(f"wmpo.kernels.{name}")
 
@@ -232,14 +239,18 @@ def _action_logprob_backward_ref(g_logp, g_ent, logits, tokens, temperature):
 # ------------------------------------------------------------------------------------ custom ops
 
 
-@torch.library.custom_op("wmpo::adaln_modulate", mutates_args=())
-def _adaln_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float, backend: str) -> Tensor:
+def _adaln_modulate_op_impl(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float, backend: str) -> Tensor:
     be = _pick(backend, x, shift, scale)
     if be == "triton":
         return _kernel("adaln_modulate").adaln_modulate(x, shift, scale, tokens_per_frame, eps)
     if be in ("cpp", "cuda"):
         return _ext().adaln_modulate(x, shift, scale, tokens_per_frame, eps)
     return adaln_modulate_ref(x, shift, scale, tokens_per_frame=tokens_per_frame, eps=eps).contiguous()
+
+
+@torch.library.custom_op("wmpo::adaln_modulate", mutates_args=())
+def _adaln_modulate_op(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float, backend: str) -> Tensor:
+    return _adaln_modulate_op_impl(x, shift, scale, tokens_per_frame, eps, backend)
 
 
 @_adaln_modulate_op.register_fake
@@ -277,8 +288,7 @@ def _adaln_backward(ctx, dy):
 _adaln_modulate_op.register_autograd(_adaln_backward, setup_context=_adaln_setup)
 
 
-@torch.library.custom_op("wmpo::gated_residual_adaln", mutates_args=())
-def _gated_residual_adaln_op(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor,
+def _gated_residual_adaln_op_impl(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor,
                              tokens_per_frame: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
     be = _pick(backend, residual, y, gate, shift, scale)
     if be == "triton":
@@ -287,6 +297,12 @@ def _gated_residual_adaln_op(residual: Tensor, y: Tensor, gate: Tensor, shift: T
         return tuple(_ext().gated_residual_adaln(residual, y, gate, shift, scale, tokens_per_frame, eps))
     out, h = gated_residual_adaln_ref(residual, y, gate, shift, scale, tokens_per_frame=tokens_per_frame, eps=eps)
     return out.contiguous().clone() if out.data_ptr() == residual.data_ptr() else out.contiguous(), h.contiguous()
+
+
+@torch.library.custom_op("wmpo::gated_residual_adaln", mutates_args=())
+def _gated_residual_adaln_op(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float,
+                             backend: str) -> tuple[Tensor, Tensor]:
+    return _gated_residual_adaln_op_impl(residual, y, gate, shift, scale, tokens_per_frame, eps, backend)
 
 
 @_gated_residual_adaln_op.register_fake
@@ -319,8 +335,7 @@ def _gated_backward(ctx, dout, dh):
 _gated_residual_adaln_op.register_autograd(_gated_backward, setup_context=_gated_setup)
 
 
-@torch.library.custom_op("wmpo::noisy_context", mutates_args=())
-def _noisy_context_op(x0: Tensor, noise: Tensor, t: Tensor, num_context: int, t_context: float,
+def _noisy_context_op_impl(x0: Tensor, noise: Tensor, t: Tensor, num_context: int, t_context: float,
                       backend: str) -> tuple[Tensor, Tensor]:
     be = _pick(backend, x0, noise)
     if be == "triton":
@@ -331,13 +346,17 @@ def _noisy_context_op(x0: Tensor, noise: Tensor, t: Tensor, num_context: int, t_
     return xt.contiguous().clone() if xt.data_ptr() == x0.data_ptr() else xt.contiguous(), tf
 
 
+@torch.library.custom_op("wmpo::noisy_context", mutates_args=())
+def _noisy_context_op(x0: Tensor, noise: Tensor, t: Tensor, num_context: int, t_context: float, backend: str) -> tuple[Tensor, Tensor]:
+    return _noisy_context_op_impl(x0, noise, t, num_context, t_context, backend)
+
+
 @_noisy_context_op.register_fake
 def _(x0, noise, t, num_context, t_context, backend):
     return torch.empty_like(x0, memory_format=torch.contiguous_format), x0.new_empty(x0.shape[:2], dtype=torch.float32)
 
 
-@torch.library.custom_op("wmpo::flow_step_", mutates_args=("x",))
-def _flow_step_op(x: Tensor, v: Tensor, t_now: Optional[Tensor], t_next: Optional[Tensor], t_now_value: float,
+def _flow_step_op_impl(x: Tensor, v: Tensor, t_now: Optional[Tensor], t_next: Optional[Tensor], t_now_value: float,
                   t_next_value: float, num_context: int, backend: str) -> None:
     be = _pick(backend, x, v)
     if be != "ref" and not x.is_contiguous():
@@ -351,19 +370,29 @@ def _flow_step_op(x: Tensor, v: Tensor, t_now: Optional[Tensor], t_next: Optiona
                       num_context=num_context)
 
 
+@torch.library.custom_op("wmpo::flow_step_", mutates_args=("x",))
+def _flow_step_op(x: Tensor, v: Tensor, t_now: Optional[Tensor], t_next: Optional[Tensor], t_now_value: float,
+                  t_next_value: float, num_context: int, backend: str) -> None:
+    _flow_step_op_impl(x, v, t_now, t_next, t_now_value, t_next_value, num_context, backend)
+
+
 @_flow_step_op.register_fake
 def _(x, v, t_now, t_next, t_now_value, t_next_value, num_context, backend):
     return None
 
 
-@torch.library.custom_op("wmpo::action_logprob", mutates_args=())
-def _action_logprob_op(logits: Tensor, tokens: Tensor, temperature: float, backend: str) -> tuple[Tensor, Tensor]:
+def _action_logprob_op_impl(logits: Tensor, tokens: Tensor, temperature: float, backend: str) -> tuple[Tensor, Tensor]:
     be = _pick(backend, logits)
     if be == "triton":
         return _kernel("action_logprob").action_logprob(logits, tokens, temperature)
     if be in ("cpp", "cuda"):
         return tuple(_ext().action_logprob(logits, tokens, temperature))
     return action_logprob_ref(logits, tokens, temperature=temperature)
+
+
+@torch.library.custom_op("wmpo::action_logprob", mutates_args=())
+def _action_logprob_op(logits: Tensor, tokens: Tensor, temperature: float, backend: str) -> tuple[Tensor, Tensor]:
+    return _action_logprob_op_impl(logits, tokens, temperature, backend)
 
 
 @_action_logprob_op.register_fake
@@ -411,7 +440,8 @@ def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, tokens_per_frame:
                    backend: Optional[str] = None) -> Tensor:
     """y = layer_norm(x) * (1 + scale[f]) + shift[f], f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]."""
     _check_rows(x, shift, scale, tokens_per_frame)
-    return _adaln_modulate_op(x, shift, scale, tokens_per_frame, float(eps), backend or "")
+    op = _adaln_modulate_op_impl if _eager_direct(x, shift, scale) else _adaln_modulate_op
+    return op(x, shift, scale, tokens_per_frame, float(eps), backend or "")
 
 
 def gated_residual_adaln(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor, *,
@@ -419,7 +449,8 @@ def gated_residual_adaln(residual: Tensor, y: Tensor, gate: Tensor, shift: Tenso
     """(out, h): out = residual + gate[f] * y; h = layer_norm(out) * (1 + scale[f]) + shift[f]."""
     _check_rows(residual, shift, scale, tokens_per_frame, xname="residual", extra_rows=(("y", y),),
                 extra_frames=(("gate", gate),))
-    return _gated_residual_adaln_op(residual, y, gate, shift, scale, tokens_per_frame, float(eps), backend or "")
+    op = _gated_residual_adaln_op_impl if _eager_direct(residual, y, gate, shift, scale) else _gated_residual_adaln_op
+    return op(residual, y, gate, shift, scale, tokens_per_frame, float(eps), backend or "")
 
 
 def noisy_context(x0: Tensor, noise: Tensor, t: Tensor, *, num_context: int, t_context: float,
@@ -430,7 +461,8 @@ def noisy_context(x0: Tensor, noise: Tensor, t: Tensor, *, num_context: int, t_c
     check_tensor("t", t, floating=True, shape=(x0.shape[0],))
     check_same_device(x0=x0, noise=noise, t=t)
     _check_num_context(num_context, x0.shape[1])
-    return _noisy_context_op(x0, noise, t, num_context, float(t_context), backend or "")
+    op = _noisy_context_op_impl if _eager_direct(x0, noise, t) else _noisy_context_op
+    return op(x0, noise, t, num_context, float(t_context), backend or "")
 
 
 def _split_time(name, t, B, x):
@@ -453,7 +485,8 @@ def flow_step(x: Tensor, v: Tensor, t_now, t_next, *, num_context: int, backend:
     _check_num_context(num_context, x.shape[1])
     tn, tnv = _split_time("t_now", t_now, x.shape[0], x)
     tx, txv = _split_time("t_next", t_next, x.shape[0], x)
-    _flow_step_op(x, v, tn, tx, tnv, txv, num_context, backend or "")
+    op = _flow_step_op_impl if _eager_direct(x, v) else _flow_step_op
+    op(x, v, tn, tx, tnv, txv, num_context, backend or "")
     return x
 
 
@@ -475,7 +508,8 @@ def action_logprob(logits: Tensor, tokens: Tensor, *, temperature: float = 1.0,
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= NUM_BINS:
             raise ValueError(f"tokens: expected values in [0, {NUM_BINS}), got range [{lo}, {hi}]")
-    return _action_logprob_op(logits, tokens.long(), float(temperature), backend or "")
+    op = _action_logprob_op_impl if _eager_direct(logits) else _action_logprob_op
+    return op(logits, tokens.long(), float(temperature), backend or "")
 
 
 try:  # frame-causal attention lives in its own module (owned by the attention work)

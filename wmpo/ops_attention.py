@@ -62,8 +62,12 @@ def _env_backend() -> str:
     return want
 
 
-def _requested_backend(device: torch.device) -> str:
+def _requested_backend(device: torch.device, backend: str | None = None) -> str:
     """The backend wmpo.ops would pick for `device` (its resolve_backend when present)."""
+    if backend:
+        backend = backend.strip().lower()
+        if backend not in _BACKENDS:
+            raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
     try:
         from wmpo import ops as _ops
 
@@ -72,12 +76,12 @@ def _requested_backend(device: torch.device) -> str:
         resolve = None
     if resolve is not None:
         try:
-            got = str(resolve(device))
+            got = str(resolve(device, backend or None))
             if got in _BACKENDS:
                 return got
         except Exception:  # noqa: BLE001 - fall back to our own resolution below
             pass
-    return _env_backend()
+    return backend or _env_backend()
 
 
 def _load_kernel():
@@ -95,9 +99,9 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-def backend_for(q: torch.Tensor) -> str:
-    """'triton' or 'ref': what frame_causal_attention runs for inputs like `q`."""
-    want = _requested_backend(q.device)
+def backend_for(q: torch.Tensor, backend: str | None = None) -> str:
+    """'triton' or 'ref': what frame_causal_attention runs for inputs like `q` (and `backend`)."""
+    want = _requested_backend(q.device, backend)
     if q.dtype == torch.float64:
         return "ref"
     cuda = q.device.type == "cuda"
@@ -120,19 +124,20 @@ def backend_for(q: torch.Tensor) -> str:
 
 # ---------------------------------------------------------------------------------- custom op
 @torch.library.custom_op("wmpo::frame_causal_attention", mutates_args=())
-def _frame_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int, scale: float) -> torch.Tensor:
-    if backend_for(q) == "triton":
+def _frame_causal_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int, scale: float,
+                               backend: str) -> torch.Tensor:
+    if backend_for(q, backend or None) == "triton":
         return _load_kernel()(q, k, v, num_cached, scale)
     return frame_causal_attention_ref(q, k, v, num_cached=num_cached, scale=scale).contiguous()
 
 
 @_frame_causal_attention_op.register_fake
-def _(q, k, v, num_cached, scale):
+def _(q, k, v, num_cached, scale, backend):
     return q.new_empty(q.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, num_cached, scale = inputs
+    q, k, v, num_cached, scale, _backend = inputs
     ctx.save_for_backward(q, k, v)
     ctx.num_cached = num_cached
     ctx.scale = scale
@@ -141,14 +146,18 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, grad_out):
     q, k, v = ctx.saved_tensors
     dq, dk, dv = _attention_backward(q, k, v, grad_out, ctx.num_cached, ctx.scale)
-    return dq, dk, dv, None, None
+    return dq, dk, dv, None, None, None
 
 
 _frame_causal_attention_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def frame_causal_attention(q, k, v, *, num_cached: int = 0, scale: float | None = None) -> torch.Tensor:
-    """Frame-causal attention; see the module docstring. Returns [N, H, T_q, hd] in q's dtype."""
+def frame_causal_attention(q, k, v, *, num_cached: int = 0, scale: float | None = None,
+                           backend: str | None = None) -> torch.Tensor:
+    """Frame-causal attention; see the module docstring. Returns [N, H, T_q, hd] in q's dtype.
+
+    backend: None = WMPO_BACKEND (auto | triton | cuda | cpp | ref), resolved per device.
+    """
     check_tensor("q", q, ndim=4, dtype=_FLOATS)
     check_tensor("k", k, ndim=4, dtype=q.dtype)
     check_tensor("v", v, ndim=4, dtype=q.dtype)
@@ -162,7 +171,9 @@ def frame_causal_attention(q, k, v, *, num_cached: int = 0, scale: float | None 
         scale = 1.0 / math.sqrt(hd)
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
-    return torch.ops.wmpo.frame_causal_attention(q, k, v, num_cached, float(scale))
+    if backend is not None and (not isinstance(backend, str) or backend.strip().lower() not in _BACKENDS):
+        raise ValueError(f"backend: expected None or one of {_BACKENDS}, got {backend!r}")
+    return torch.ops.wmpo.frame_causal_attention(q, k, v, num_cached, float(scale), backend or "")
 
 
 def attention_flops(N: int, H: int, T_q: int, num_cached: int, hd: int, *, causal: bool = True) -> float:

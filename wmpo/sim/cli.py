@@ -34,6 +34,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--temperature", type=float, default=None, help="policy sampling temperature (None: greedy)")
     p.add_argument("--device", default=None)
+    p.add_argument("--max-steps", type=int, default=None, help="cap episodes below the task horizon")
 
 
 def collect_main(argv: list[str]) -> int:
@@ -57,7 +58,8 @@ def collect_main(argv: list[str]) -> int:
     elif a.episodes is None:
         p.error("--episodes is required (or --split)")
     r = collect(policy, a.task, a.out, init_states=init_states, n_episodes=a.episodes, seed=a.seed,
-                num_workers=a.workers, image_size=a.image_size, only_successes=a.only_successes)
+                num_workers=a.workers, image_size=a.image_size, only_successes=a.only_successes,
+                max_steps=a.max_steps)
     print(f"{r.episodes} episodes, {r.successes} successes ({r.success_rate:.3f}), {r.env_steps} steps in "
           f"{r.seconds:.1f}s ({r.steps_per_second:.1f} steps/s) -> {a.out}")
     return 0
@@ -76,7 +78,7 @@ def eval_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
     policy = load_env_policy(a.policy, a.temperature, a.device)
     r = evaluate(policy, a.task, split=a.split, n=a.episodes, num_workers=a.workers, image_size=a.image_size,
-                 video_dir=a.video_dir, n_videos=a.videos)
+                 video_dir=a.video_dir, n_videos=a.videos, max_steps=a.max_steps)
     print(r.summary())
     if a.json:
         from dataclasses import asdict

@@ -62,9 +62,11 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 20) -> N
 
 def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_workers: int = 1,
              image_size: int = 64, video_dir: str | os.PathLike | None = None, n_videos: int = 4,
-             init_states: np.ndarray | None = None, show_progress: bool = True) -> EvalResult:
+             init_states: np.ndarray | None = None, max_steps: int | None = None,
+             show_progress: bool = True) -> EvalResult:
     """Run `policy` from the first `n` initial states of `split` (or the given `init_states`);
-    write mp4s of the first `n_videos` episodes (by start index) to `video_dir`."""
+    write mp4s of the first `n_videos` episodes (by start index) to `video_dir`. `max_steps` caps
+    episodes below the task horizon (for smoke tests)."""
     from wmpo.sim.initial_states import get_initial_states
     from wmpo.sim.vec_env import VecEnv
     from wmpo.utils.logging import progress
@@ -77,7 +79,7 @@ def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_w
     videos: list[str] = []
     venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=0)
     try:
-        it = run_episodes(venv, policy, starts, task)
+        it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
         for start, ep in progress(it, total=len(starts), desc=f"eval {task}", disable=None if show_progress else True):
             results.append(EpisodeResult(index=start.index, success=ep.success, length=len(ep)))
             if video_dir is not None and start.index < n_videos and image_size > 0:

@@ -89,7 +89,11 @@ def make_robosuite_env(**kwargs):
     """robosuite kwargs pass through; Panda, OSC_POSE and the task horizon are the defaults."""
     kwargs.setdefault("horizon", HORIZON)
     kwargs.setdefault("camera_names", "agentview")
-    kwargs.setdefault("controller_configs", osc_pose_controller_config())
+    if "controller_configs" not in kwargs:
+        cfg = osc_pose_controller_config()
+        # the Panda has only the "right" arm part: drop the others robosuite would warn about
+        cfg["body_parts"] = {k: v for k, v in cfg["body_parts"].items() if k == "right"}
+        kwargs["controller_configs"] = cfg
     if kwargs.setdefault("robots", "Panda") != "Panda":
         raise ValueError(f"robots: expected 'Panda', got {kwargs['robots']!r}")
     return SquareEnv(**kwargs)
