@@ -21,30 +21,19 @@ using at::Tensor;
 
 // Sum of n floats with 8 independent accumulators (lets the compiler vectorize).
 inline float sum8(const float* a, int64_t n) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) acc[k] += a[i + k];
   float s = 0;
-  for (; i < n; ++i) s += a[i];
-  for (int k = 0; k < 8; ++k) s += acc[k];
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i];
   return s;
 }
 
 inline float sumsq_centered8(const float* a, int64_t n, float mean) {
-  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    for (int k = 0; k < 8; ++k) {
-      float c = a[i + k] - mean;
-      acc[k] += c * c;
-    }
   float s = 0;
-  for (; i < n; ++i) {
-    float c = a[i] - mean;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) {
+    const float c = a[i] - mean;
     s += c * c;
   }
-  for (int k = 0; k < 8; ++k) s += acc[k];
   return s;
 }
 
@@ -80,6 +69,7 @@ void adaln_rows(const T* x, const T* res, const T* yv, const T* gate, const T* s
       const T* sh = shift + f * D;
       const T* sc = scale + f * D;
       T* hr = h + r * D;
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d)
         hr[d] = static_cast<T>((buf[d] - mean) * rstd * (1.0f + static_cast<float>(sc[d])) + static_cast<float>(sh[d]));
     }
@@ -142,19 +132,19 @@ void adaln_bwd_impl(const T* dy, const T* x, const T* scale, T* dx, float* dshif
       const float rs = 1.0f / std::sqrt(sumsq_centered8(xb.data(), D, m) / static_cast<float>(D) + eps);
       mean[r] = m;
       rstd[r] = rs;
-      float a1[8] = {0, 0, 0, 0, 0, 0, 0, 0}, a2[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      float s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
       for (int64_t d = 0; d < D; ++d) {
         const float xh = (xb[d] - m) * rs;
         xb[d] = xh;
         const float gd = static_cast<float>(dyr[d]) * (1.0f + static_cast<float>(sc[d]));
         g[d] = gd;
-        a1[d & 7] += gd;
-        a2[d & 7] += gd * xh;
+        s1 += gd;
+        s2 += gd * xh;
       }
-      float s1 = 0, s2 = 0;
-      for (int k = 0; k < 8; ++k) { s1 += a1[k]; s2 += a2[k]; }
       const float mg = s1 / static_cast<float>(D), mgx = s2 / static_cast<float>(D);
       T* dxr = dx + r * D;
+#pragma omp simd
       for (int64_t d = 0; d < D; ++d) dxr[d] = static_cast<T>(rs * (g[d] - mg - xb[d] * mgx));
     }
   });
@@ -274,6 +264,7 @@ void flow_step_cpu(Tensor& x, const Tensor& v_, const std::optional<Tensor>& t_n
 
 // exp(x) in float, ~2e-7 relative error, branch-free so the compiler vectorizes loops over it:
 // 2^(x*log2 e) = 2^i * 2^f with i = round, |f| <= 1/2, 2^f by a degree-7 polynomial.
+#pragma omp declare simd
 inline float exp_f32(float x) {
   x = std::min(std::max(x, -87.0f), 88.0f);
   const float t = x * 1.4426950408889634f;
@@ -297,27 +288,17 @@ inline float exp_f32(float x) {
 template <typename T>
 inline void logprob_row(const T* l, int64_t V, float inv_t, float* z, float& lse, float& sum_pz) {
   float m = -INFINITY;
+#pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < V; ++j) {
     z[j] = static_cast<float>(l[j]) * inv_t;
     m = std::max(m, z[j]);
   }
-  float se8[8] = {0, 0, 0, 0, 0, 0, 0, 0}, spz8[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t j = 0;
-  for (; j + 8 <= V; j += 8)
-    for (int k = 0; k < 8; ++k) {
-      const float p = exp_f32(z[j + k] - m);
-      se8[k] += p;
-      spz8[k] += p * z[j + k];
-    }
   float se = 0, spz = 0;
-  for (; j < V; ++j) {
+#pragma omp simd reduction(+ : se, spz)
+  for (int64_t j = 0; j < V; ++j) {
     const float p = exp_f32(z[j] - m);
     se += p;
     spz += p * z[j];
-  }
-  for (int k = 0; k < 8; ++k) {
-    se += se8[k];
-    spz += spz8[k];
   }
   lse = m + std::log(se);
   sum_pz = spz / se;
@@ -374,7 +355,7 @@ Tensor action_logprob_bwd_cpu(const Tensor& g_logp_, const Tensor& g_ent_, const
         logprob_row(lp + i * V, V, inv_t, z.data(), lse, spz);
         const float H = lse - spz, a = gl[i], c = ge[i];
         scalar_t* o = out + i * V;
-        for (int64_t j = 0; j < V; ++j) {
+        _Pragma("omp simd") for (int64_t j = 0; j < V; ++j) {
           const float lpj = z[j] - lse, p = exp_f32(lpj);
           o[j] = static_cast<scalar_t>((-a * p - c * p * (lpj + H)) * inv_t);
         }

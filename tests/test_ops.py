@@ -252,3 +252,32 @@ def test_resolve_backend_and_env(monkeypatch):
     assert ops.resolve_backend("cpu") == ("cpp" if ops.HAS_EXTENSION else "ref")
     with pytest.raises(ValueError, match="^backend"):
         ops.resolve_backend("cpu", "fast")
+
+
+def test_missing_extension_falls_back_to_ref_with_one_warning():
+    """Without wmpo._C the ops still work (reference) and warn once, loudly."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, warnings
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "wmpo._C":
+            raise ImportError("blocked for the test")
+sys.meta_path.insert(0, Block())
+import torch, wmpo.ops as ops
+assert not ops.HAS_EXTENSION
+x = torch.randn(4, 8); s = torch.randn(2, 8)
+with warnings.catch_warnings(record=True) as w:
+    warnings.simplefilter("always")
+    a = ops.adaln_modulate(x, s, s, tokens_per_frame=2)
+    b = ops.adaln_modulate(x, s, s, tokens_per_frame=2)
+msgs = [str(m.message) for m in w if "reference" in str(m.message)]
+assert len(msgs) == 1, msgs
+assert torch.equal(a, ops.adaln_modulate_ref(x, s, s, tokens_per_frame=2))
+print("ok")
+"""
+    env = {**__import__("os").environ, "WMPO_BACKEND": "auto"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -190,3 +190,19 @@ def test_kill_9_mid_append_keeps_earlier_episodes(tmp_path, stage):
         for i in range(n):
             assert_same(s.load(i), make_episode(T=20, size=32, seed=i))
         assert_same(s.load(n), make_episode(T=4, seed=9))
+
+
+def test_lost_index_is_rebuilt_from_episode_files(tmp_path):
+    path = tmp_path / "demos.h5"
+    with TrajectoryStore(path, "w") as s:
+        for i in range(2):
+            s.append(make_episode(seed=i))
+    path.unlink()
+    with TrajectoryStore(path, "a") as s:
+        assert len(s) == 2
+        assert s.append(make_episode(seed=5)) == 2
+    with TrajectoryStore(path, "r") as s:
+        assert_same(s.load(1), make_episode(seed=1))
+        assert_same(s.load(2), make_episode(seed=5))
+        allact = np.concatenate([make_episode(seed=i).actions for i in (0, 1, 5)])
+        np.testing.assert_allclose(s.action_stats()["q99"], np.quantile(allact, 0.99, axis=0), rtol=1e-6)

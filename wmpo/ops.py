@@ -514,5 +514,6 @@ def action_logprob(logits: Tensor, tokens: Tensor, *, temperature: float = 1.0,
 
 try:  # frame-causal attention lives in its own module (owned by the attention work)
     from wmpo.ops_attention import frame_causal_attention, frame_causal_attention_ref  # noqa: E402,F401
-except ImportError:
-    pass
+except ModuleNotFoundError as _e:  # only while that module does not exist yet
+    if _e.name != "wmpo.ops_attention":
+        raise

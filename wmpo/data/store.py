@@ -125,10 +125,8 @@ class TrajectoryStore:
         if mode in ("a", "w"):
             self.episode_dir.mkdir(parents=True, exist_ok=True)
             if self.path.exists():
-                self._read_index()
-                self._recover()
-            else:
-                self._names = []
+                self._read_index()  # validates that the file is ours
+            self._recover()
             if env_meta is not None:
                 self._env_meta = dict(env_meta)
             self._actions = [self._read_actions(n) for n in self._names]

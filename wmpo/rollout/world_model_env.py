@@ -33,7 +33,7 @@ class WorldModelEnv:
         tc = cfg.t_context if t_context is None else float(t_context)
         self.t_context = tc / 1000.0 if tc > 1.0 else tc
         self.device = torch.device(device) if device is not None else next(world_model.parameters()).device
-        self.dtype = next(world_model.parameters()).dtype
+        self.dtype = torch.float32  # latents, context and Euler state stay fp32 (the model casts its inputs)
         self.K, self.A = cfg.chunk_len, cfg.action_dim
         self.C, self.h = cfg.latent_channels, cfg.latent_size
         self.steps = step_tensor(steps, self.device)
@@ -85,7 +85,7 @@ class WorldModelEnv:
             raise RuntimeError("step: call reset(first_frames) first")
         B = self.batch_size
         check_tensor("actions", actions, shape=(B, self.K, self.A), floating=True)
-        act = actions.to(self.device, self.dtype)
+        act = actions.to(self.device, torch.float32)
         ctx = self.ctx
         if self.noise_context:
             tc = self.t_context
@@ -95,7 +95,7 @@ class WorldModelEnv:
         if self.use_cache:
             cache = self.wm.build_context_cache(ctx, self.ctx_actions, self._t_ctx)
             for i in range(ts.shape[0] - 1):
-                v = self.wm.forward_cached(x, ts[i].expand(B, self.K), act, cache)
+                v = self.wm.forward_cached(x, ts[i].expand(B, self.K), act, cache).to(x.dtype)
                 ops.flow_step(x, v, ts[i], ts[i + 1], num_context=0)
             out = x
         else:
@@ -104,7 +104,7 @@ class WorldModelEnv:
             tf = torch.cat([self._t_ctx.expand(B, self.c), ts[0].expand(B, self.K)], 1).clone()
             for i in range(ts.shape[0] - 1):
                 tf[:, self.c:] = ts[i]
-                v = self.wm(full, tf, acts)
+                v = self.wm(full, tf, acts).to(full.dtype)
                 ops.flow_step(full, v, ts[i], ts[i + 1], num_context=self.c)
             out = full[:, self.c:]
         # clip-level autoregression: the last c frames (and their actions) become the next context

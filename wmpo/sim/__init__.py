@@ -34,7 +34,23 @@ def _disable_numba_jit() -> None:
             )
 
 
+def _headless_gl() -> None:
+    """If mujoco was imported before wmpo.sim without MUJOCO_GL on a machine with no display, it
+    picked GLFW, which cannot render headless: switch its context class to EGL."""
+    gl = sys.modules.get("mujoco.gl_context")
+    if gl is None or os.environ.get("DISPLAY") or not sys.platform.startswith("linux"):
+        return
+    if getattr(gl, "_MUJOCO_GL", "egl") in ("", "glfw", "enable", "enabled", "on", "true", "1") and "OpenGL" not in sys.modules:
+        try:
+            from mujoco.egl import GLContext
+
+            gl.GLContext = GLContext
+        except Exception:  # no EGL: leave mujoco's choice; rendering will report its own error
+            pass
+
+
 _disable_numba_jit()
+_headless_gl()
 
 from wmpo.sim.env import TaskEnv, make_env  # noqa: E402
 from wmpo.sim.spec import Expert, TaskSpec  # noqa: E402

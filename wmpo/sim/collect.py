@@ -183,6 +183,8 @@ def collect(policy: Policy, task: str, store, *, init_states: np.ndarray | None 
     from wmpo.sim.vec_env import VecEnv
     from wmpo.utils.logging import progress
 
+    if image_size < 8:
+        raise ValueError(f"image_size: expected >= 8 (stored episodes need frames), got {image_size}")
     starts = make_starts(init_states, n_episodes, seed)
     own = not isinstance(store, TrajectoryStore)
     if own:

@@ -98,3 +98,39 @@ def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_w
         mean_success_length=float(np.mean(lengths)) if lengths else float("nan"),
         episodes=results, videos=sorted(videos), seconds=time.time() - t0,
     )
+
+
+def expert_success(task: str, n: int = 100, first_seed: int = 0, image_size: int = 0) -> dict:
+    """Run the scripted expert from D0 seeds first_seed..first_seed+n-1 in one process (no
+    rendering by default) -> {"successes", "n", "mean_success_length", "steps_per_second", "failed_seeds"}."""
+    from wmpo.sim.env import make_env
+
+    env = make_env(task, image_size=image_size)
+    wins, lengths, failed, steps, t0 = 0, [], [], 0, time.time()
+    try:
+        for seed in range(first_seed, first_seed + n):
+            env.reset(seed)
+            info = {"success": False}
+            for _ in range(env.horizon):
+                *_, done, info = env.step(env.expert_action())
+                steps += 1
+                if done:
+                    break
+            if info["success"]:
+                wins += 1
+                lengths.append(env.t)
+            else:
+                failed.append(seed)
+    finally:
+        env.close()
+    return {"successes": wins, "n": n, "mean_success_length": float(np.mean(lengths)) if lengths else float("nan"),
+            "steps_per_second": steps / max(1e-9, time.time() - t0), "failed_seeds": failed}
+
+
+if __name__ == "__main__":
+    import sys
+
+    # python -m wmpo.sim.evaluate <task> [n] [first_seed] [image_size]: scripted-expert success rate
+    args = sys.argv[1:]
+    out = expert_success(args[0], *(int(a) for a in args[1:4]))
+    print(out)

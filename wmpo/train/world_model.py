@@ -141,6 +141,11 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
         if st.get("ema") is not None:  # fine-tune from the EMA weights
             init_state = {"config": init_state["config"], "state_dict": st["ema"]}
         cfg.model = WorldModelConfig(**init_state["config"])
+    if (cfg.model.latent_channels, cfg.model.latent_size) != (vae.latent_channels, vae.latent_size):
+        if init_state is not None:
+            raise ValueError(f"vae: expected latents {cfg.model.latent_channels}x{cfg.model.latent_size} (the checkpoint's), "
+                             f"got {vae.latent_channels}x{vae.latent_size}")
+        cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
     data = build_dataset(vae, episodes, stats, cfg.model, device)
     tr = WMTrainer(cfg, data, device, init_state)
     ckpt = out / "world_model.pt"
