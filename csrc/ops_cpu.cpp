@@ -284,15 +284,18 @@ inline float exp_f32(float x) {
   return p * scale;
 }
 
-// Per row of V logits: z = l / temp; m = max z; lse; logp = z[tok] - lse; entropy = lse - sum p z.
-template <typename T>
-inline void logprob_row(const T* l, int64_t V, float inv_t, float* z, float& lse, float& sum_pz) {
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define WMPO_CPU_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define WMPO_CPU_CLONES
+#endif
+
+// Softmax statistics of one row of fp32 logits z (already divided by the temperature):
+// out = {lse, sum p z}. Compiled twice (AVX2 and baseline), picked at load time.
+WMPO_CPU_CLONES void softmax_row_stats(const float* z, int64_t V, float* out) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
-  for (int64_t j = 0; j < V; ++j) {
-    z[j] = static_cast<float>(l[j]) * inv_t;
-    m = std::max(m, z[j]);
-  }
+  for (int64_t j = 0; j < V; ++j) m = std::max(m, z[j]);
   float se = 0, spz = 0;
 #pragma omp simd reduction(+ : se, spz)
   for (int64_t j = 0; j < V; ++j) {
@@ -300,8 +303,28 @@ inline void logprob_row(const T* l, int64_t V, float inv_t, float* z, float& lse
     se += p;
     spz += p * z[j];
   }
-  lse = m + std::log(se);
-  sum_pz = spz / se;
+  out[0] = m + std::log(se);
+  out[1] = spz / se;
+}
+
+// g[j] = (1/temp) * (-a p_j - c p_j (log p_j + H)) (the one-hot term is added by the caller).
+WMPO_CPU_CLONES void logprob_row_grad(const float* z, int64_t V, float lse, float H, float a, float c, float inv_t,
+                                      float* g) {
+#pragma omp simd
+  for (int64_t j = 0; j < V; ++j) {
+    const float lpj = z[j] - lse, p = exp_f32(lpj);
+    g[j] = (-a * p - c * p * (lpj + H)) * inv_t;
+  }
+}
+
+// Per row of V logits: z = l / temp; lse; sum_pz = sum p z (entropy = lse - sum_pz).
+template <typename T>
+inline void logprob_row(const T* l, int64_t V, float inv_t, float* z, float& lse, float& sum_pz) {
+  for (int64_t j = 0; j < V; ++j) z[j] = static_cast<float>(l[j]) * inv_t;
+  float st[2];
+  softmax_row_stats(z, V, st);
+  lse = st[0];
+  sum_pz = st[1];
 }
 
 std::tuple<Tensor, Tensor> action_logprob_cpu(const Tensor& logits_, const Tensor& tokens_, double temperature) {
@@ -349,20 +372,15 @@ Tensor action_logprob_bwd_cpu(const Tensor& g_logp_, const Tensor& g_ent_, const
     const float* ge = g_ent.data_ptr<float>();
     scalar_t* out = dl.data_ptr<scalar_t>();
     at::parallel_for(0, N, std::max<int64_t>(1, 8192 / V), [&](int64_t b, int64_t e) {
-      std::vector<float> z(V);
+      std::vector<float> z(V), g(V);
       for (int64_t i = b; i < e; ++i) {
         float lse, spz;
         logprob_row(lp + i * V, V, inv_t, z.data(), lse, spz);
         const float H = lse - spz, a = gl[i], c = ge[i];
+        logprob_row_grad(z.data(), V, lse, H, a, c, inv_t, g.data());
+        if (tk[i] >= 0 && tk[i] < V) g[tk[i]] += a * inv_t;
         scalar_t* o = out + i * V;
-        _Pragma("omp simd") for (int64_t j = 0; j < V; ++j) {
-          const float lpj = z[j] - lse, p = exp_f32(lpj);
-          o[j] = static_cast<scalar_t>((-a * p - c * p * (lpj + H)) * inv_t);
-        }
-        if (tk[i] >= 0 && tk[i] < V) {
-          const float lpj = z[tk[i]] - lse, p = exp_f32(lpj);
-          o[tk[i]] = static_cast<scalar_t>((-a * p - c * p * (lpj + H) + a) * inv_t);
-        }
+        for (int64_t j = 0; j < V; ++j) o[j] = static_cast<scalar_t>(g[j]);
       }
     });
   });

@@ -33,9 +33,6 @@ except ImportError as _e:  # pragma: no cover - depends on the build
 BACKENDS = ("auto", "triton", "cuda", "cpp", "ref")
 NUM_BINS = 256
 
-import torch
-import torch.nn.functional as F
-
 
 def adaln_modulate_ref(x, shift, scale, *, tokens_per_frame: int, eps: float = 1e-6):
     """y = layer_norm(x) * (1 + scale[f]) + shift[f], f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]."""
@@ -196,7 +193,7 @@ def _check_rows(x, shift, scale, tokens_per_frame, xname="x", extra_rows=(), ext
     check_same_device(**{xname: x, "shift": shift, "scale": scale}, **dict(extra_rows), **dict(extra_frames))
 
 
-def _check_frames(name, x, B=None):
+def _check_frames(name, x):
     check_tensor(name, x, floating=True)
     if x.dim() < 2:
         raise ValueError(f"{name}: expected [B, T, ...] (at least 2 dims), got shape {tuple(x.shape)}")

@@ -92,6 +92,17 @@ class _Block(nn.Module):
         return x + self.drop(self.mlp(self.norm2(x)))
 
 
+def _sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """2D sin-cos position embedding [1 + grid*grid, dim] (row 0, the CLS token, is zero)."""
+    q = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float64) / max(1, q)))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64), indexing="ij")
+    parts = [f(c.reshape(-1, 1) * omega) for c in (ys, xs) for f in (torch.sin, torch.cos)]
+    emb = torch.cat(parts, dim=1)
+    emb = torch.cat([emb, torch.zeros(emb.shape[0], dim - emb.shape[1], dtype=emb.dtype)], dim=1)
+    return torch.cat([torch.zeros(1, dim, dtype=emb.dtype), emb]).float()
+
+
 def _key_mask(valid: torch.Tensor) -> torch.Tensor:
     """valid [N, S] bool -> SDPA boolean mask [N, 1, 1, S] (True = attend)."""
     return valid[:, None, None, :]
@@ -125,6 +136,8 @@ class VLAPolicy(nn.Module):
         )
         vit_cfg._attn_implementation = "sdpa"
         self.vision = ViTModel(vit_cfg, add_pooling_layer=False)
+        with torch.no_grad():  # fixed-pattern init: position is readable from the first step
+            self.vision.embeddings.position_embeddings.copy_(_sincos_2d(cfg.image_size // cfg.patch_size, H)[None])
         self.instr_embed = nn.Embedding(INSTR_VOCAB, H, padding_idx=PAD_TOKEN)
         self.instr_pos = nn.Parameter(torch.zeros(1, cfg.max_instr_len, H))
         self.instr_blocks = nn.ModuleList(_Block(H, cfg.num_heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.instr_layers))

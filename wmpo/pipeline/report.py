@@ -61,7 +61,7 @@ def write_report(ctx: Any) -> Path:
             r = ev[name]
             msl = r.get("mean_success_length")
             lines.append(f"| {LABELS[name]} | {_pct(r.get('success_rate'))} | {_ci(r)} | "
-                         f"{'-' if msl is None else f'{msl:.1f}'} | {r.get('n', '-')} |")
+                         f"{'-' if msl is None or msl != msl else f'{msl:.1f}'} | {r.get('n', '-')} |")
     lines += ["", "## Pipeline", "", "| stage | seconds | summary |", "|---|---|---|"]
     for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())

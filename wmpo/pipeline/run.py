@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import os
 import sys
@@ -67,21 +68,21 @@ def _load_policy(ctx: Context, path: str):
 
 
 def _load_vae(ctx: Context):
-    from wmpo.models.vae import load_vae
+    from wmpo.models.vae import FrameVAE
 
-    return load_vae(ctx.output("vae")["checkpoint"], ctx.device)
+    return FrameVAE.from_checkpoint(ctx.output("vae")["path"]).to(ctx.device).eval()
 
 
 def _load_world_model(ctx: Context, stage: str):
-    from wmpo.models.world_model import load_world_model
+    from wmpo.models.world_model import WorldModel
 
-    return load_world_model(ctx.output(stage)["checkpoint"], ctx.device)
+    return WorldModel.from_checkpoint(ctx.output(stage)["path"]).to(ctx.device).eval()
 
 
 def _load_reward(ctx: Context):
-    from wmpo.models.reward import load_reward_model
+    from wmpo.models.reward import load_reward
 
-    return load_reward_model(ctx.output("reward")["checkpoint"], ctx.device)
+    return load_reward(ctx.output("reward")["reward_path"], ctx.device).eval()
 
 
 def _initial_frames(ctx: Context, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -155,7 +156,7 @@ def stage_demos(ctx: Context) -> dict:
     cfg = ctx.cfg
     path = ctx.path("data", "demos.h5")
     with TrajectoryStore(path, "w") as store:
-        res = collect("expert", cfg.task, store=store, n_episodes=cfg.num_demos, seed=cfg.seed + 10_000,
+        res = collect("expert", cfg.task, store, n_episodes=cfg.num_demos, seed=cfg.seed + 10_000,
                       num_workers=cfg.num_workers, image_size=cfg.image_size)
         n, n_succ = len(store), sum(bool(store.load(i).success) for i in range(len(store)))
     return {"store": str(path), "episodes": n, "expert_success_rate": n_succ / max(n, 1), "collect": _jsonable(res)}
@@ -164,22 +165,22 @@ def stage_demos(ctx: Context) -> dict:
 def stage_vae(ctx: Context) -> dict:
     from wmpo.train.vae import train_vae
 
-    res = train_vae(ctx.cfg.vae, ctx.cfg.vae_train, [ctx.output("demos")["store"]], ctx.out / "vae", device=ctx.device)
+    res = train_vae(ctx.cfg.vae_train, [ctx.output("demos")["store"]], ctx.out / "vae", device=ctx.device)
     return _jsonable(res)
 
 
 def stage_wm_pretrain(ctx: Context) -> dict:
     from wmpo.train.world_model import train_world_model
 
-    res = train_world_model(ctx.cfg.world_model, ctx.cfg.wm_pretrain, [ctx.output("demos")["store"]], ctx.out / "wm_pretrain",
-                            vae_checkpoint=ctx.output("vae")["checkpoint"], device=ctx.device)
+    res = train_world_model(ctx.cfg.wm_pretrain, [ctx.output("demos")["store"]], ctx.out / "wm_pretrain",
+                            vae=ctx.output("vae")["path"], device=ctx.device)
     return _jsonable(res)
 
 
 def stage_policy_sft(ctx: Context) -> dict:
     from wmpo.train.policy import train_policy
 
-    res = train_policy(ctx.cfg.policy, ctx.cfg.policy_train, [ctx.output("demos")["store"]], ctx.out / "policy_base", device=ctx.device)
+    res = train_policy(ctx.cfg.policy_train, [ctx.output("demos")["store"]], ctx.out / "policy_base", device=ctx.device)
     return _jsonable(res)
 
 
@@ -189,15 +190,15 @@ def stage_base_rollouts(ctx: Context) -> dict:
     from wmpo.sim.collect import collect
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["checkpoint"])
+    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     G = cfg.grpo.group_size
     n_states = max(1, cfg.real_budget // G)
     states, _ = _initial_frames(ctx, "train", cfg.num_initial_states)
     init = np.repeat(states[np.arange(n_states) % len(states)], G, axis=0)[: cfg.real_budget]
     path = ctx.path("data", "base_rollouts.h5")
     with TrajectoryStore(path, "w") as store:
-        collect(_env_policy(ctx, policy, tok, cfg.grpo.temperature), cfg.task, store=store, init_states=init,
-                num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 20_000)
+        collect(_env_policy(ctx, policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=init,
+                num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 20_000, max_steps=cfg.max_episode_steps)
         succ = [bool(store.load(i).success) for i in range(len(store))]
     groups = [i // G for i in range(len(succ))]
     return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0, "groups": groups}
@@ -207,9 +208,8 @@ def stage_wm_finetune(ctx: Context) -> dict:
     from wmpo.train.world_model import train_world_model
 
     stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
-    res = train_world_model(ctx.cfg.world_model, ctx.cfg.wm_finetune, stores, ctx.out / "wm_finetune",
-                            vae_checkpoint=ctx.output("vae")["checkpoint"], init_from=ctx.output("wm_pretrain")["checkpoint"],
-                            device=ctx.device)
+    res = train_world_model(ctx.cfg.wm_finetune, stores, ctx.out / "wm_finetune", vae=ctx.output("vae")["path"],
+                            init_from=ctx.output("wm_pretrain")["path"], device=ctx.device)
     return _jsonable(res)
 
 
@@ -217,7 +217,7 @@ def stage_reward(ctx: Context) -> dict:
     from wmpo.train.reward import train_reward
 
     stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
-    res = train_reward(ctx.cfg.reward, ctx.cfg.reward_train, stores, ctx.out / "reward", device=ctx.device)
+    res = train_reward(ctx.cfg.reward_train, stores, ctx.out / "reward", device=ctx.device)
     return _jsonable(res)
 
 
@@ -233,7 +233,7 @@ def _wmpo_engine(ctx: Context, policy, tokenizer, num_slots: int):
     wm_env = WorldModelEnv(vae, wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
                            t_context=cfg.world_model.t_context, device=ctx.device)
     detector = IncrementalSuccess(reward, num_slots, ctx.device)
-    rcfg = copy.replace(cfg.rollout, num_slots=num_slots) if hasattr(copy, "replace") else cfg.rollout
+    rcfg = dataclasses.replace(cfg.rollout, num_slots=num_slots)
     return ImaginationEngine(wm_env, policy, detector, tokenizer, rcfg)
 
 
@@ -242,7 +242,7 @@ def stage_wmpo(ctx: Context) -> dict:
     from wmpo.rl.grpo import GRPOTrainer
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["checkpoint"])
+    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     trainer = GRPOTrainer(policy, cfg.grpo)
     ckpt = ctx.path("policy_wmpo", "state.pt")
     history: list[dict] = []
@@ -271,7 +271,7 @@ def stage_wmpo(ctx: Context) -> dict:
         rec = {"iteration": it + 1, "trajectories": len(batch), "rollout_seconds": t_roll,
                "imagined_success_rate": float(rstats.get("success_rate_all", batch.success.float().mean() if len(batch) else 0.0)),
                "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0))}
-        if len(batch) >= cfg.grpo.minibatch_size:
+        if len(batch) > 0:
             ustats = trainer.update(batch.to(ctx.device))
             rec.update({k: float(v) for k, v in ustats.items()})
         else:
@@ -283,7 +283,7 @@ def stage_wmpo(ctx: Context) -> dict:
     from wmpo.models.policy import save_policy
 
     final = ctx.path("policy_wmpo", "policy.pt")
-    save_policy(final, policy, tok, cfg.policy)
+    save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
     return {"checkpoint": str(final), "iterations": len(history), "history": history}
 
@@ -299,21 +299,21 @@ def stage_baselines(ctx: Context) -> dict:
     spec = TASKS[cfg.task]
     out: dict[str, Any] = {}
     # online GRPO
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["checkpoint"])
+    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     ocfg = copy.deepcopy(cfg.online)
-    summary = run_online_grpo(policy, cfg.task, ocfg, tokenizer_decoder(tok, tok.q01, tok.q99) if hasattr(tok, "q01") else tok.to_env,
-                              spec.instruction, horizon=spec.horizon, logger=ctx.logger)
+    summary = run_online_grpo(policy, cfg.task, ocfg, tokenizer_decoder(tok), spec.instruction,
+                              horizon=cfg.max_episode_steps or spec.horizon, logger=ctx.logger)
     p = ctx.path("baselines", "online_grpo.pt")
-    save_policy(p, policy, tok, cfg.policy)
+    save_policy(p, policy, tok, cfg.policy_train.policy)
     out["online_grpo"] = {"checkpoint": str(p), "summary": _jsonable(summary)}
     # DPO on the base policy's P real rollouts
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["checkpoint"])
-    ref, _ = _load_policy(ctx, ctx.output("policy_sft")["checkpoint"])
+    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
+    ref, _ = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     eps = _episodes([ctx.output("base_rollouts")["store"]])
     batch = episodes_to_batch(eps, tok, policy, ctx.output("base_rollouts")["groups"][: len(eps)])
     hist = DPOTrainer(policy, cfg.dpo, reference=ref).fit(batch)
     p = ctx.path("baselines", "dpo.pt")
-    save_policy(p, policy, tok, cfg.policy)
+    save_policy(p, policy, tok, cfg.policy_train.policy)
     out["dpo"] = {"checkpoint": str(p), "steps": len(hist), "final": hist[-1] if hist else {}}
     return out
 
@@ -322,7 +322,7 @@ def stage_evaluate(ctx: Context) -> dict:
     from wmpo.sim.evaluate import evaluate
 
     cfg = ctx.cfg
-    policies = {"base": ctx.output("policy_sft")["checkpoint"], "wmpo": ctx.output("wmpo")["checkpoint"]}
+    policies = {"base": ctx.output("policy_sft")["policy_path"], "wmpo": ctx.output("wmpo")["checkpoint"]}
     if cfg.baselines:
         policies["online_grpo"] = ctx.output("baselines")["online_grpo"]["checkpoint"]
         policies["dpo"] = ctx.output("baselines")["dpo"]["checkpoint"]
@@ -331,7 +331,7 @@ def stage_evaluate(ctx: Context) -> dict:
         policy, tok = _load_policy(ctx, ck)
         res = evaluate(_env_policy(ctx, policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
                        num_workers=cfg.num_workers, image_size=cfg.image_size,
-                       video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos)
+                       video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos, max_steps=cfg.max_episode_steps)
         results[name] = _jsonable(res)
     save_json(ctx.path("eval", "results.json"), results)
     return results

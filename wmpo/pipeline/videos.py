@@ -18,7 +18,7 @@ def imagine_frames(wm_env: Any, policy: Any, tokenizer: Any, first_frame: np.nda
     first = uint8_to_model(torch.as_tensor(first_frame)[None].to(device))
     wm_env.reset(first)
     instr = policy.encode_instructions([instruction], device=device)
-    frames = [first]
+    frames = [first[0]]
     cur = first
     while (len(frames) - 1) < steps:
         tokens, _ = policy.sample(cur, instr, None)
@@ -74,7 +74,7 @@ def imagined_vs_real(ctx: Any) -> dict:
     wm_env = WorldModelEnv(_load_vae(ctx), _load_world_model(ctx, "wm_finetune"), steps=cfg.sampler_steps,
                            num_context=cfg.world_model.num_context, t_context=cfg.world_model.t_context, device=ctx.device)
     states, frames = _initial_frames(ctx, "eval", cfg.eval_episodes)
-    steps = min(cfg.imagined_horizon or spec.horizon, spec.horizon)
+    steps = min(cfg.imagined_horizon or spec.horizon, cfg.max_episode_steps or spec.horizon)
     env_policy = as_env_policy(policy, tok, temperature=None, device=ctx.device)
     paths = []
     for i in range(min(cfg.num_videos, len(states))):

@@ -1,0 +1,186 @@
+"""Run configuration of the whole pipeline, and its presets.
+
+Each component owns its config dataclass in its own module; `RunConfig` composes them. Presets:
+  micro  a few steps of every stage (CI's end-to-end test, ~2 min on 2 cores)
+  tiny   CPU, the whole pipeline in minutes: a smoke test, its numbers are not claims
+  small  one GPU, under an hour
+  paper  the paper's configuration (Tables 3-4; 256x256 frames, DiT 1152 x 28+28)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from typing import Any
+
+from wmpo.models.policy import PolicyConfig
+from wmpo.models.reward import RewardConfig
+from wmpo.models.vae import VAEConfig
+from wmpo.models.world_model import WorldModelConfig
+from wmpo.rl.dpo import DPOConfig
+from wmpo.rl.grpo import GRPOConfig
+from wmpo.rl.online import OnlineGRPOConfig
+from wmpo.rollout.engine import RolloutConfig
+from wmpo.train.policy import PolicyTrainConfig
+from wmpo.train.reward import RewardTrainConfig
+from wmpo.train.vae import VAETrainConfig
+from wmpo.train.world_model import WMTrainConfig
+
+
+@dataclass
+class RunConfig:
+    task: str = "square"
+    """square | stack_three | three_piece_assembly | coffee"""
+    preset: str = "paper"
+    """name of the preset these values came from (recorded in the report)"""
+    seed: int = 0
+    """seed of every stage (demos, training, sampling)"""
+    image_size: int = 256
+    """rendered frame size (square); the world model and VAE work at this size"""
+    num_workers: int = 2
+    """simulator worker processes for collection and evaluation"""
+    num_demos: int = 300
+    """expert demonstrations collected for pretraining and SFT"""
+    real_budget: int = 128
+    """P: real rollouts of the base policy (world-model / reward fine-tuning data; baselines' budget)"""
+    num_initial_states: int = 128
+    """training initial states used for imagined (and real) group sampling"""
+    eval_episodes: int = 128
+    """episodes on the evaluation initial states per evaluated policy"""
+    max_episode_steps: int | None = None
+    """cap on real episode length (None: the task's horizon); tiny presets shorten it"""
+    imagined_horizon: int | None = None
+    """length of imagined trajectories in steps (None: the task's horizon)"""
+    sampler_steps: int = 30
+    """Euler steps per imagined chunk at rollout"""
+    wmpo_iterations: int = 20
+    """GRPO updates, each on a fresh batch of imagined groups"""
+    num_videos: int = 4
+    """mp4s written per evaluated policy and of imagined vs real rollouts"""
+    baselines: bool = False
+    """also run online GRPO and DPO on the same budget P"""
+    vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
+    """VAE architecture and training"""
+    wm_pretrain: WMTrainConfig = field(default_factory=WMTrainConfig)
+    """world-model architecture and pretraining on expert demos"""
+    wm_finetune: WMTrainConfig = field(default_factory=WMTrainConfig)
+    """fine-tuning on the base policy's rollouts (policy behaviour alignment); model fields ignored"""
+    policy_train: PolicyTrainConfig = field(default_factory=PolicyTrainConfig)
+    """VLA architecture and behaviour cloning"""
+    reward_train: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    """VideoMAE reward model architecture and training"""
+    grpo: GRPOConfig = field(default_factory=GRPOConfig)
+    """WMPO's GRPO (paper Table 4)"""
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """imagination engine (slots, graphs, compile)"""
+    online: OnlineGRPOConfig = field(default_factory=OnlineGRPOConfig)
+    """online GRPO baseline in the real simulator"""
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    """offline DPO baseline"""
+
+    @property
+    def world_model(self) -> WorldModelConfig:
+        return self.wm_pretrain.model
+
+
+def _vae(size: int, channels: tuple[int, ...], layers: int, groups: int, attn: bool) -> VAEConfig:
+    return VAEConfig(frame_size=size, latent_channels=4, block_channels=channels, layers_per_block=layers, norm_groups=groups, mid_attention=attn)
+
+
+def _wm(latent: int, hidden: int, blocks: int, heads: int) -> WorldModelConfig:
+    return WorldModelConfig(latent_channels=4, latent_size=latent, hidden=hidden, spatial_blocks=blocks, temporal_blocks=blocks, heads=heads,
+                            num_context=4, chunk_len=8, action_dim=7, t_context=0.05)
+
+
+def _preset_paper(task: str) -> RunConfig:
+    wm = _wm(32, 1152, 28, 16)
+    return RunConfig(
+        task=task, preset="paper", image_size=256, num_workers=16, num_demos=300, real_budget=128, eval_episodes=128,
+        sampler_steps=30, wmpo_iterations=20,
+        vae_train=VAETrainConfig(vae=_vae(256, (128, 256, 512, 512), 2, 32, True), steps=20000, batch_size=32, lr=1e-4),
+        wm_pretrain=WMTrainConfig(model=wm, steps=100000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
+        wm_finetune=WMTrainConfig(model=wm, steps=30000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
+        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=224), steps=20000),
+        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=224), steps=5000),
+        grpo=GRPOConfig(batch_size=512, group_size=8, minibatch_size=128),
+        rollout=RolloutConfig(num_slots=128, group_size=8, cuda_graph=True),
+        online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=256),
+    )
+
+
+def _preset_small(task: str) -> RunConfig:
+    wm = _wm(16, 384, 8, 6)
+    return RunConfig(
+        task=task, preset="small", image_size=128, num_workers=8, num_demos=300, real_budget=128, eval_episodes=128,
+        sampler_steps=8, wmpo_iterations=10,
+        vae_train=VAETrainConfig(vae=_vae(128, (64, 128, 256, 256), 2, 32, True), steps=5000, batch_size=32, lr=1e-4),
+        wm_pretrain=WMTrainConfig(model=wm, steps=20000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
+        wm_finetune=WMTrainConfig(model=wm, steps=5000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
+        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=128, hidden_size=256, vision_layers=6, fusion_layers=3), steps=5000),
+        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=128, hidden_size=256, num_layers=4, num_heads=4), steps=2000),
+        grpo=GRPOConfig(batch_size=64, group_size=8, minibatch_size=16, lr=1e-5),
+        rollout=RolloutConfig(num_slots=64, group_size=8, cuda_graph=True),
+        online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=128, grpo=GRPOConfig(batch_size=64, minibatch_size=16, lr=1.25e-6)),
+    )
+
+
+def _preset_tiny(task: str) -> RunConfig:
+    wm = _wm(16, 64, 2, 4)
+    pol = PolicyConfig(image_size=64, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=1)
+    rew = RewardConfig(image_size=64, patch_size=16, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4)
+    return RunConfig(
+        task=task, preset="tiny", image_size=64, num_workers=2, num_demos=16, real_budget=16, num_initial_states=16, eval_episodes=10,
+        max_episode_steps=None, imagined_horizon=96, sampler_steps=4, wmpo_iterations=2, num_videos=2,
+        vae_train=VAETrainConfig(vae=_vae(64, (16, 32, 32), 1, 8, False), steps=150, batch_size=8, lr=2e-3, log_every=25, ckpt_every=100),
+        wm_pretrain=WMTrainConfig(model=wm, steps=250, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.99, log_every=25, ckpt_every=100),
+        wm_finetune=WMTrainConfig(model=wm, steps=60, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.9, log_every=20, ckpt_every=100),
+        policy_train=PolicyTrainConfig(policy=pol, steps=300, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, log_every=20, ckpt_every=100, amp=False),
+        reward_train=RewardTrainConfig(reward=rew, steps=150, batch_size=16, lr=3e-4, warmup_steps=10, eval_every=50, log_every=20, ckpt_every=100, amp=False),
+        grpo=GRPOConfig(batch_size=16, group_size=4, minibatch_size=8, lr=1e-4),
+        rollout=RolloutConfig(num_slots=16, group_size=4, max_groups_factor=3.0),
+        online=OnlineGRPOConfig(budget=16, num_envs=8, image_size=64, num_initial_states=16,
+                                grpo=GRPOConfig(batch_size=8, group_size=4, minibatch_size=4, lr=1.25e-5)),
+        dpo=DPOConfig(epochs=2, pairs_per_step=8, lr=1e-4),
+    )
+
+
+def _preset_micro(task: str) -> RunConfig:
+    cfg = _preset_tiny(task)
+    wm = _wm(8, 32, 1, 2)
+    return replace(
+        cfg, preset="micro", image_size=32, num_workers=1, num_demos=2, real_budget=8, num_initial_states=4, eval_episodes=2,
+        max_episode_steps=24, imagined_horizon=16, sampler_steps=2, wmpo_iterations=1, num_videos=1,
+        vae_train=replace(cfg.vae_train, vae=_vae(32, (8, 16, 16), 1, 4, False), steps=4, batch_size=4),
+        wm_pretrain=replace(cfg.wm_pretrain, model=wm, steps=4, batch_size=2),
+        wm_finetune=replace(cfg.wm_finetune, model=wm, steps=2, batch_size=2),
+        policy_train=replace(cfg.policy_train, policy=replace(cfg.policy_train.policy, image_size=32, hidden_size=32, num_heads=2, vision_layers=1),
+                             steps=4, batch_size=8, eval_every=1000),
+        reward_train=replace(cfg.reward_train, reward=replace(cfg.reward_train.reward, image_size=32, hidden_size=32, num_layers=1, num_heads=2),
+                             steps=4, batch_size=4, eval_every=1000),
+        grpo=GRPOConfig(batch_size=8, group_size=4, minibatch_size=4, lr=1e-4),
+        rollout=RolloutConfig(num_slots=8, group_size=4, max_groups_factor=2.0),
+        online=replace(cfg.online, budget=8, num_envs=4, image_size=32, num_initial_states=4,
+                       grpo=GRPOConfig(batch_size=4, group_size=4, minibatch_size=4, lr=1e-5)),
+        dpo=DPOConfig(epochs=1, pairs_per_step=4, lr=1e-4),
+    )
+
+
+PRESETS = {"micro": _preset_micro, "tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}
+
+
+def get_preset(name: str, task: str = "square", **overrides: Any) -> RunConfig:
+    """The preset `name` for `task`, with top-level fields overridden."""
+    if name not in PRESETS:
+        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
+    cfg = PRESETS[name](task)
+    known = {f.name for f in fields(RunConfig)}
+    bad = set(overrides) - known
+    if bad:
+        raise ValueError(f"overrides: unknown RunConfig fields {sorted(bad)}")
+    cfg = replace(cfg, **overrides)
+    # keep the sampling-side configs consistent with GRPO's
+    cfg.rollout = replace(cfg.rollout, group_size=cfg.grpo.group_size, temperature=cfg.grpo.temperature)
+    cfg.wm_finetune = replace(cfg.wm_finetune, model=cfg.wm_pretrain.model)
+    return cfg
+
+
+def is_config(x: Any) -> bool:
+    return is_dataclass(x) and not isinstance(x, type)
