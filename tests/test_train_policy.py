@@ -111,16 +111,22 @@ def test_cli_help_and_config(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_bc_policy_reads_the_image(tmp_path):
-    """Longer BC run: the predicted x-direction follows the side the square is on."""
+    """Longer BC run: the predicted x/y directions follow where the square is (the image is read).
+
+    Measured: at 400 steps the policy still predicts the marginal (54%, the majority rate); at 800
+    it agrees with the expert's sign on 88% (x) / 84% (y) of frames.
+    """
     rng = np.random.default_rng(0)
     eps = [square_episode(rng) for _ in range(24)]
     stats = action_stats_from_episodes(eps)
-    cfg = PolicyTrainConfig(policy=TINY, steps=400, batch_size=32, lr=2e-3, warmup_steps=20, crop_pad=1, val_fraction=0.0,
-                            log_every=50, ckpt_every=400, eval_every=1000, seed=0)
+    cfg = PolicyTrainConfig(policy=TINY, steps=800, batch_size=32, lr=1e-3, warmup_steps=20, min_lr_ratio=1.0, crop_pad=0,
+                            val_fraction=0.0, log_every=50, ckpt_every=800, eval_every=10000, seed=0)
     train_policy_on_episodes(cfg, eps, stats, tmp_path, device="cpu", show_progress=False)
     policy, tok = load_policy(tmp_path / "policy.pt")
-    img = np.full((2, 48, 48, 3), 30, np.uint8)
-    img[0, 20:28, 4:12] = (220, 40, 40)
-    img[1, 20:28, 36:44] = (220, 40, 40)
-    a = as_env_policy(policy, tok)(img, [eps[0].instruction] * 2)
-    assert a[0, 0, 0] > 0 > a[1, 0, 0], a[:, 0, 0]
+    frames = np.concatenate([e.frames[:-1] for e in eps])
+    expert = np.concatenate([e.actions for e in eps])
+    a = as_env_policy(policy, tok)(frames, [eps[0].instruction] * len(frames))
+    majority = max(np.mean(expert[:, 0] > 0), np.mean(expert[:, 0] < 0))
+    agree_x = np.mean(np.sign(a[:, 0, 0]) == expert[:, 0])
+    agree_y = np.mean(np.sign(a[:, 0, 1]) == expert[:, 1])
+    assert agree_x > max(0.75, majority + 0.15) and agree_y > 0.7, (agree_x, agree_y, majority)

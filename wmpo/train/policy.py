@@ -75,7 +75,7 @@ class PolicyTrainConfig:
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
         policy=dict(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=2, max_instr_len=48),
-        steps=600, batch_size=32, lr=1e-3, warmup_steps=50, crop_pad=2, eval_every=200, ckpt_every=200,
+        steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, min_lr_ratio=0.3, crop_pad=2, eval_every=500, ckpt_every=500,
     ),
     "small": dict(
         policy=dict(image_size=96, patch_size=8, hidden_size=256, num_heads=4, vision_layers=6, instr_layers=2, fusion_layers=3),
