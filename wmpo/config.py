@@ -132,7 +132,7 @@ def _preset_tiny(task: str) -> RunConfig:
         vae_train=VAETrainConfig(vae=_vae(64, (16, 32, 32), 1, 8, False), steps=150, batch_size=8, lr=2e-3, log_every=25, ckpt_every=100),
         wm_pretrain=WMTrainConfig(model=wm, steps=250, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.99, log_every=25, ckpt_every=100),
         wm_finetune=WMTrainConfig(model=wm, steps=60, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.9, log_every=20, ckpt_every=100),
-        policy_train=PolicyTrainConfig(policy=pol, steps=300, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, log_every=20, ckpt_every=100, amp=False),
+        policy_train=PolicyTrainConfig(policy=pol, steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, log_every=20, ckpt_every=100, amp=False),
         reward_train=RewardTrainConfig(reward=rew, steps=150, batch_size=16, lr=3e-4, warmup_steps=10, eval_every=50, log_every=20, ckpt_every=100, amp=False),
         grpo=GRPOConfig(batch_size=16, group_size=4, minibatch_size=8, lr=1e-4),
         rollout=RolloutConfig(num_slots=16, group_size=4, max_groups_factor=3.0),
