@@ -57,6 +57,8 @@ class RunConfig:
     """mp4s written per evaluated policy and of imagined vs real rollouts"""
     baselines: bool = False
     """also run online GRPO and DPO on the same budget P"""
+    lifelong_rounds: int = 0
+    """lifelong WMPO rounds after the first WMPO stage (paper 4.5: 3); each collects P more real rollouts"""
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     """VAE architecture and training"""
     wm_pretrain: WMTrainConfig = field(default_factory=WMTrainConfig)
@@ -98,8 +100,11 @@ def _preset_paper(task: str) -> RunConfig:
         vae_train=VAETrainConfig(vae=_vae(256, (128, 256, 512, 512), 2, 32, True), steps=20000, batch_size=32, lr=1e-4),
         wm_pretrain=WMTrainConfig(model=wm, steps=100000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
         wm_finetune=WMTrainConfig(model=wm, steps=30000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
-        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=224), steps=20000),
-        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=224), steps=5000),
+        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12,
+                                                           instr_layers=2, fusion_layers=6), steps=50000, batch_size=256, lr=3e-4,
+                                       warmup_steps=1000, crop_pad=12),
+        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12),
+                                       steps=10000, batch_size=64, lr=1e-4, warmup_steps=500, crop_pad=12),
         grpo=GRPOConfig(batch_size=512, group_size=8, minibatch_size=128),
         rollout=RolloutConfig(num_slots=128, group_size=8, cuda_graph=True),
         online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=256),
@@ -114,8 +119,10 @@ def _preset_small(task: str) -> RunConfig:
         vae_train=VAETrainConfig(vae=_vae(128, (64, 128, 256, 256), 2, 32, True), steps=5000, batch_size=32, lr=1e-4),
         wm_pretrain=WMTrainConfig(model=wm, steps=20000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
         wm_finetune=WMTrainConfig(model=wm, steps=5000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
-        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=128, hidden_size=256, vision_layers=6, fusion_layers=3), steps=5000),
-        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=128, hidden_size=256, num_layers=4, num_heads=4), steps=2000),
+        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=96, patch_size=8, hidden_size=256, num_heads=4, vision_layers=6,
+                                                           instr_layers=2, fusion_layers=3), steps=8000, batch_size=128, lr=5e-4, warmup_steps=200),
+        reward_train=RewardTrainConfig(reward=RewardConfig(image_size=96, patch_size=16, hidden_size=256, num_layers=4, num_heads=4),
+                                       steps=3000, batch_size=32, lr=3e-4, warmup_steps=100),
         grpo=GRPOConfig(batch_size=64, group_size=8, minibatch_size=16, lr=1e-5),
         rollout=RolloutConfig(num_slots=64, group_size=8, cuda_graph=True),
         online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=128, grpo=GRPOConfig(batch_size=64, minibatch_size=16, lr=1.25e-6)),
@@ -124,16 +131,17 @@ def _preset_small(task: str) -> RunConfig:
 
 def _preset_tiny(task: str) -> RunConfig:
     wm = _wm(16, 64, 2, 4)
-    pol = PolicyConfig(image_size=64, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=1)
-    rew = RewardConfig(image_size=64, patch_size=16, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4)
+    pol = PolicyConfig(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=2, max_instr_len=48)
+    rew = RewardConfig(image_size=32, patch_size=8, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4)
     return RunConfig(
         task=task, preset="tiny", image_size=64, num_workers=2, num_demos=16, real_budget=16, num_initial_states=16, eval_episodes=10,
         max_episode_steps=None, imagined_horizon=96, sampler_steps=4, wmpo_iterations=2, num_videos=2,
         vae_train=VAETrainConfig(vae=_vae(64, (16, 32, 32), 1, 8, False), steps=150, batch_size=8, lr=2e-3, log_every=25, ckpt_every=100),
         wm_pretrain=WMTrainConfig(model=wm, steps=250, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.99, log_every=25, ckpt_every=100),
         wm_finetune=WMTrainConfig(model=wm, steps=60, batch_size=8, lr=3e-4, grad_clip=1.0, ema_decay=0.9, log_every=20, ckpt_every=100),
-        policy_train=PolicyTrainConfig(policy=pol, steps=1000, batch_size=32, lr=1e-3, warmup_steps=20, eval_every=100, log_every=20, ckpt_every=100, amp=False),
-        reward_train=RewardTrainConfig(reward=rew, steps=150, batch_size=16, lr=3e-4, warmup_steps=10, eval_every=50, log_every=20, ckpt_every=100, amp=False),
+        policy_train=PolicyTrainConfig(policy=pol, steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, min_lr_ratio=0.3, crop_pad=2,
+                                       eval_every=500, ckpt_every=500),
+        reward_train=RewardTrainConfig(reward=rew, steps=400, batch_size=16, lr=5e-4, warmup_steps=30, crop_pad=2, eval_every=0, ckpt_every=200),
         grpo=GRPOConfig(batch_size=16, group_size=4, minibatch_size=8, lr=1e-4),
         rollout=RolloutConfig(num_slots=16, group_size=4, max_groups_factor=3.0),
         online=OnlineGRPOConfig(budget=16, num_envs=8, image_size=64, num_initial_states=16,
@@ -151,9 +159,9 @@ def _preset_micro(task: str) -> RunConfig:
         vae_train=replace(cfg.vae_train, vae=_vae(32, (8, 16, 16), 1, 4, False), steps=4, batch_size=4),
         wm_pretrain=replace(cfg.wm_pretrain, model=wm, steps=4, batch_size=2),
         wm_finetune=replace(cfg.wm_finetune, model=wm, steps=2, batch_size=2),
-        policy_train=replace(cfg.policy_train, policy=replace(cfg.policy_train.policy, image_size=32, hidden_size=32, num_heads=2, vision_layers=1),
+        policy_train=replace(cfg.policy_train, policy=replace(cfg.policy_train.policy, hidden_size=32, num_heads=2, vision_layers=1, fusion_layers=1),
                              steps=4, batch_size=8, eval_every=1000),
-        reward_train=replace(cfg.reward_train, reward=replace(cfg.reward_train.reward, image_size=32, hidden_size=32, num_layers=1, num_heads=2),
+        reward_train=replace(cfg.reward_train, reward=replace(cfg.reward_train.reward, hidden_size=32, num_layers=1, num_heads=2),
                              steps=4, batch_size=4, eval_every=1000),
         grpo=GRPOConfig(batch_size=8, group_size=4, minibatch_size=4, lr=1e-4),
         rollout=RolloutConfig(num_slots=8, group_size=4, max_groups_factor=2.0),

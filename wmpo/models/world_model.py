@@ -73,8 +73,16 @@ class WorldModelConfig:
 def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int = 0) -> torch.Tensor:
     """q [S, H, Tq, hd], k/v [S, H, num_cached + Tq, hd]; query i attends keys <= num_cached + i.
 
-    The swap point for a frame-causal short-sequence attention kernel.
+    The fused op `wmpo.ops.frame_causal_attention` (Triton short-sequence kernel on CUDA, SDPA with
+    the frame-causal mask on CPU, same WMPO_BACKEND dispatch as the other ops).
     """
+    from wmpo import ops
+
+    return ops.frame_causal_attention(q, k, v, num_cached=num_cached)
+
+
+def frame_causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int = 0) -> torch.Tensor:
+    """Plain SDPA path of frame_causal_attention (the eager reference mode of the benchmarks)."""
     tq, tk = q.shape[-2], k.shape[-2]
     if num_cached == 0 and tq == tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
@@ -142,7 +150,9 @@ class WorldModel(nn.Module):
         self._init_weights()
 
     def use_reference_ops(self, reference: bool = True) -> None:
-        """Route AdaLN ops to wmpo.ops.*_ref (True) or the public (possibly fused) wmpo.ops (False)."""
+        """Route AdaLN ops and temporal attention to the references (True: wmpo.ops.*_ref, plain SDPA)
+        or the public, possibly fused, wmpo.ops (False)."""
+        self.attention = frame_causal_attention_sdpa if reference else frame_causal_attention
         self.ops.adaln_modulate = _ops.adaln_modulate_ref if reference else _ops.adaln_modulate
         self.ops.gated_residual_adaln = _ops.gated_residual_adaln_ref if reference else _ops.gated_residual_adaln
 

@@ -5,7 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-LABELS = {"base": "Base policy (SFT)", "online_grpo": "Online GRPO (real env)", "dpo": "DPO (offline)", "wmpo": "WMPO (ours)"}
+LABELS = {"base": "Base policy (SFT)", "online_grpo": "Online GRPO (real env)", "dpo": "DPO (offline)", "wmpo": "WMPO (ours)",
+          "lifelong": "Lifelong WMPO (ours)"}
 
 
 def _pct(x: float | None) -> str:
@@ -56,7 +57,7 @@ def write_report(ctx: Any) -> Path:
               f"Real-rollout budget P = {cfg.real_budget}; {cfg.eval_episodes} evaluation episodes per policy, greedy actions.", "",
               "| method | success rate (%) | 95% CI | mean length of successes (steps) | episodes |",
               "|---|---|---|---|---|"]
-    for name in ("base", "online_grpo", "dpo", "wmpo"):
+    for name in ("base", "online_grpo", "dpo", "wmpo", "lifelong"):
         if name in ev:
             r = ev[name]
             msl = r.get("mean_success_length")

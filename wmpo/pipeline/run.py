@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import os
 import sys
@@ -77,12 +76,6 @@ def _load_world_model(ctx: Context, stage: str):
     from wmpo.models.world_model import WorldModel
 
     return WorldModel.from_checkpoint(ctx.output(stage)["path"]).to(ctx.device).eval()
-
-
-def _load_reward(ctx: Context):
-    from wmpo.models.reward import load_reward
-
-    return load_reward(ctx.output("reward")["reward_path"], ctx.device).eval()
 
 
 def _initial_frames(ctx: Context, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -221,30 +214,31 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
-def _wmpo_engine(ctx: Context, policy, tokenizer, num_slots: int):
-    from wmpo.models.reward import IncrementalSuccess
-    from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
+def _wmpo_engine(ctx: Context, policy, tokenizer, wm_path: str, reward_path: str):
+    from wmpo.models.reward import IncrementalSuccess, load_reward
+    from wmpo.models.world_model import WorldModel
+    from wmpo.rollout.engine import ImaginationEngine
     from wmpo.rollout.world_model_env import WorldModelEnv
 
     cfg = ctx.cfg
-    vae = _load_vae(ctx)
-    wm = _load_world_model(ctx, "wm_finetune")
-    reward = _load_reward(ctx)
-    wm_env = WorldModelEnv(vae, wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+    wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
+    reward = load_reward(reward_path, ctx.device).eval()
+    wm_env = WorldModelEnv(_load_vae(ctx), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
                            t_context=cfg.world_model.t_context, device=ctx.device)
-    detector = IncrementalSuccess(reward, num_slots, ctx.device)
-    rcfg = dataclasses.replace(cfg.rollout, num_slots=num_slots)
-    return ImaginationEngine(wm_env, policy, detector, tokenizer, rcfg)
+    detector = IncrementalSuccess(reward, cfg.rollout.num_slots, ctx.device)
+    return ImaginationEngine(wm_env, policy, detector, tokenizer, cfg.rollout)
 
 
-def stage_wmpo(ctx: Context) -> dict:
-    """GRPO in imagination (paper Algorithm 1), resumable per iteration."""
+def wmpo_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, iterations: int, tag: str = "wmpo") -> list[dict]:
+    """GRPO in imagination (paper Algorithm 1) for `iterations` updates; resumable per iteration
+    from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
     from wmpo.rl.grpo import GRPOTrainer
+    from wmpo.sim import TASKS
+    from wmpo.utils.frames import uint8_to_model
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     trainer = GRPOTrainer(policy, cfg.grpo)
-    ckpt = ctx.path("policy_wmpo", "state.pt")
+    ckpt = Path(out_dir) / "state.pt"
     history: list[dict] = []
     start = 0
     if ckpt.is_file():
@@ -253,15 +247,11 @@ def stage_wmpo(ctx: Context) -> dict:
         trainer.load_state_dict(st["trainer"])
         history, start = st["history"], st["iteration"]
     _, frames = _initial_frames(ctx, "train", cfg.num_initial_states)
-    from wmpo.utils.frames import uint8_to_model
-
     pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    engine = _wmpo_engine(ctx, policy, tok, cfg.rollout.num_slots)
-    from wmpo.sim import TASKS
-
+    engine = _wmpo_engine(ctx, policy, tok, wm_path, reward_path)
     spec = TASKS[cfg.task]
     horizon = cfg.imagined_horizon or spec.horizon
-    for it in progress(range(start, cfg.wmpo_iterations), total=cfg.wmpo_iterations, desc="wmpo"):
+    for it in progress(range(start, iterations), total=iterations, desc=tag):
         t0 = time.time()
         policy.eval()
         batch, rstats = engine.sample_groups(pool, spec.instruction, group_size=cfg.grpo.group_size,
@@ -269,23 +259,85 @@ def stage_wmpo(ctx: Context) -> dict:
                                              max_steps=horizon, seed=cfg.seed * 1000 + it)
         t_roll = time.time() - t0
         rec = {"iteration": it + 1, "trajectories": len(batch), "rollout_seconds": t_roll,
-               "imagined_success_rate": float(rstats.get("success_rate_all", batch.success.float().mean() if len(batch) else 0.0)),
+               "imagined_success_rate": float(batch.success.float().mean()) if len(batch) else 0.0,
                "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0))}
         if len(batch) > 0:
             ustats = trainer.update(batch.to(ctx.device))
             rec.update({k: float(v) for k, v in ustats.items()})
         else:
-            rec["skipped_update"] = True
+            rec["skipped_update"] = True  # every group was all-success or all-failure
         rec["seconds"] = time.time() - t0
         history.append(rec)
-        ctx.logger.scalars({f"wmpo/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)
+        ctx.logger.scalars({f"{tag}/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)
         save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": trainer.state_dict(), "history": history, "iteration": it + 1})
+    return history
+
+
+def stage_wmpo(ctx: Context) -> dict:
+    """WMPO from the base policy with the fine-tuned world model and the reward model."""
     from wmpo.models.policy import save_policy
 
+    cfg = ctx.cfg
+    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
+    history = wmpo_train(ctx, policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
+                         ctx.out / "policy_wmpo", cfg.wmpo_iterations)
     final = ctx.path("policy_wmpo", "policy.pt")
     save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
     return {"checkpoint": str(final), "iterations": len(history), "history": history}
+
+
+def stage_lifelong(ctx: Context) -> dict:
+    """Lifelong WMPO (paper section 4.5): from the WMPO policy, repeat: collect P real rollouts ->
+    fine-tune world model and reward model on all real data so far -> WMPO -> evaluate."""
+    from wmpo.data.store import TrajectoryStore
+    from wmpo.models.policy import save_policy
+    from wmpo.rl.lifelong import LifelongConfig, LifelongStages, run_lifelong
+    from wmpo.sim.collect import collect
+    from wmpo.sim.evaluate import evaluate
+    from wmpo.train.reward import train_reward
+    from wmpo.train.world_model import train_world_model
+
+    cfg = ctx.cfg
+    root = ctx.out / "lifelong"
+    policy, tok = _load_policy(ctx, ctx.output("wmpo")["checkpoint"])
+    G = cfg.grpo.group_size
+    states, _ = _initial_frames(ctx, "train", cfg.num_initial_states)
+    base_stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
+    prev_wm = [ctx.output("wm_finetune")["path"]]
+
+    def collect_round(pol, budget: int, it: int) -> str:
+        path = root / f"round{it}" / "rollouts.h5"
+        init = np.repeat(states[(np.arange(max(1, budget // G)) + it) % len(states)], G, axis=0)[:budget]
+        with TrajectoryStore(path, "w") as store:
+            collect(_env_policy(ctx, pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
+                    image_size=cfg.image_size, seed=cfg.seed + 30_000 + it, max_steps=cfg.max_episode_steps, show_progress=False)
+        return str(path)
+
+    def finetune_wm(rounds: list[str], it: int) -> str:
+        res = train_world_model(cfg.wm_finetune, rounds + base_stores, root / f"round{it}" / "wm", vae=ctx.output("vae")["path"],
+                                init_from=prev_wm[-1], device=ctx.device)
+        prev_wm.append(res["path"])
+        return res["path"]
+
+    def finetune_reward(rounds: list[str], it: int) -> str:
+        return train_reward(cfg.reward_train, rounds + base_stores, root / f"round{it}" / "reward", device=ctx.device)["reward_path"]
+
+    def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
+        hist = wmpo_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", cfg.wmpo_iterations, tag=f"lifelong{it}")
+        return {"updates": len(hist), "imagined_success_rate": hist[-1]["imagined_success_rate"] if hist else 0.0}
+
+    def evaluate_round(pol, it: int) -> dict:
+        res = evaluate(_env_policy(ctx, pol, tok, None), cfg.task, split="eval", n=cfg.eval_episodes, num_workers=cfg.num_workers,
+                       image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
+        return {"success_rate": res.success_rate, "ci95": list(res.ci95), "mean_success_length": res.mean_success_length}
+
+    lcfg = LifelongConfig(iterations=cfg.lifelong_rounds, budget_per_iteration=cfg.real_budget, evaluate_base=False)
+    records = run_lifelong(policy, LifelongStages(collect_round, finetune_wm, finetune_reward, run_round, evaluate_round), lcfg,
+                           out_dir=root, logger=ctx.logger)
+    final = root / "policy.pt"
+    save_policy(final, policy, tok, cfg.policy_train.policy)
+    return {"checkpoint": str(final), "records": _jsonable(records)}
 
 
 def stage_baselines(ctx: Context) -> dict:
@@ -323,6 +375,8 @@ def stage_evaluate(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     policies = {"base": ctx.output("policy_sft")["policy_path"], "wmpo": ctx.output("wmpo")["checkpoint"]}
+    if cfg.lifelong_rounds > 0:
+        policies["lifelong"] = ctx.output("lifelong")["checkpoint"]
     if cfg.baselines:
         policies["online_grpo"] = ctx.output("baselines")["online_grpo"]["checkpoint"]
         policies["dpo"] = ctx.output("baselines")["dpo"]["checkpoint"]
@@ -381,6 +435,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("reward", stage_reward),
         Stage("wmpo", stage_wmpo),
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
+        Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
@@ -423,9 +478,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output folder (rerun with the same options to resume)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--baselines", action="store_true", help="also run online GRPO and DPO on the same budget P")
+    ap.add_argument("--lifelong", type=int, default=0, metavar="N",
+                    help="after WMPO, N lifelong rounds: collect P real rollouts, fine-tune world and reward models, WMPO again")
     ap.add_argument("--stop-after", default=None, help="stop after this stage (for debugging)")
     args = ap.parse_args(argv)
-    cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines)
+    cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines, lifelong_rounds=args.lifelong)
     t0 = time.time()
     outs = run_pipeline(cfg, args.out, stop_after=args.stop_after)
     print(f"wmpo run: finished in {time.time() - t0:.0f} s; report: {outs.get('report', {}).get('report', '(not reached)')}")

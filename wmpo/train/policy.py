@@ -72,26 +72,11 @@ class PolicyTrainConfig:
 
 
 # Suggested presets (the lead's wmpo/config.py is authoritative once it has them).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        policy=dict(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=2, max_instr_len=48),
-        steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, min_lr_ratio=0.3, crop_pad=2, eval_every=500, ckpt_every=500,
-    ),
-    "small": dict(
-        policy=dict(image_size=96, patch_size=8, hidden_size=256, num_heads=4, vision_layers=6, instr_layers=2, fusion_layers=3),
-        steps=8000, batch_size=128, lr=5e-4, warmup_steps=300, crop_pad=4,
-    ),
-    "paper": dict(
-        policy=dict(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12, instr_layers=2, fusion_layers=6),
-        steps=50000, batch_size=256, lr=3e-4, warmup_steps=1000, crop_pad=12,
-    ),
-}
-
-
 def preset(name: str) -> PolicyTrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
-    return PolicyTrainConfig.from_dict(PRESETS[name])
+    """The policy_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
+    from wmpo.config import get_preset
+
+    return get_preset(name).policy_train
 
 
 # ---------------------------------------------------------------------- data
@@ -360,13 +345,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with expert demos")
     ap.add_argument("--out", required=True, help="output folder (policy.pt, train_state.pt, config.json, tb/)")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset")
+    ap.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "paper"], help="size preset (wmpo.config)")
     ap.add_argument("--config", help="JSON file of PolicyTrainConfig fields (applied over the preset)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="field overrides, e.g. steps=100 policy.hidden_size=128")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
     a = ap.parse_args(argv)
-    d = json.loads(json.dumps(PRESETS[a.preset]))
+    d = json.loads(json.dumps(asdict(preset(a.preset))))
     if a.config:
         extra = json.loads(Path(a.config).read_text())
         pol = {**d.get("policy", {}), **extra.pop("policy", {})}

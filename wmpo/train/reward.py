@@ -78,26 +78,11 @@ class RewardTrainConfig:
 
 
 # Suggested presets (the lead's wmpo/config.py is authoritative once it has them).
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        reward=dict(image_size=32, patch_size=8, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4),
-        steps=400, batch_size=16, lr=5e-4, warmup_steps=30, crop_pad=2, eval_every=0, ckpt_every=200,
-    ),
-    "small": dict(
-        reward=dict(image_size=96, patch_size=16, tubelet_size=2, hidden_size=256, num_layers=4, num_heads=4),
-        steps=3000, batch_size=32, lr=3e-4, warmup_steps=100, crop_pad=4,
-    ),
-    "paper": dict(
-        reward=dict(image_size=224, patch_size=16, tubelet_size=2, hidden_size=768, num_layers=12, num_heads=12),
-        steps=10000, batch_size=64, lr=1e-4, warmup_steps=500, crop_pad=12,
-    ),
-}
-
-
 def preset(name: str) -> RewardTrainConfig:
-    if name not in PRESETS:
-        raise ValueError(f"preset: expected one of {sorted(PRESETS)}, got {name!r}")
-    return RewardTrainConfig.from_dict(PRESETS[name])
+    """The reward_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
+    from wmpo.config import get_preset
+
+    return get_preset(name).reward_train
 
 
 # ---------------------------------------------------------------------- clips
@@ -321,13 +306,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with successes and failures")
     ap.add_argument("--out", required=True, help="output folder (reward.pt, metrics.json, config.json, tb/)")
-    ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS), help="size preset")
+    ap.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "paper"], help="size preset (wmpo.config)")
     ap.add_argument("--config", help="JSON file of RewardTrainConfig fields (applied over the preset)")
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="field overrides, e.g. steps=100 reward.hidden_size=128")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
     a = ap.parse_args(argv)
-    d = json.loads(json.dumps(PRESETS[a.preset]))
+    d = json.loads(json.dumps(asdict(preset(a.preset))))
     if a.config:
         extra = json.loads(Path(a.config).read_text())
         rw = {**d.get("reward", {}), **extra.pop("reward", {})}
