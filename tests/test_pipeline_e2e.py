@@ -35,23 +35,25 @@ def test_presets_resolve_and_are_consistent():
 def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     out = tmp_path / "run"
     # first run stops after policy SFT (as if killed there)
-    p = _run(out, "--baselines", "--stop-after", "policy_sft")
+    p = _run(out, "--baselines", "--lifelong", "1", "--stop-after", "policy_sft")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     done_first = {m.stem: json.loads(m.read_text())["finished"] for m in (out / "stages").glob("*.json")}
     assert set(done_first) == {"demos", "vae", "wm_pretrain", "policy_sft"}
     # the rerun resumes: finished stages are not redone, the rest run, the report is written
-    p = _run(out, "--baselines")
+    p = _run(out, "--baselines", "--lifelong", "1")
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     for name, when in done_first.items():
         assert f"[stage {name}] done earlier, skipped" in p.stdout
         assert json.loads((out / "stages" / f"{name}.json").read_text())["finished"] == when
     report = (out / "report.md").read_text()
-    assert all(m in report for m in ("Base policy (SFT)", "WMPO (ours)", "Online GRPO", "DPO"))
+    assert all(m in report for m in ("Base policy (SFT)", "WMPO (ours)", "Online GRPO", "DPO", "Lifelong WMPO"))
     ev = json.loads((out / "eval" / "results.json").read_text())
-    assert set(ev) == {"base", "wmpo", "online_grpo", "dpo"} and all(0.0 <= r["success_rate"] <= 1.0 for r in ev.values())
+    assert set(ev) == {"base", "wmpo", "online_grpo", "dpo", "lifelong"} and all(0.0 <= r["success_rate"] <= 1.0 for r in ev.values())
     hist = json.loads((out / "policy_wmpo" / "history.json").read_text())
     assert len(hist) == 1
     assert list((out / "videos" / "imagined_vs_real").glob("*.mp4"))
+    lifelong = json.loads((out / "lifelong" / "lifelong.json").read_text())
+    assert lifelong["done"] == 1 and len(lifelong["data"]) == 1
     # a different config into the same folder is refused
-    p = _run(out, "--baselines", "--seed", "1")
+    p = _run(out, "--baselines", "--lifelong", "1", "--seed", "1")
     assert p.returncode != 0 and "different config" in (p.stdout + p.stderr)

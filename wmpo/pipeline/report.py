@@ -54,7 +54,8 @@ def write_report(ctx: Any) -> Path:
         lines += ["> The tiny/micro presets are smoke tests of the whole pipeline on a CPU: models are tiny and",
                   "> trained for minutes, so the numbers below are not claims about WMPO.", ""]
     lines += ["## Success rate on the evaluation initial states (paper Table 1)", "",
-              f"Real-rollout budget P = {cfg.real_budget}; {cfg.eval_episodes} evaluation episodes per policy, greedy actions.", "",
+              f"Real-rollout budget P = {cfg.real_budget}; {cfg.eval_episodes} evaluation episodes per policy, greedy actions."
+              + (f" Lifelong WMPO ran {cfg.lifelong_rounds} more round(s), each with P more real rollouts." if cfg.lifelong_rounds else ""), "",
               "| method | success rate (%) | 95% CI | mean length of successes (steps) | episodes |",
               "|---|---|---|---|---|"]
     for name in ("base", "online_grpo", "dpo", "wmpo", "lifelong"):
