@@ -24,7 +24,6 @@ import copy
 import datetime as _dt
 import json
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -37,11 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import device_name, git_sha, peak_flops  # noqa: E402
+from bench.common import sync as _sync  # noqa: E402
+
 from wmpo.models.vae import FrameVAE, VAEConfig  # noqa: E402
 from wmpo.models.world_model import WorldModel, WorldModelConfig, world_model_flops  # noqa: E402
 from wmpo.rollout.world_model_env import WorldModelEnv  # noqa: E402
 
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -84,29 +85,12 @@ MODES: list[Mode] = [
 ]
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def vae_decode_flops(vae: FrameVAE) -> float:

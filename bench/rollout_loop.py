@@ -22,7 +22,6 @@ import argparse
 import datetime as _dt
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,10 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.common import device_name, git_sha, peak_flops  # noqa: E402
+from bench.common import sync as _sync  # noqa: E402
+
 from wmpo.rollout.engine import ImaginationEngine, RolloutConfig  # noqa: E402
 
-# dense bf16 peak FLOP/s by device-name substring (no sparsity)
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
 
 # component configs per preset (keyword arguments of each model's config dataclass)
 PRESETS: dict[str, dict[str, Any]] = {
@@ -131,32 +131,12 @@ def count_flops(fn: Callable[[], Any]) -> float:
     return float(fc.get_total_flops())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
-def peak_flops(device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
-    name = torch.cuda.get_device_name(device)
-    for k, v in PEAK_BF16.items():
-        if k in name:
-            return v
-    return None
 
 
-def git_sha() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], cwd=ROOT, text=True, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return "unknown"
 
 
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def measure_point(
