@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from wmpo.data.episode import Episode
 from wmpo.models.policy import PolicyConfig, VLAPolicy, num_params, random_shift, save_policy
 from wmpo.models.tokenizer import ActionTokenizer, action_stats_from_episodes
+from wmpo.train.cli_config import add_config_args, config_from_args
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import resize, uint8_to_model
@@ -71,7 +72,6 @@ class PolicyTrainConfig:
         return cls(policy=pol if isinstance(pol, PolicyConfig) else PolicyConfig.from_dict(pol), **kw)
 
 
-# Suggested presets (the lead's wmpo/config.py is authoritative once it has them).
 def preset(name: str) -> PolicyTrainConfig:
     """The policy_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
     from wmpo.config import get_preset
@@ -113,7 +113,7 @@ class ChunkDataset:
             raise ValueError("episodes: expected at least one episode, got none")
         K = int(chunk_len)
         self.K = K
-        frames, tokens, ep_start, ep_len, samples = [], [], [], [], []
+        frames, tokens, samples = [], [], []
         f_off = t_off = 0
         for e in episodes:
             T = len(e.actions)
@@ -324,41 +324,15 @@ def train_policy(
     return train_policy_on_episodes(cfg, episodes, stats, out_dir, device=device, resume=resume, **kw)
 
 
-def _apply_overrides(d: dict[str, Any], overrides: list[str], nested: str = "policy") -> dict[str, Any]:
-    """key=value (json-parsed when possible); <nested>.field=value for the architecture."""
-    for ov in overrides:
-        if "=" not in ov:
-            raise ValueError(f"--set: expected key=value, got {ov!r}")
-        k, v = ov.split("=", 1)
-        try:
-            val = json.loads(v)
-        except json.JSONDecodeError:
-            val = v
-        if k.startswith(nested + "."):
-            d.setdefault(nested, {})[k[len(nested) + 1:]] = val
-        else:
-            d[k] = val
-    return d
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with expert demos")
     ap.add_argument("--out", required=True, help="output folder (policy.pt, train_state.pt, config.json, tb/)")
-    ap.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "paper"], help="size preset (wmpo.config)")
-    ap.add_argument("--config", help="JSON file of PolicyTrainConfig fields (applied over the preset)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="field overrides, e.g. steps=100 policy.hidden_size=128")
+    add_config_args(ap, "steps=100 policy.hidden_size=128")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
     a = ap.parse_args(argv)
-    d = json.loads(json.dumps(asdict(preset(a.preset))))
-    if a.config:
-        extra = json.loads(Path(a.config).read_text())
-        pol = {**d.get("policy", {}), **extra.pop("policy", {})}
-        d.update(extra)
-        d["policy"] = pol
-    d = _apply_overrides(d, a.set)
-    cfg = PolicyTrainConfig.from_dict(d)
+    cfg = config_from_args(a, preset)
     summary = train_policy(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
     print(json.dumps(summary, indent=2))
     return 0

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from wmpo.data.episode import Episode
 from wmpo.models.policy import random_shift
 from wmpo.models.reward import RewardConfig, RewardModel, prf1, save_reward, select_threshold
+from wmpo.train.cli_config import add_config_args, config_from_args
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import uint8_to_model
@@ -77,7 +78,6 @@ class RewardTrainConfig:
         return cls(reward=r if isinstance(r, RewardConfig) else RewardConfig.from_dict(r), **kw)
 
 
-# Suggested presets (the lead's wmpo/config.py is authoritative once it has them).
 def preset(name: str) -> RewardTrainConfig:
     """The reward_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
     from wmpo.config import get_preset
@@ -301,25 +301,14 @@ def train_reward(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from wmpo.train.policy import _apply_overrides
-
     ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with successes and failures")
     ap.add_argument("--out", required=True, help="output folder (reward.pt, metrics.json, config.json, tb/)")
-    ap.add_argument("--preset", default="tiny", choices=["micro", "tiny", "small", "paper"], help="size preset (wmpo.config)")
-    ap.add_argument("--config", help="JSON file of RewardTrainConfig fields (applied over the preset)")
-    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="field overrides, e.g. steps=100 reward.hidden_size=128")
+    add_config_args(ap, "steps=100 reward.hidden_size=128")
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
     a = ap.parse_args(argv)
-    d = json.loads(json.dumps(asdict(preset(a.preset))))
-    if a.config:
-        extra = json.loads(Path(a.config).read_text())
-        rw = {**d.get("reward", {}), **extra.pop("reward", {})}
-        d.update(extra)
-        d["reward"] = rw
-    d = _apply_overrides(d, a.set, nested="reward")
-    cfg = RewardTrainConfig.from_dict(d)
+    cfg = config_from_args(a, preset)
     metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
     print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
     return 0

@@ -11,6 +11,7 @@ import torch
 
 from wmpo.data.clips import FrameDataset, load_episodes
 from wmpo.models.vae import FrameVAE, VAEConfig, psnr
+from wmpo.train.cli_config import add_config_args, config_from_args, given
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
@@ -98,26 +99,25 @@ def train_vae(cfg: VAETrainConfig, store_paths: Sequence[str] | None, out_dir: s
     return result
 
 
+def preset(name: str) -> VAETrainConfig:
+    """The vae_train section of the pipeline preset `name` (wmpo.config)."""
+    from wmpo.config import get_preset
+
+    return get_preset(name).vae_train
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="wmpo train-vae", description="train the per-frame VAE on task frames")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
     ap.add_argument("--out", required=True, help="output folder (vae.pt, config.json, tb/)")
-    ap.add_argument("--config", help="JSON with VAETrainConfig fields (vae: VAEConfig fields)")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--batch-size", type=int)
-    ap.add_argument("--frame-size", type=int)
+    add_config_args(ap, "steps=2000 vae.frame_size=128")
+    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
+    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
+    ap.add_argument("--frame-size", type=int, help="shorthand for --set vae.frame_size=N")
     ap.add_argument("--device")
     a = ap.parse_args(argv)
-    cfg = VAETrainConfig()
-    if a.config:
-        d = json.loads(Path(a.config).read_text())
-        cfg = VAETrainConfig(**{**d, "vae": VAEConfig(**d.get("vae", {}))})
-    if a.steps is not None:
-        cfg.steps = a.steps
-    if a.batch_size is not None:
-        cfg.batch_size = a.batch_size
-    if a.frame_size is not None:
-        cfg.vae.frame_size = a.frame_size
+    flags = {"steps": a.steps, "batch_size": a.batch_size, "vae": {"frame_size": a.frame_size}}
+    cfg = config_from_args(a, preset, extra=given(flags))
     r = train_vae(cfg, a.store, a.out, device=a.device)
     print(json.dumps(r))
     return 0

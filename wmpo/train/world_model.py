@@ -16,6 +16,7 @@ from wmpo import ops
 from wmpo.data.clips import LatentWindowDataset, encode_episodes, load_episodes, normalize_actions
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel, WorldModelConfig
+from wmpo.train.cli_config import add_config_args, config_from_args, given
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
@@ -172,25 +173,25 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     return result
 
 
+def preset(name: str) -> WMTrainConfig:
+    """The wm_pretrain section of the pipeline preset `name` (wmpo.config)."""
+    from wmpo.config import get_preset
+
+    return get_preset(name).wm_pretrain
+
+
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="wmpo train-wm", description="pretrain / fine-tune the action-conditioned world model")
     ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
     ap.add_argument("--vae", required=True, help="vae.pt from `wmpo train-vae`")
     ap.add_argument("--out", required=True)
     ap.add_argument("--init-from", help="world_model.pt to fine-tune from (policy behaviour alignment)")
-    ap.add_argument("--config", help="JSON with WMTrainConfig fields (model: WorldModelConfig fields)")
-    ap.add_argument("--steps", type=int)
-    ap.add_argument("--batch-size", type=int)
+    add_config_args(ap, "steps=2000 model.hidden=128")
+    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
+    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
     ap.add_argument("--device")
     a = ap.parse_args(argv)
-    cfg = WMTrainConfig()
-    if a.config:
-        d = json.loads(Path(a.config).read_text())
-        cfg = WMTrainConfig(**{**d, "model": WorldModelConfig(**d.get("model", {}))})
-    if a.steps is not None:
-        cfg.steps = a.steps
-    if a.batch_size is not None:
-        cfg.batch_size = a.batch_size
+    cfg = config_from_args(a, preset, extra=given({"steps": a.steps, "batch_size": a.batch_size}))
     vae = FrameVAE.from_checkpoint(a.vae)
     cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
     r = train_world_model(cfg, a.store, a.out, vae=vae, init_from=a.init_from, device=a.device)
