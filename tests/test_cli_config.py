@@ -49,3 +49,12 @@ def test_tuples_survive_and_legacy_flags_apply_last():
     assert cfg.steps == 3 and cfg.vae.frame_size == 32
     assert isinstance(cfg.vae.block_channels, tuple) and cfg.vae.block_channels == get_preset("tiny").vae_train.vae.block_channels
     assert cli_config.given({"a": None, "b": {"c": None}, "d": 1}) == {"d": 1}
+
+
+def test_wmpo_command_reports_bad_input_in_one_line(tmp_path, capsys, monkeypatch):
+    from wmpo.cli import main
+
+    monkeypatch.delenv("WMPO_DEBUG", raising=False)
+    assert main(["train-policy", "--store", str(tmp_path / "none.h5"), "--out", str(tmp_path / "p"), "--set", "stepz=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("wmpo train-policy: error:") and "stepz" in err and "Traceback" not in err

@@ -37,7 +37,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mod_name, fn_name = COMMANDS[cmd][0].split(":")
     fn = getattr(importlib.import_module(mod_name), fn_name)
-    return int(fn(rest) or 0)
+    try:
+        return int(fn(rest) or 0)
+    except (ValueError, FileNotFoundError) as e:
+        # bad input: one line naming what is wrong (WMPO_DEBUG=1 for the traceback)
+        if os.environ.get("WMPO_DEBUG"):
+            raise
+        print(f"wmpo {cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
