@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,7 +73,6 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     seconds: dict[str, float] = {}
     demos, pol, ev, ro, rw = d / "demos.h5", d / "policy", d / "eval.h5", d / "rollouts.h5", d / "reward"
     common = ["--task", task, "--workers", str(a.workers), "--image-size", "64"]
-    # a store is appended to when it exists: write each one under a temporary name and rename it when complete
     for name, path, extra in [
         ("demos", demos, ["--policy", "expert", "--episodes", str(a.demos)]),
         ("policy", None, None),
@@ -84,13 +84,17 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
                 seconds["policy"] = _run(wmpo + ["train-policy", "--store", str(demos), "--out", str(pol), "--preset", "tiny",
                                                  "--set", f"steps={a.steps}", *POLICY_SET], log)
             continue
-        if not path.is_file():
-            tmp = path.with_suffix(".partial.h5")
-            if tmp.exists():
-                tmp.unlink()
+        marker = path.with_name(path.name + ".done")
+        if not marker.is_file():
+            # a store is appended to when it exists: start an unfinished one over
+            for leftover in (path, path.with_name(path.name + ".episodes")):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                elif leftover.exists():
+                    leftover.unlink()
             src = ["--policy", str(pol / "policy.pt")] if name != "demos" else []
-            seconds[name] = _run(wmpo + ["collect", *common, *src, *extra, "--out", str(tmp)], log)
-            tmp.rename(path)
+            seconds[name] = _run(wmpo + ["collect", *common, *src, *extra, "--out", str(path)], log)
+            marker.touch()
     if not (rw / "metrics.json").is_file():
         seconds["reward"] = _run(wmpo + ["train-reward", "--store", str(demos), str(ro), str(ev), "--out", str(rw), "--preset", "tiny",
                                          "--set", f"steps={a.reward_steps}", *REWARD_SET], log)
