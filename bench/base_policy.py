@@ -73,11 +73,12 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     seconds: dict[str, float] = {}
     demos, pol, ev, ro, rw = d / "demos.h5", d / "policy", d / "eval.h5", d / "rollouts.h5", d / "reward"
     common = ["--task", task, "--workers", str(a.workers), "--image-size", "64"]
+    cap = ["--max-steps", str(a.max_steps)] if a.max_steps else []
     for name, path, extra in [
         ("demos", demos, ["--policy", "expert", "--episodes", str(a.demos)]),
         ("policy", None, None),
-        ("eval", ev, ["--split", "eval", "--episodes", str(a.eval_episodes)]),
-        ("rollouts", ro, ["--split", "train", "--episodes", str(a.rollouts), "--temperature", str(a.temperature)]),
+        ("eval", ev, ["--split", "eval", "--episodes", str(a.eval_episodes), *cap]),
+        ("rollouts", ro, ["--split", "train", "--episodes", str(a.rollouts), "--temperature", str(a.temperature), *cap]),
     ]:
         if name == "policy":
             if not (pol / "metrics.json").is_file():
@@ -128,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=1.6, help="sampling temperature of those rollouts")
     ap.add_argument("--reward-steps", type=int, default=1000, help="reward-model training steps")
     ap.add_argument("--workers", type=int, default=2, help="simulator worker processes")
+    ap.add_argument("--max-steps", type=int, default=None, help="cap policy episodes below the task horizon (smoke tests)")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results"), help="folder for the result JSON")
     a = ap.parse_args(argv)
     out = Path(a.out)
