@@ -9,7 +9,8 @@ For each task, with the library's own commands (printed as they run):
                                               sampled rollouts on the training initial states (the
                                               pipeline's base_rollouts; T = GRPO's 1.6 by default)
   5. `wmpo train-reward` on demos + both rollout sets: precision / recall / F1 on its held-out test
-                                              trajectories (split per outcome inside train-reward)
+                                              trajectories (split per outcome inside train-reward),
+                                              and on the policy's trajectories among them alone
 
 Every step is skipped when its output is already there, so an interrupted run resumes. Writes
 OUT/<task>/... and bench/results/base_policy-<tasks>-<date>.json.
@@ -60,6 +61,24 @@ def _store_outcomes(path: Path) -> tuple[int, int, float | None]:
     return len(eps), len(succ), mean_len
 
 
+def _reward_on_policy_test(task: str, stores: list[Path], n_demos: int, reward_dir: Path, threshold: float) -> dict:
+    """Precision / recall / F1 over the held-out test trajectories that the policy produced (the
+    expert demos in the test split left out: telling expert successes from policy failures is easier)."""
+    import torch
+
+    from wmpo.models.reward import load_reward
+    from wmpo.train.policy import load_episodes
+    from wmpo.train.reward import per_task_metrics, trajectory_scores
+
+    test = json.loads((reward_dir / "config.json").read_text())["split"]["test"]
+    episodes, _ = load_episodes(stores)  # the order train-reward saw: demos, then rollouts, then eval
+    eps = [episodes[int(i)] for i in test if int(i) >= n_demos]  # int(): older runs saved them as strings
+    if not eps:
+        return {}
+    scores = trajectory_scores(load_reward(reward_dir / "reward.pt"), eps, torch.device("cpu"))
+    return per_task_metrics(eps, scores, threshold).get(task, {})
+
+
 def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     from wmpo.sim.evaluate import wilson_interval
 
@@ -104,6 +123,7 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     n_demo, k_demo, demo_len = _store_outcomes(demos)
     bc = json.loads((pol / "metrics.json").read_text())
     reward = json.loads((rw / "metrics.json").read_text())
+    reward_policy = _reward_on_policy_test(task, [demos, ro, ev], n_demo, rw, reward["threshold"])
     res = {
         "task": task,
         "demos": {"episodes": n_demo, "successes": k_demo, "mean_length": demo_len},
@@ -112,6 +132,7 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
                              "ci95": list(wilson_interval(k, n)), "mean_success_length": mean_len},
         "base_rollouts_train": {"temperature": a.temperature, "episodes": n_ro, "successes": k_ro, "success_rate": k_ro / max(n_ro, 1)},
         "reward": reward,
+        "reward_policy_test": reward_policy,
         "seconds": seconds,
     }
     done_path.write_text(json.dumps(res, indent=2))
@@ -138,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         e, rw = r["base_policy_eval"], r["reward"].get("test", {}).get(t, {})
         print(f"{t}: base {e['successes']}/{e['episodes']} = {100 * e['success_rate']:.0f}% "
               f"[{100 * e['ci95'][0]:.0f}, {100 * e['ci95'][1]:.0f}]; sampled T={a.temperature}: "
-              f"{r['base_rollouts_train']['successes']}/{r['base_rollouts_train']['episodes']}; reward test {rw}")
+              f"{r['base_rollouts_train']['successes']}/{r['base_rollouts_train']['episodes']}; reward test {rw}; "
+              f"policy trajectories only {r['reward_policy_test']}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = Path(a.results) / f"base_policy-{'-'.join(a.tasks)}-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

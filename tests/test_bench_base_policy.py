@@ -21,6 +21,7 @@ def test_base_policy_bench_runs_and_resumes(tmp_path):
     assert r["base_policy_eval"]["episodes"] == 2 and r["base_rollouts_train"]["episodes"] == 2
     assert 0.0 <= r["base_policy_eval"]["ci95"][0] <= r["base_policy_eval"]["ci95"][1] <= 1.0
     assert "square" in r["reward"]["test"] and "threshold" in r["reward"]
+    assert set(r["reward_policy_test"]) >= {"precision", "recall", "f1", "n"}
     # a second run finds every step done and returns the same result without running anything
     assert bench.main(argv) == 0
     assert json.loads((tmp_path / "run" / "square" / "result.json").read_text()) == r

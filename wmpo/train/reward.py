@@ -123,7 +123,7 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float, test_fracti
     rng = np.random.default_rng(seed)
     tr, va, te = [], [], []
     for key in sorted(groups):
-        idx = list(rng.permutation(groups[key]))
+        idx = [int(i) for i in rng.permutation(groups[key])]
         n = len(idx)
         n_te = min(int(round(n * test_fraction)), max(0, n - 1))
         n_va = min(int(round(n * val_fraction)), max(0, n - 1 - n_te))
