@@ -1,4 +1,6 @@
 """Reward model: clip sampling, threshold selection, batched windows, incremental == full, training separates."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -52,6 +54,7 @@ def test_split_is_stratified_and_disjoint():
     eps = [blob_episode(rng, i % 2 == 0, task=("a" if i < 10 else "b")) for i in range(20)]
     tr, va, te = split_episodes(eps, 0.2, 0.2, 0)
     assert sorted(tr + va + te) == list(range(20))
+    assert all(type(i) is int for i in tr + va + te)  # saved in config.json: plain ints, not numpy scalars
     for part in (va, te):
         assert {(eps[i].task, eps[i].success) for i in part} == {("a", True), ("a", False), ("b", True), ("b", False)}
 
@@ -148,6 +151,8 @@ def test_training_separates_success_from_failure(tmp_path):
     assert all(int(f) >= 14 for f, e in zip(first, fresh) if e.success)  # fires when the green block shows
     for f in ("config.json", "metrics.json", "train_state.pt"):
         assert (tmp_path / f).is_file()
+    split = json.loads((tmp_path / "config.json").read_text())["split"]
+    assert sorted(split["train"] + split["val"] + split["test"]) == list(range(len(split["train"] + split["val"] + split["test"])))
 
 
 def test_training_needs_both_classes(tmp_path):
