@@ -139,6 +139,32 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     return res
 
 
+def _pct(k: int, n: int, ci: list[float]) -> str:
+    return f"{k}/{n} = {100 * k / max(n, 1):.0f}% [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
+
+
+def markdown_table(results: dict[str, dict]) -> str:
+    """One row per task: demos, BC, base success (eval, greedy), sampled rollouts, reward P / R / F1."""
+    from wmpo.sim.evaluate import wilson_interval
+
+    rows = ["| task | expert demos (mean length) | BC val token acc / action L1 | base policy, eval split, greedy | "
+            "base policy, train split, T=1.6 | reward, held-out test: P / R / F1 (n, positives) | reward, policy trajectories of the test split |",
+            "|---|---|---|---|---|---|---|"]
+    for t, r in results.items():
+        e, ro, bc = r["base_policy_eval"], r["base_rollouts_train"], r["bc"]
+        rw = r["reward"].get("test", {}).get(t, {})
+        rp = r.get("reward_policy_test") or {}
+        rp_s = (f"{rp['n']} trajectories, {rp['positives']} successes: accuracy {rp['accuracy']:.2f}"
+                + (f", P / R / F1 {rp['precision']:.2f} / {rp['recall']:.2f} / {rp['f1']:.2f}" if rp.get("positives") else "")) if rp else "-"
+        rows.append(f"| {t} | {r['demos']['episodes']} ({r['demos']['mean_length']:.0f} steps) | "
+                    f"{bc['val/token_acc']:.2f} / {bc['val/action_l1']:.3f} | "
+                    f"{_pct(e['successes'], e['episodes'], e['ci95'])} | "
+                    f"{_pct(ro['successes'], ro['episodes'], list(wilson_interval(ro['successes'], ro['episodes'])))} | "
+                    f"{rw.get('precision', 0):.2f} / {rw.get('recall', 0):.2f} / {rw.get('f1', 0):.2f} ({rw.get('n', 0)}, {rw.get('positives', 0)}) | "
+                    f"{rp_s} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tasks", nargs="+", default=["square", "stack_three", "three_piece_assembly", "coffee"])
@@ -161,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
               f"[{100 * e['ci95'][0]:.0f}, {100 * e['ci95'][1]:.0f}]; sampled T={a.temperature}: "
               f"{r['base_rollouts_train']['successes']}/{r['base_rollouts_train']['episodes']}; reward test {rw}; "
               f"policy trajectories only {r['reward_policy_test']}")
+    print(markdown_table(results))
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     path = Path(a.results) / f"base_policy-{'-'.join(a.tasks)}-{stamp}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
