@@ -139,6 +139,10 @@ def run_task(task: str, out: Path, a: argparse.Namespace) -> dict:
     return res
 
 
+def _num(x: float | None, digits: int) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
 def _pct(k: int, n: int, ci: list[float]) -> str:
     return f"{k}/{n} = {100 * k / max(n, 1):.0f}% [{100 * ci[0]:.0f}, {100 * ci[1]:.0f}]"
 
@@ -157,7 +161,7 @@ def markdown_table(results: dict[str, dict]) -> str:
         rp_s = (f"{rp['n']} trajectories, {rp['positives']} successes: accuracy {rp['accuracy']:.2f}"
                 + (f", P / R / F1 {rp['precision']:.2f} / {rp['recall']:.2f} / {rp['f1']:.2f}" if rp.get("positives") else "")) if rp else "-"
         rows.append(f"| {t} | {r['demos']['episodes']} ({r['demos']['mean_length']:.0f} steps) | "
-                    f"{bc['val/token_acc']:.2f} / {bc['val/action_l1']:.3f} | "
+                    f"{_num(bc.get('val/token_acc'), 2)} / {_num(bc.get('val/action_l1'), 3)} | "
                     f"{_pct(e['successes'], e['episodes'], e['ci95'])} | "
                     f"{_pct(ro['successes'], ro['episodes'], list(wilson_interval(ro['successes'], ro['episodes'])))} | "
                     f"{rw.get('precision', 0):.2f} / {rw.get('recall', 0):.2f} / {rw.get('f1', 0):.2f} ({rw.get('n', 0)}, {rw.get('positives', 0)}) | "
