@@ -72,10 +72,15 @@ def _load_vae(ctx: Context):
     return FrameVAE.from_checkpoint(ctx.output("vae")["path"]).to(ctx.device).eval()
 
 
-def _load_world_model(ctx: Context, stage: str):
+def _world_model_env(ctx: Context, wm_path: str):
+    """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
     from wmpo.models.world_model import WorldModel
+    from wmpo.rollout.world_model_env import WorldModelEnv
 
-    return WorldModel.from_checkpoint(ctx.output(stage)["path"]).to(ctx.device).eval()
+    cfg = ctx.cfg
+    wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
+    return WorldModelEnv(_load_vae(ctx), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+                         t_context=cfg.world_model.t_context, device=ctx.device)
 
 
 def _initial_frames(ctx: Context, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,17 +221,12 @@ def stage_reward(ctx: Context) -> dict:
 
 def _wmpo_engine(ctx: Context, policy, tokenizer, wm_path: str, reward_path: str):
     from wmpo.models.reward import IncrementalSuccess, load_reward
-    from wmpo.models.world_model import WorldModel
     from wmpo.rollout.engine import ImaginationEngine
-    from wmpo.rollout.world_model_env import WorldModelEnv
 
     cfg = ctx.cfg
-    wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
     reward = load_reward(reward_path, ctx.device).eval()
-    wm_env = WorldModelEnv(_load_vae(ctx), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
-                           t_context=cfg.world_model.t_context, device=ctx.device)
     detector = IncrementalSuccess(reward, cfg.rollout.num_slots, ctx.device)
-    return ImaginationEngine(wm_env, policy, detector, tokenizer, cfg.rollout)
+    return ImaginationEngine(_world_model_env(ctx, wm_path), policy, detector, tokenizer, cfg.rollout)
 
 
 def wmpo_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, iterations: int, tag: str = "wmpo") -> list[dict]:

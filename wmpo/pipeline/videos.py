@@ -63,16 +63,14 @@ def write_side_by_side(path: Path, left: np.ndarray, right: np.ndarray, fps: int
 
 def imagined_vs_real(ctx: Any) -> dict:
     from wmpo.models.policy import as_env_policy, load_policy
-    from wmpo.pipeline.run import _initial_frames, _load_vae, _load_world_model
-    from wmpo.rollout.world_model_env import WorldModelEnv
+    from wmpo.pipeline.run import _initial_frames, _world_model_env
     from wmpo.sim import TASKS
 
     cfg = ctx.cfg
     spec = TASKS[cfg.task]
     policy, tok = load_policy(ctx.output("wmpo")["checkpoint"], ctx.device)
     policy.eval()
-    wm_env = WorldModelEnv(_load_vae(ctx), _load_world_model(ctx, "wm_finetune"), steps=cfg.sampler_steps,
-                           num_context=cfg.world_model.num_context, t_context=cfg.world_model.t_context, device=ctx.device)
+    wm_env = _world_model_env(ctx, ctx.output("wm_finetune")["path"])
     states, frames = _initial_frames(ctx, "eval", cfg.eval_episodes)
     steps = min(cfg.imagined_horizon or spec.horizon, cfg.max_episode_steps or spec.horizon)
     env_policy = as_env_policy(policy, tok, temperature=None, device=ctx.device)
