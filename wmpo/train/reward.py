@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -69,13 +69,6 @@ class RewardTrainConfig:
     """seed for init, splits and sampling"""
     amp: bool = True
     """bf16 autocast on CUDA"""
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RewardTrainConfig":
-        names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in d.items() if k in names and k != "reward"}
-        r = d.get("reward", {})
-        return cls(reward=r if isinstance(r, RewardConfig) else RewardConfig.from_dict(r), **kw)
 
 
 def preset(name: str) -> RewardTrainConfig:
