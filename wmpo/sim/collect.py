@@ -45,7 +45,9 @@ def _check_chunk(chunk, n: int) -> np.ndarray:
 
 def run_episodes(venv, policy: Policy, starts: Sequence[Start], task: str,
                  max_steps: int | None = None) -> Iterator[tuple[Start, Episode]]:
-    """Yield (start, Episode) as episodes finish (not in start order), keeping every worker busy."""
+    """Yield (start, Episode) as episodes finish (not in start order), keeping every worker busy.
+    With a VecEnv built with `expert_noise`, an expert episode's meta records what its perturbation
+    drew and did (`meta["expert_noise"]`)."""
     expert = isinstance(policy, str)
     if expert and policy != "expert":
         raise ValueError(f"policy: expected 'expert' or a callable, got {policy!r}")
@@ -110,6 +112,9 @@ def run_episodes(venv, policy: Policy, starts: Sequence[Start], task: str,
             done = bool(successes[i]) or T >= horizon
             b["dones"].append(done)
             if done:
+                meta = {"seed": slot_start[i].seed, "start_index": slot_start[i].index}
+                if expert and getattr(venv, "expert_noise", None) is not None:
+                    meta["expert_noise"] = venv.expert_noise_summaries(mask=np.arange(n) == i)[i]
                 ep = Episode(
                     frames=np.stack(b["frames"]) if frames is not None else np.zeros((T + 1, 0, 0, 3), np.uint8),
                     actions=np.stack(b["actions"]),
@@ -120,7 +125,7 @@ def run_episodes(venv, policy: Policy, starts: Sequence[Start], task: str,
                     finish_step=T,
                     instruction=venv.instruction,
                     task=task,
-                    meta={"seed": slot_start[i].seed, "start_index": slot_start[i].index},
+                    meta=meta,
                 )
                 yield slot_start[i], ep
                 slot_start[i], buf[i] = None, None
@@ -146,8 +151,17 @@ class CollectResult:
         return self.env_steps / max(1e-9, self.seconds)
 
 
-def make_starts(init_states: np.ndarray | None = None, n_episodes: int | None = None, seed: int = 0) -> list[Start]:
-    """Episode starts from explicit states [n, S] or from `n_episodes` D0 seeds seed, seed+1, ..."""
+def make_starts(init_states: np.ndarray | None = None, n_episodes: int | None = None, seed: int = 0,
+                seeds: Sequence[int] | None = None) -> list[Start]:
+    """Episode starts from explicit states [n, S], from explicit D0 `seeds`, or from `n_episodes`
+    D0 seeds seed, seed+1, ..."""
+    if seeds is not None:
+        if init_states is not None:
+            raise ValueError("seeds: give either init_states or seeds, not both")
+        seeds = [int(s) for s in seeds]
+        if not seeds or min(seeds) < 0:
+            raise ValueError(f"seeds: expected a non-empty list of non-negative ints, got {seeds[:5]}...")
+        return [Start(seed=s, index=i) for i, s in enumerate(seeds)]
     if init_states is not None:
         init_states = np.asarray(init_states, np.float64)
         if init_states.ndim != 2:
@@ -176,21 +190,26 @@ def env_meta(task: str, image_size: int) -> dict:
 
 def collect(policy: Policy, task: str, store, *, init_states: np.ndarray | None = None,
             n_episodes: int | None = None, seed: int = 0, num_workers: int = 1, image_size: int = 64,
-            only_successes: bool = False, max_steps: int | None = None, show_progress: bool = True) -> CollectResult:
+            only_successes: bool = False, max_steps: int | None = None, show_progress: bool = True,
+            seeds: Sequence[int] | None = None, expert_noise=None) -> CollectResult:
     """Run `policy` on the given starts and append the episodes to `store` (a TrajectoryStore or a
-    path, opened in "a" mode). With `only_successes`, failed episodes are not written."""
+    path, opened in "a" mode). With `only_successes`, failed episodes are not written. `seeds`
+    gives explicit D0 seeds; `expert_noise` (an ExpertNoise) perturbs the scripted expert."""
     from wmpo.data.store import TrajectoryStore
     from wmpo.sim.vec_env import VecEnv
     from wmpo.utils.logging import progress
 
     if image_size < 8:
         raise ValueError(f"image_size: expected >= 8 (stored episodes need frames), got {image_size}")
-    starts = make_starts(init_states, n_episodes, seed)
+    starts = make_starts(init_states, n_episodes, seed, seeds=seeds)
+    if expert_noise is not None and policy != "expert":
+        raise ValueError("expert_noise: only the scripted expert (policy='expert') can be perturbed")
     own = not isinstance(store, TrajectoryStore)
     if own:
         store = TrajectoryStore(store, "a", env_meta=env_meta(task, image_size))
     t0, steps, succ, count = time.time(), 0, 0, 0
-    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=seed)
+    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=seed,
+                  expert_noise=expert_noise)
     try:
         it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
         for _, ep in progress(it, total=len(starts), desc=f"collect {task}", disable=None if show_progress else True):

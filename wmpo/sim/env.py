@@ -49,7 +49,15 @@ class TaskEnv:
         if self.image_size > 0:
             self.renderer = CameraRenderer(self.raw.sim.model._model, self.raw.sim.data._data, self.image_size, camera)
         self._expert = None
+        self._noise = None  # ExpertNoise: perturbs expert_action() (world-model pretraining corpus)
+        self._perturber = None
         self.t = 0
+
+    def set_expert_noise(self, noise) -> None:
+        """Perturb `expert_action()` with `noise` (an ExpertNoise, or None for the clean expert) from
+        the next reset on; each episode's perturbation is drawn from its reset seed."""
+        self._noise = noise
+        self._perturber = None
 
     # ---- episode control --------------------------------------------------------------
     def reset(self, seed: int | None = None) -> np.ndarray | None:
@@ -58,7 +66,7 @@ class TaskEnv:
             seed = int(self._seeds.integers(0, 2**31 - 1))
         reseed(self.raw, seed)
         self.raw.reset()
-        return self._after_reset()
+        return self._after_reset(seed)
 
     def reset_to(self, state: np.ndarray) -> np.ndarray | None:
         """Restore a flattened simulator state (from `get_state`); the frame is bit-identical for
@@ -77,12 +85,16 @@ class TaskEnv:
             if controller is not None:
                 controller.update_state()
                 controller.reset()
-        return self._after_reset()
+        return self._after_reset(int.from_bytes(state.tobytes()[-8:], "little") ^ len(state))
 
-    def _after_reset(self):
+    def _after_reset(self, seed: int):
         self.t = 0
         if self._expert is not None:
             self._expert.reset(self.raw)
+        if self._noise is not None:
+            from wmpo.sim.expert_noise import ActionPerturber
+
+            self._perturber = ActionPerturber(self._noise, seed)
         return self.render()
 
     def step(self, action: np.ndarray):
@@ -119,7 +131,12 @@ class TaskEnv:
         if self._expert is None:
             self._expert = self.spec.make_expert()
             self._expert.reset(self.raw)
-        return np.asarray(self._expert.act(self.raw), dtype=np.float64)
+        action = np.asarray(self._expert.act(self.raw), dtype=np.float64)
+        return action if self._perturber is None else self._perturber(action)
+
+    def expert_noise_summary(self) -> dict | None:
+        """What the current episode's perturbation drew and did (None for the clean expert)."""
+        return None if self._perturber is None else self._perturber.summary()
 
     def close(self) -> None:
         if self.renderer is not None:

@@ -16,13 +16,17 @@ import numpy as np
 ACTION_DIM = 7
 
 
-def _worker(conn, task: str, image_size: int, seed: int) -> None:
+def _worker(conn, task: str, image_size: int, seed: int, expert_noise: dict | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     env = None
     try:
         from wmpo.sim.env import make_env  # imports wmpo.sim first: numba JIT off, EGL
 
         env = make_env(task, image_size=image_size, seed=seed)
+        if expert_noise is not None:
+            from wmpo.sim.expert_noise import ExpertNoise
+
+            env.set_expert_noise(ExpertNoise.from_dict(expert_noise))
         conn.send(("ok", (env.state_dim, env.instruction, env.horizon)))
         while True:
             cmd, arg = conn.recv()
@@ -40,6 +44,8 @@ def _worker(conn, task: str, image_size: int, seed: int) -> None:
                     out = (frame, reward, done, info["success"], action, env.get_state())
                 elif cmd == "get_state":
                     out = env.get_state()
+                elif cmd == "expert_noise_summary":
+                    out = env.expert_noise_summary()
                 elif cmd == "close":
                     conn.send(("ok", None))
                     break
@@ -63,15 +69,18 @@ class VecEnv:
     """N task envs in lockstep. Frames uint8 [N, H, W, 3]; `mask` restricts a call to some envs
     (the others are left untouched and their entries in the result are zeros)."""
 
-    def __init__(self, task: str, num_envs: int, image_size: int = 64, seed: int = 0):
+    def __init__(self, task: str, num_envs: int, image_size: int = 64, seed: int = 0, expert_noise=None):
         if num_envs < 1:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
         self.task, self.num_envs, self.image_size = task, int(num_envs), int(image_size)
+        self.expert_noise = expert_noise
+        """ExpertNoise perturbing `step_expert` (None: the clean scripted expert)"""
         ctx = mp.get_context("spawn")
         self._conns, self._procs = [], []
         for rank in range(self.num_envs):
             parent, child = ctx.Pipe()
-            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank), daemon=True)
+            noise = None if expert_noise is None else expert_noise.to_dict()
+            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank, noise), daemon=True)
             p.start()
             child.close()
             self._conns.append(parent)
@@ -171,6 +180,10 @@ class VecEnv:
         """float64 [N, S] (rows outside `mask` are zeros)."""
         res = self._call("get_state", [None] * self.num_envs, self._mask(mask))
         return np.stack([np.zeros(self.state_dim) if r is None else r for r in res])
+
+    def expert_noise_summaries(self, mask=None) -> list:
+        """Per env: what its current episode's expert perturbation drew and did (None: clean expert)."""
+        return self._call("expert_noise_summary", [None] * self.num_envs, self._mask(mask))
 
     def close(self) -> None:
         if getattr(self, "_closed", True):
