@@ -8,6 +8,7 @@ import sys
 # subcommand -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("wmpo.sim.cli:collect_main", "collect episodes in the real simulator into an HDF5 store"),
+    "corpus": ("wmpo.sim.corpus:main", "collect the world-model pretraining corpus (perturbed experts, several tasks)"),
     "eval": ("wmpo.sim.cli:eval_main", "evaluate a policy in the real simulator on the evaluation initial states"),
     "train-vae": ("wmpo.train.vae:main", "train the per-frame VAE on task frames"),
     "train-wm": ("wmpo.train.world_model:main", "pretrain / fine-tune the action-conditioned video world model"),
