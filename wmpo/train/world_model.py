@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -40,6 +41,12 @@ class WMTrainConfig:
     """gradient-norm clip (paper: 0.1)"""
     ema_decay: float = 0.9999
     """EMA of the weights (paper 0.9999); 0 disables"""
+    lr_schedule: str = "constant"
+    """'constant' (paper) or 'cosine': linear warmup over warmup_steps, then cosine to lr * min_lr_ratio"""
+    warmup_steps: int = 0
+    """linear warmup steps of the 'cosine' schedule"""
+    min_lr_ratio: float = 0.1
+    """final lr / peak lr of the 'cosine' schedule"""
     t_sampling: str = "logit_normal"
     """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
     log_every: int = 25
@@ -66,6 +73,18 @@ def flow_loss(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, t: tor
     return (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2).mean()
 
 
+def lr_at(step: int, cfg: WMTrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based) under cfg.lr_schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
 class WMTrainer:
     """Holds model/optimizer/EMA/RNG; `step()` is one optimizer step; state() / load() for exact resume."""
 
@@ -84,6 +103,8 @@ class WMTrainer:
         noise = torch.randn(x0.shape, generator=self.gen)
         x0, act, t, noise = (z.to(self.device) for z in (x0, act, t, noise))
         self.model.train()
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step_count, self.cfg)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             loss = flow_loss(self.model, x0, act, t, noise)
         self.opt.zero_grad(set_to_none=True)
