@@ -547,6 +547,15 @@ class TrajectoryStore:
     def env_meta(self) -> dict[str, Any]:
         return dict(self._env_meta)
 
+    def set_env_meta(self, env_meta: dict[str, Any]) -> None:
+        """Replace the environment metadata (writers only; written to the index now)."""
+        self._check_open()
+        if self.mode == "r":
+            raise ValueError(f"set_env_meta: store {self.path} is open read-only (mode 'r')")
+        if dict(env_meta) != self._env_meta:
+            self._env_meta = dict(env_meta)
+            self._write_index()
+
     # ---- lifetime -------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
