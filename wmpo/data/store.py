@@ -235,6 +235,7 @@ class TrajectoryStore:
         if self._damaged:
             self._warn_skipped(list(self._damaged), "left out of the action statistics")
         self._stats = action_quantiles(np.concatenate(self._actions) if self._actions else np.zeros((0, ACTION_DIM)))
+        self._stats_ok = True
         self._write_index()
 
     # ---- index --------------------------------------------------------------------------
@@ -540,7 +541,7 @@ class TrajectoryStore:
         self.refresh()
         if not self._stats_ok:
             raise StoreFormatError(f"{self.path}: the index's action statistics fail their checksum (damaged index); "
-                                   f"delete {self.path} and open the store in mode 'a' to rebuild it")
+                                   f"opening the store once in mode 'a' recomputes them from the episodes")
         return {k: v.copy() for k, v in self._stats.items()}
 
     @property

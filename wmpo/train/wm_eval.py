@@ -15,6 +15,7 @@ from wmpo.data.clips import episode_frames, load_episodes, normalize_actions
 from wmpo.models.vae import FrameVAE, psnr
 from wmpo.models.world_model import WorldModel
 from wmpo.rollout.world_model_env import WorldModelEnv
+from wmpo.train.cli_config import check_command_args
 from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import default_device
 from wmpo.utils.frames import model_to_uint8
@@ -86,6 +87,7 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--device")
     a = ap.parse_args(argv)
+    check_command_args(a)  # before any work
     device = torch.device(a.device) if a.device else default_device()
     eps, stats = load_episodes(a.store, limit=a.episodes)
     vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
