@@ -223,8 +223,11 @@ def stage_base_rollouts(ctx: Context) -> dict:
     with TrajectoryStore(path, "w") as store:
         collect(_env_policy(ctx, policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=init,
                 num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 20_000, max_steps=cfg.max_episode_steps)
-        succ = [bool(store.load(i).success) for i in range(len(store))]
-    groups = [i // G for i in range(len(succ))]
+        eps = [store.load(i) for i in range(len(store))]
+    from wmpo.rl.dpo import groups_from_start_index
+
+    succ = [bool(ep.success) for ep in eps]
+    groups = groups_from_start_index(eps, G)  # store order is finishing order, not start order
     return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0, "groups": groups}
 
 
@@ -440,7 +443,7 @@ def stage_lifelong(ctx: Context) -> dict:
 def stage_baselines(ctx: Context) -> dict:
     """Online GRPO in the real simulator and offline DPO, on the same real-rollout budget P."""
     from wmpo.models.policy import save_policy
-    from wmpo.rl.dpo import DPOTrainer
+    from wmpo.rl.dpo import DPOTrainer, groups_from_start_index
     from wmpo.rl.online import run_online_grpo, tokenizer_decoder
     from wmpo.sim import TASKS
 
@@ -459,7 +462,7 @@ def stage_baselines(ctx: Context) -> dict:
     policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     ref, _ = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
     eps = _episodes([ctx.output("base_rollouts")["store"]])
-    batch = episodes_to_batch(eps, tok, policy, ctx.output("base_rollouts")["groups"][: len(eps)])
+    batch = episodes_to_batch(eps, tok, policy, groups_from_start_index(eps, cfg.grpo.group_size))
     hist = DPOTrainer(policy, cfg.dpo, reference=ref).fit(batch)
     p = ctx.path("baselines", "dpo.pt")
     save_policy(p, policy, tok, cfg.policy_train.policy)
