@@ -265,7 +265,9 @@ def stage_diagnostics(ctx: Context) -> dict:
     vae = _load_vae(ctx)
     wm_path = ctx.output("wm_finetune")["path"]
     wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
-    stats = _wm_action_stats(ctx, wm_path)
+    stats = wm.action_stats  # the statistics the world model was trained with (saved in its checkpoint)
+    if stats is None:
+        raise ValueError(f"wm_finetune: {wm_path} holds no action statistics (q01/q99); retrain it with this train-wm")
     reward = load_reward(ctx.output("reward")["reward_path"], ctx.device)
     out: dict[str, Any] = {"episodes": len(eps), "real_success_rate": float(np.mean([e.success for e in eps]))}
     fidelity = {}
@@ -294,12 +296,6 @@ def stage_diagnostics(ctx: Context) -> dict:
                           "trajectories": len(batch)}
     save_json(ctx.path("diagnostics", "diagnostics.json"), _jsonable(out))
     return _jsonable(out)
-
-
-def _wm_action_stats(ctx: Context, wm_path: str) -> dict:
-    """The action statistics the world model at `wm_path` was trained with."""
-    p = Path(wm_path).parent / "action_stats.json"
-    return {k: np.asarray(v, np.float32) for k, v in json.loads(p.read_text()).items()}
 
 
 def stage_wm_finetune(ctx: Context) -> dict:
