@@ -80,6 +80,7 @@ def build_models(preset: dict[str, Any], device: torch.device, dtype: torch.dtyp
     p = preset
     vae = FrameVAE(VAEConfig(**p["vae"]))
     wm = WorldModel(_wm_config(WorldModelConfig, p))
+    wm.set_action_stats({"q01": -np.ones(p["action_dim"]), "q99": np.ones(p["action_dim"])})  # = the tokenizer's
     policy = VLAPolicy(PolicyConfig(chunk_len=p["chunk_len"], action_dim=p["action_dim"], **p["policy"]))
     reward = RewardModel(RewardConfig(**p["reward"]))
     for m in (vae, wm, policy, reward):

@@ -15,6 +15,9 @@ from wmpo.utils.frames import model_to_uint8, uint8_to_model
 def imagine_frames(wm_env: Any, policy: Any, tokenizer: Any, first_frame: np.ndarray, instruction: str, steps: int,
                    device: torch.device) -> np.ndarray:
     """Greedy policy inside the world model from one real first frame -> uint8 [steps+1, H, W, 3]."""
+    from wmpo.rollout.action_map import world_model_action_map
+
+    to_wm_actions = world_model_action_map(tokenizer, wm_env, policy.chunk_len, policy.action_dim)
     first = uint8_to_model(torch.as_tensor(first_frame)[None].to(device))
     wm_env.reset(first)
     instr = policy.encode_instructions([instruction], device=device)
@@ -22,7 +25,7 @@ def imagine_frames(wm_env: Any, policy: Any, tokenizer: Any, first_frame: np.nda
     cur = first
     while (len(frames) - 1) < steps:
         tokens, _ = policy.sample(cur, instr, None)
-        actions = torch.as_tensor(tokenizer.detokenize(tokens)).to(device, torch.float32)
+        actions = to_wm_actions(tokens).to(device, torch.float32)
         new = wm_env.step(actions)  # [1, K, 3, H, W]
         frames.extend(new[0].unbind(0))
         cur = new[:, -1]

@@ -1,11 +1,12 @@
 """RL algorithms: GRPO (in imagination and online in the simulator), trajectory-level DPO, lifelong loop."""
-from wmpo.rl.dpo import DPOConfig, DPOTrainer, build_preference_pairs, dpo_loss
+from wmpo.rl.dpo import DPOConfig, DPOTrainer, build_preference_pairs, dpo_loss, groups_from_start_index
 from wmpo.rl.grpo import (
     GRPOConfig,
     GRPOTrainer,
     assemble_batch,
     clipped_surrogate,
     dynamic_sampling_filter,
+    executed_token_mask,
     group_advantages,
     grpo_loss,
 )
@@ -17,11 +18,13 @@ __all__ = [
     "DPOTrainer",
     "build_preference_pairs",
     "dpo_loss",
+    "groups_from_start_index",
     "GRPOConfig",
     "GRPOTrainer",
     "assemble_batch",
     "clipped_surrogate",
     "dynamic_sampling_filter",
+    "executed_token_mask",
     "group_advantages",
     "grpo_loss",
     "LifelongConfig",

@@ -2,7 +2,11 @@
 
 Preference pairs (success preferred over failure) come from trajectories the base policy collected
 in the real simulator; the base policy, frozen, is the reference. A trajectory's log-prob is the sum
-over its valid chunks of the chunk log-prob (eq. 3: sum over K*D tokens).
+over its valid chunks of the chunk log-prob (eq. 3: sum over K*D tokens), counting only the action
+steps that ran (TrajectoryBatch.length; not the padding of a last partial chunk, nor what follows a
+success). Pairs come from groups of the same initial state: `groups_from_start_index` labels stored
+episodes by the start they were collected from (Episode.meta["start_index"]), not by store order,
+which follows the order episodes finish in.
 
     loss = -log sigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l)))
 
@@ -20,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmpo.rl.grpo import policy_device
+from wmpo.rl.grpo import executed_token_mask, policy_device
 from wmpo.rollout.batch import TrajectoryBatch
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.frames import uint8_to_model
@@ -110,6 +114,25 @@ def build_preference_pairs(
     return torch.tensor(pairs, dtype=torch.int64)
 
 
+def groups_from_start_index(episodes: list, group_size: int) -> list[int]:
+    """Group id of each stored base-policy episode: meta["start_index"] // group_size.
+
+    The base rollouts start each initial state `group_size` times in a row (start i from state i // G);
+    a store holds episodes in the order they finish, which with several workers and unequal lengths is
+    not the start order, so the store position cannot stand for the group.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size: expected >= 1, got {group_size}")
+    out = []
+    for i, ep in enumerate(episodes):
+        start = getattr(ep, "meta", {}).get("start_index")
+        if start is None:
+            raise ValueError(f"episodes[{i}]: expected meta['start_index'] (written by wmpo.sim.collect), got meta keys "
+                             f"{sorted(getattr(ep, 'meta', {}))}")
+        out.append(int(start) // group_size)
+    return out
+
+
 def dpo_loss(
     logp_w: torch.Tensor, logp_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -175,7 +198,9 @@ class DPOTrainer:
         instr = batch.instr[row.to(batch.instr.device)].to(dev)
         tokens = batch.tokens[row.to(batch.tokens.device), step.to(batch.tokens.device)].to(dev)
         logp, _ = model.log_prob(frames, instr, tokens, temperature=self.cfg.temperature)
-        return logp.float().sum((1, 2))
+        # only the actions that ran count: not the padding after the last step, nor what follows a success
+        keep = executed_token_mask(batch.length.cpu()[row.cpu()], step.cpu(), tokens.shape[1]).to(dev)
+        return torch.where(keep[:, :, None], logp.float(), torch.zeros((), device=dev)).sum((1, 2))
 
     @torch.no_grad()
     def trajectory_logp(self, model: nn.Module, batch: TrajectoryBatch, rows: torch.Tensor | None = None) -> torch.Tensor:

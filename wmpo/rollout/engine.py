@@ -2,7 +2,7 @@
 
 Per chunk (all on the device, static shapes, no host sync):
   policy(current frame, instruction) -> action tokens, log-probs  (recorded into slot buffers)
-  tokenizer.detokenize -> normalized actions [S, K, D]
+  tokens -> the world model's normalized actions [S, K, D] (wmpo.rollout.action_map)
   world-model env step (K frames, decoded) -> success detector update on the K new frames
   last frame -> uint8 -> next policy input (the policy reads exactly the uint8 frame it records)
   device bookkeeping: per-slot step counters, done = success | horizon
@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from wmpo.rollout.action_map import world_model_action_map
 from wmpo.rollout.batch import TrajectoryBatch
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.frames import model_to_uint8, uint8_to_model
@@ -120,7 +121,8 @@ class ImaginationEngine:
     wm_env: reset(frames), reset_slots(mask, frames), step(actions, decode) (wmpo.rollout.world_model_env).
     policy: wmpo.models.protocol.Policy. success_detector: reset_slots(mask, frames), update(frames)
     -> (success [B], first_success_frame [B]) (wmpo.models.reward.IncrementalSuccess), or None.
-    tokenizer: detokenize(tokens [N, K, D]) -> normalized actions in [-1, 1].
+    tokenizer: detokenize(tokens [N, K, D]) -> normalized actions in [-1, 1]; with q01/q99 (ActionTokenizer)
+    its actions are mapped into the world model's action space (wmpo.rollout.action_map).
     """
 
     def __init__(self, wm_env: Any, policy: Any, success_detector: Any, tokenizer: Any, cfg: RolloutConfig | None = None):
@@ -133,6 +135,8 @@ class ImaginationEngine:
         self.device = torch.device(dev)
         self.K = int(policy.chunk_len)
         self.D = int(policy.action_dim)
+        # tokens -> the world model's normalized actions (tokenizer and world-model stats may differ)
+        self.to_wm_actions = world_model_action_map(tokenizer, wm_env, self.K, self.D)
         self._chunk_runner = None  # compiled / graph-captured chunk, keyed by state identity
         self._runner_key = None
         self._graph = None
@@ -203,7 +207,7 @@ class ImaginationEngine:
         S = st.step.shape[0]
         ar = torch.arange(S, device=self.device)
         tokens, logp = self.policy.sample(st.cur_in, st.instr, temperature)
-        actions = self.tokenizer.detokenize(tokens).to(st.cur_in.dtype if st.cur_in.is_floating_point() else torch.float32)
+        actions = self.to_wm_actions(tokens).to(st.cur_in.dtype if st.cur_in.is_floating_point() else torch.float32)
         timer.lap("policy")
         # record what the policy read and did; finished / idle slots keep their rows (zero padding)
         s_idx = st.step.clamp(max=max_chunks - 1)
@@ -677,7 +681,7 @@ class ImaginationEngine:
                 frames_in = uint8_to_model(torch.from_numpy(cur).to(self.device))
                 timer.lap("host")
                 tokens, logp = self.policy.sample(frames_in, instr, temperature)
-                actions = self.tokenizer.detokenize(tokens).float()
+                actions = self.to_wm_actions(tokens).float()
                 obs_l.append(torch.from_numpy(cur))
                 tok_l.append(tokens.cpu())
                 logp_l.append(logp.float().cpu())

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from wmpo.data.clips import episode_frames, load_episodes, normalize_actions
+from wmpo.data.clips import check_action_stats, episode_frames, load_episodes, normalize_actions, same_action_stats
 from wmpo.models.vae import FrameVAE, psnr
 from wmpo.models.world_model import WorldModel
 from wmpo.rollout.world_model_env import WorldModelEnv
@@ -34,13 +35,23 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_world_model(vae: FrameVAE, world_model: WorldModel, episodes: Sequence, action_stats: dict, *,
+def evaluate_world_model(vae: FrameVAE, world_model: WorldModel, episodes: Sequence, action_stats: dict | None = None, *,
                          steps: int | Sequence[float] = 30, device: torch.device | str | None = None,
                          max_frames: int | None = None, video_dir: str | Path | None = None, fps: int = 10,
                          seed: int = 0) -> dict:
     """-> {"psnr": [per horizon frame], "ssim": [...], "psnr_mean", "ssim_mean", "num_episodes", "videos"}.
 
+    Actions are normalized with the world model's own statistics (`world_model.action_stats`, from its
+    checkpoint), not the evaluated episodes': those are what it was trained on. `action_stats` is only
+    needed for a model without them, and must equal them otherwise.
     All episodes are rolled out as one batch, truncated to the shortest one (and max_frames)."""
+    own = world_model.action_stats
+    if own is None and action_stats is None:
+        raise ValueError("action_stats: the world model has none (a checkpoint from an older train-wm without "
+                         "action_stats.json beside it); pass the q01/q99 it was trained with")
+    if own is not None and action_stats is not None and not same_action_stats(own, action_stats):
+        raise ValueError("action_stats: expected the world model's own statistics (or None), got different ones")
+    action_stats = own if own is not None else check_action_stats("action_stats", action_stats, world_model.cfg.action_dim)
     device = torch.device(device) if device is not None else next(world_model.parameters()).device
     K = world_model.cfg.chunk_len
     T = min(len(e) for e in episodes)
@@ -89,10 +100,14 @@ def main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     check_command_args(a)  # before any work
     device = torch.device(a.device) if a.device else default_device()
-    eps, stats = load_episodes(a.store, limit=a.episodes)
-    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
     wm = WorldModel.from_checkpoint(a.world_model).to(device).eval()
-    res = evaluate_world_model(vae, wm, eps, stats, steps=a.steps, device=device, max_frames=a.max_frames,
+    if wm.action_stats is None:
+        print(f"error: --world-model: {a.world_model} holds no action statistics (q01/q99) and has no action_stats.json "
+              f"beside it; retrain it with this version of train-wm", file=sys.stderr)
+        return 2
+    eps, _ = load_episodes(a.store, limit=a.episodes)  # the stores' own stats are not the model's
+    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
+    res = evaluate_world_model(vae, wm, eps, steps=a.steps, device=device, max_frames=a.max_frames,
                                video_dir=Path(a.out) / "videos")
     save_json(Path(a.out) / "metrics.json", res)
     print(json.dumps({k: v for k, v in res.items() if k not in ("psnr", "ssim")}))
