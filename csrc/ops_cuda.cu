@@ -1,6 +1,7 @@
 // wmpo fused ops: CUDA kernels for torch.ops.wmpo_C.* (schemas are defined in ops_cpu.cpp).
 // Compiled only when CMake finds nvcc and torch has CUDA (target sm_90 by default).
-// fp32 accumulation; bf16/fp16/fp32 in and out; all floating inputs of one call share one dtype.
+// fp32 accumulation; bf16/fp16/fp32 in and out. AdaLN ops: rows in TX, modulation and y in TM
+// (adaln_dispatch.h: one dtype, or fp32 rows with bf16/fp16 modulation); other ops: one dtype.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <c10/cuda/CUDAStream.h>
@@ -12,6 +13,9 @@
 #include <cstdint>
 #include <initializer_list>
 #include <optional>
+
+#include "adaln_dispatch.h"
+#include "launch_geometry.h"
 
 namespace wmpo {
 namespace {
@@ -56,13 +60,15 @@ constexpr int kLnThreads = 256;
 
 // One block per row. GATED: out = res + gate[f]*y (rounded to T, stored), h = LN(out)*(1+scale[f])+shift[f].
 // Otherwise h = LN(x)*(1+scale[f])+shift[f]. The row is staged in shared memory as fp32 (D floats).
-template <typename T, int VEC, bool GATED>
+// Rows (x, out, h) are T; y, gate, shift, scale are TM (T, or bf16/fp16 with fp32 rows).
+template <typename T, typename TM, int VEC, bool GATED>
 __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
-    const T* __restrict__ x, const T* __restrict__ yv, const T* __restrict__ gate, const T* __restrict__ shift,
-    const T* __restrict__ scale, T* __restrict__ out, T* __restrict__ h, int64_t D, int64_t tpf, float eps) {
+    const T* __restrict__ x, const TM* __restrict__ yv, const TM* __restrict__ gate, const TM* __restrict__ shift,
+    const TM* __restrict__ scale, T* __restrict__ out, T* __restrict__ h, int64_t D, int64_t tpf, float eps) {
   extern __shared__ float buf[];
   __shared__ float red[32];
   using P = Pack<T, VEC>;
+  using PM = Pack<TM, VEC>;
   const int64_t r = blockIdx.x;
   const int64_t ro = r * D, fo = (r / tpf) * D;
   const int64_t nv = D / VEC;
@@ -70,8 +76,8 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
   for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
     const P a = reinterpret_cast<const P*>(x + ro)[i];
     if (GATED) {
-      const P b = reinterpret_cast<const P*>(yv + ro)[i];
-      const P g = reinterpret_cast<const P*>(gate + fo)[i];
+      const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
+      const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
       P o;
 #pragma unroll
       for (int k = 0; k < VEC; ++k) {
@@ -101,8 +107,8 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
   }
   const float rstd = rsqrtf(block_sum<kLnThreads>(q, red) / static_cast<float>(D) + eps);
   for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
-    const P sh = reinterpret_cast<const P*>(shift + fo)[i];
-    const P sc = reinterpret_cast<const P*>(scale + fo)[i];
+    const PM sh = reinterpret_cast<const PM*>(shift + fo)[i];
+    const PM sc = reinterpret_cast<const PM*>(scale + fo)[i];
     P o;
 #pragma unroll
     for (int k = 0; k < VEC; ++k)
@@ -111,55 +117,62 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
   }
 }
 
-template <typename T>
-int pick_vec(int64_t D, std::initializer_list<const void*> ptrs) {
-  constexpr int full = 16 / sizeof(T);
+// Elements per vector access: 16 bytes of the wider of the two dtypes, halved until D and every
+// pointer (each with its own element size) allow it.
+template <typename T, typename TM>
+int pick_vec(int64_t D, std::initializer_list<const void*> row_ptrs, std::initializer_list<const void*> mod_ptrs) {
+  constexpr int full = 16 / (sizeof(T) > sizeof(TM) ? sizeof(T) : sizeof(TM));
   for (int vec : {full, full / 2 > 0 ? full / 2 : 1, 1}) {
     if (vec < 1 || D % vec != 0) continue;
     bool ok = true;
-    for (const void* p : ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % (vec * sizeof(T)) == 0);
+    for (const void* p : row_ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % (vec * sizeof(T)) == 0);
+    for (const void* p : mod_ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % (vec * sizeof(TM)) == 0);
     if (ok) return vec;
   }
   return 1;
 }
 
-template <typename T, bool GATED>
-void launch_adaln_fwd(const T* x, const T* yv, const T* gate, const T* shift, const T* scale, T* out, T* h, int64_t R,
-                      int64_t D, int64_t tpf, float eps) {
+template <typename T, typename TM, bool GATED>
+void launch_adaln_fwd(const T* x, const TM* yv, const TM* gate, const TM* shift, const TM* scale, T* out, T* h,
+                      int64_t R, int64_t D, int64_t tpf, float eps) {
   if (R == 0 || D == 0) return;
-  const int vec = pick_vec<T>(D, {x, yv, gate, shift, scale, out, h});
+  const int vec = pick_vec<T, TM>(D, {x, out, h}, {yv, gate, shift, scale});
   const size_t smem = static_cast<size_t>(D) * sizeof(float);
   auto stream = c10::cuda::getCurrentCUDAStream();
   auto go = [&](auto kernel) {
     if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     kernel<<<static_cast<unsigned>(R), kLnThreads, smem, stream>>>(x, yv, gate, shift, scale, out, h, D, tpf, eps);
   };
-  constexpr int full = 16 / sizeof(T);
-  if (vec == full) go(adaln_fwd_kernel<T, full, GATED>);
-  else if (vec == full / 2 && full / 2 >= 1) go(adaln_fwd_kernel<T, (full / 2 >= 1 ? full / 2 : 1), GATED>);
-  else go(adaln_fwd_kernel<T, 1, GATED>);
+  constexpr int full = 16 / (sizeof(T) > sizeof(TM) ? sizeof(T) : sizeof(TM));
+  constexpr int half = full / 2 >= 1 ? full / 2 : 1;
+  if (vec == full) go(adaln_fwd_kernel<T, TM, full, GATED>);
+  else if (vec == half) go(adaln_fwd_kernel<T, TM, half, GATED>);
+  else go(adaln_fwd_kernel<T, TM, 1, GATED>);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void check_rows_cuda(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf) {
+void check_rows_cuda(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf, bool mixed = false) {
   TORCH_CHECK(x.dim() == 2 && shift.dim() == 2 && scale.dim() == 2, "wmpo_C: x, shift, scale must be 2-D");
   TORCH_CHECK(tpf > 0 && x.size(0) % tpf == 0, "wmpo_C: rows must be a multiple of tokens_per_frame");
   TORCH_CHECK(shift.size(0) == x.size(0) / tpf && scale.sizes() == shift.sizes() && shift.size(1) == x.size(1),
               "wmpo_C: shift/scale must be [R / tokens_per_frame, D]");
-  TORCH_CHECK(shift.scalar_type() == x.scalar_type() && scale.scalar_type() == x.scalar_type(),
-              "wmpo_C: all inputs must share one dtype");
+  TORCH_CHECK(scale.scalar_type() == shift.scalar_type(), "wmpo_C: shift and scale must share one dtype");
+  TORCH_CHECK(mixed ? adaln_dtypes_supported(x.scalar_type(), shift.scalar_type()) : shift.scalar_type() == x.scalar_type(),
+              "wmpo_C: x in ", x.scalar_type(), " with modulation in ", shift.scalar_type(),
+              " is not supported (one dtype, or fp32 x with bf16/fp16 modulation)");
   TORCH_CHECK(x.is_cuda() && shift.device() == x.device() && scale.device() == x.device(), "wmpo_C: device mismatch");
 }
 
 Tensor adaln_modulate_cuda(const Tensor& x_, const Tensor& shift_, const Tensor& scale_, int64_t tpf, double eps) {
-  check_rows_cuda(x_, shift_, scale_, tpf);
+  check_rows_cuda(x_, shift_, scale_, tpf, /*mixed=*/true);
   const c10::cuda::CUDAGuard guard(x_.device());
   Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
   Tensor y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "adaln_modulate_cuda", [&] {
-    launch_adaln_fwd<scalar_t, false>(x.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), shift.data_ptr<scalar_t>(),
-                                      shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                      y.data_ptr<scalar_t>(), x.size(0), x.size(1), tpf, static_cast<float>(eps));
+  dispatch_adaln(x.scalar_type(), shift.scalar_type(), "adaln_modulate_cuda", [&]<typename TX, typename TM>() {
+    // y/gate are unused (not GATED): shift stands in so that the alignment check sees valid pointers
+    launch_adaln_fwd<TX, TM, false>(x.data_ptr<TX>(), shift.data_ptr<TM>(), shift.data_ptr<TM>(), shift.data_ptr<TM>(),
+                                    scale.data_ptr<TM>(), y.data_ptr<TX>(), y.data_ptr<TX>(), x.size(0), x.size(1), tpf,
+                                    static_cast<float>(eps));
   });
   return y;
 }
@@ -167,18 +180,18 @@ Tensor adaln_modulate_cuda(const Tensor& x_, const Tensor& shift_, const Tensor&
 std::tuple<Tensor, Tensor> gated_residual_adaln_cuda(const Tensor& res_, const Tensor& y_, const Tensor& gate_,
                                                      const Tensor& shift_, const Tensor& scale_, int64_t tpf,
                                                      double eps) {
-  check_rows_cuda(res_, shift_, scale_, tpf);
+  check_rows_cuda(res_, shift_, scale_, tpf, /*mixed=*/true);
   TORCH_CHECK(y_.sizes() == res_.sizes() && gate_.sizes() == shift_.sizes(), "wmpo_C: y/gate shape mismatch");
-  TORCH_CHECK(y_.scalar_type() == res_.scalar_type() && gate_.scalar_type() == res_.scalar_type(),
-              "wmpo_C: all inputs must share one dtype");
+  TORCH_CHECK(y_.scalar_type() == shift_.scalar_type() && gate_.scalar_type() == shift_.scalar_type(),
+              "wmpo_C: y, gate, shift and scale must share one dtype");
   const c10::cuda::CUDAGuard guard(res_.device());
   Tensor res = res_.contiguous(), yv = y_.contiguous(), gate = gate_.contiguous();
   Tensor shift = shift_.contiguous(), scale = scale_.contiguous();
   Tensor out = at::empty_like(res), h = at::empty_like(res);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, res.scalar_type(), "gated_residual_adaln_cuda", [&] {
-    launch_adaln_fwd<scalar_t, true>(res.data_ptr<scalar_t>(), yv.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(),
-                                     shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                                     h.data_ptr<scalar_t>(), res.size(0), res.size(1), tpf, static_cast<float>(eps));
+  dispatch_adaln(res.scalar_type(), shift.scalar_type(), "gated_residual_adaln_cuda", [&]<typename TX, typename TM>() {
+    launch_adaln_fwd<TX, TM, true>(res.data_ptr<TX>(), yv.data_ptr<TM>(), gate.data_ptr<TM>(), shift.data_ptr<TM>(),
+                                   scale.data_ptr<TM>(), out.data_ptr<TX>(), h.data_ptr<TX>(), res.size(0), res.size(1),
+                                   tpf, static_cast<float>(eps));
   });
   return {out, h};
 }
@@ -226,22 +239,24 @@ __global__ void __launch_bounds__(kLnThreads) adaln_bwd_dx_kernel(
 }
 
 // dshift[f, d] = sum_r dy[r, d]; dscale[f, d] = sum_r dy[r, d] * xhat[r, d] over the rows of frame f.
+// Grid from params_grid (launch_geometry.h): blockIdx.y strides over the F frames (grid.y <= 65535).
 template <typename T>
 __global__ void adaln_bwd_params_kernel(const T* __restrict__ dy, const T* __restrict__ x,
                                         const float* __restrict__ mean, const float* __restrict__ rstd,
                                         float* __restrict__ dshift, float* __restrict__ dscale, int64_t D,
-                                        int64_t tpf) {
-  const int64_t f = blockIdx.y;
+                                        int64_t tpf, int64_t F) {
   const int64_t d = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (d >= D) return;
-  float a = 0.f, b = 0.f;
-  for (int64_t r = f * tpf; r < (f + 1) * tpf; ++r) {
-    const float g = to_f(dy[r * D + d]);
-    a += g;
-    b += g * (to_f(x[r * D + d]) - mean[r]) * rstd[r];
+  for (int64_t f = blockIdx.y; f < F; f += gridDim.y) {
+    float a = 0.f, b = 0.f;
+    for (int64_t r = f * tpf; r < (f + 1) * tpf; ++r) {
+      const float g = to_f(dy[r * D + d]);
+      a += g;
+      b += g * (to_f(x[r * D + d]) - mean[r]) * rstd[r];
+    }
+    dshift[f * D + d] = a;
+    dscale[f * D + d] = b;
   }
-  dshift[f * D + d] = a;
-  dscale[f * D + d] = b;
 }
 
 std::tuple<Tensor, Tensor, Tensor> adaln_modulate_bwd_cuda(const Tensor& dy_, const Tensor& x_,
@@ -266,11 +281,11 @@ std::tuple<Tensor, Tensor, Tensor> adaln_modulate_bwd_cuda(const Tensor& dy_, co
           dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), dx.data_ptr<scalar_t>(),
           mean.data_ptr<float>(), rstd.data_ptr<float>(), D, tpf, static_cast<float>(eps));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      const dim3 grid(static_cast<unsigned>((D + 127) / 128), static_cast<unsigned>(F));
-      adaln_bwd_params_kernel<scalar_t><<<grid, 128, 0, stream>>>(dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
-                                                                  mean.data_ptr<float>(), rstd.data_ptr<float>(),
-                                                                  dshift.data_ptr<float>(), dscale.data_ptr<float>(),
-                                                                  D, tpf);
+      const Grid2 g2 = params_grid(D, F, kParamsThreads);
+      const dim3 grid(static_cast<unsigned>(g2.x), static_cast<unsigned>(g2.y));
+      adaln_bwd_params_kernel<scalar_t><<<grid, kParamsThreads, 0, stream>>>(
+          dy.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(), mean.data_ptr<float>(), rstd.data_ptr<float>(),
+          dshift.data_ptr<float>(), dscale.data_ptr<float>(), D, tpf, F);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   }
@@ -292,10 +307,21 @@ __global__ void noisy_context_kernel(const T* __restrict__ x0, const T* __restri
   }
 }
 
+// SM count of the current device, queried once per device (not at every launch).
+inline int sm_count() {
+  static int cached[64] = {0};
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  if (cached[dev] == 0) {
+    int sms = 132;
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    cached[dev] = sms;
+  }
+  return cached[dev];
+}
+
 inline unsigned elementwise_blocks(int64_t n) {
-  int dev = 0, sms = 132;
-  if (cudaGetDevice(&dev) == cudaSuccess) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, static_cast<int64_t>(sms) * 32)));
+  return static_cast<unsigned>(elementwise_grid(n, 256, sm_count()));
 }
 
 std::tuple<Tensor, Tensor> noisy_context_cuda(const Tensor& x0_, const Tensor& noise_, const Tensor& t_,
@@ -355,10 +381,12 @@ void flow_step_cuda(Tensor& x, const Tensor& v_, const std::optional<Tensor>& t_
   Tensor tn, tx;
   if (t_now) {
     TORCH_CHECK(t_now->device() == x.device(), "wmpo_C: t_now must be on x's device");
+    TORCH_CHECK(t_now->numel() == 1 || t_now->numel() == B, "wmpo_C: t_now must have 1 or B elements");
     tn = t_now->to(at::kFloat).reshape({-1}).contiguous();
   }
   if (t_next) {
     TORCH_CHECK(t_next->device() == x.device(), "wmpo_C: t_next must be on x's device");
+    TORCH_CHECK(t_next->numel() == 1 || t_next->numel() == B, "wmpo_C: t_next must have 1 or B elements");
     tx = t_next->to(at::kFloat).reshape({-1}).contiguous();
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "flow_step_cuda", [&] {
@@ -392,6 +420,7 @@ __device__ __forceinline__ SoftStats row_stats(const T* __restrict__ l, int64_t 
   SoftStats st{-INFINITY, 0.f, 0.f};
   for (int64_t j = lane; j < V; j += 32) {
     const float z = to_f(l[j]) * inv_t;
+    if (z == -INFINITY) continue;  // a masked bin: p = 0, contributes nothing (0 * -inf would be NaN)
     st = merge(st, SoftStats{z, 1.f, z});
   }
 #pragma unroll
@@ -412,7 +441,8 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) action_logprob_kernel(
   if (row >= N) return;  // whole warps leave together
   const T* l = logits + row * V;
   const SoftStats st = row_stats(l, V, inv_t, lane);
-  const float lse = st.m + logf(st.s);
+  float lse = st.m + logf(st.s);
+  if (!(fabsf(lse) < INFINITY)) lse = NAN;  // +inf / NaN logits or an all-masked row: NaN, as every backend
   const int64_t tok = tokens[row];
   if (lane == 0) {
     logp[row] = (tok >= 0 && tok < V) ? to_f(l[tok]) * inv_t - lse : NAN;
@@ -429,11 +459,14 @@ __global__ void __launch_bounds__(32 * kRowsPerBlock) action_logprob_bwd_kernel(
   if (row >= N) return;
   const T* l = logits + row * V;
   const SoftStats st = row_stats(l, V, inv_t, lane);
-  const float lse = st.m + logf(st.s);
+  float lse = st.m + logf(st.s);
+  if (!(fabsf(lse) < INFINITY)) lse = NAN;
   const float H = lse - st.t / st.s, a = g_logp[row], c = g_ent[row];
   const int64_t tok = tokens[row];
   for (int64_t j = lane; j < V; j += 32) {
-    const float lp = to_f(l[j]) * inv_t - lse, p = expf(lp);
+    const float zj = to_f(l[j]) * inv_t;
+    const bool live = zj > -INFINITY;  // masked bins: p = 0, gradient 0 (unless the row is NaN)
+    const float lp = live ? zj - lse : 0.f, p = live ? expf(lp) : 0.f;
     float g = -a * p - c * p * (lp + H);
     if (j == tok) g += a;
     dl[row * V + j] = static_cast<T>(g * inv_t);
