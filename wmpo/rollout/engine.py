@@ -49,9 +49,10 @@ class RolloutConfig:
     """capture one whole chunk (policy + world model + decode + reward + bookkeeping) in a CUDA graph
     (CUDA only; components must keep their state in static buffers); falls back to eager with a warning"""
     compile_chunk: bool = False
-    """torch.compile the chunk function (CUDA; on CPU it stays eager unless compile_on_cpu)"""
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    """torch.compile mode for compile_chunk"""
+    """torch.compile the world model's denoiser step (wmpo.engine.CompiledDenoiser), not the whole
+    chunk; a compilation failure warns once and runs eager (CUDA; on CPU only with compile_on_cpu)"""
+    compile_mode: str = "default"
+    """torch.compile mode for compile_chunk ("max-autotune-no-cudagraphs" tunes for minutes)"""
     compile_on_cpu: bool = False
     """allow compile_chunk on the CPU (slow to compile; for testing)"""
     graph_warmup: int = 2
@@ -138,6 +139,7 @@ class ImaginationEngine:
         self._graph = None
         self._warm = 0
         self._graph_failed = False
+        self._denoiser_compiled = False
         self._states: dict[tuple, _SlotState] = {}
 
     @property
@@ -267,21 +269,17 @@ class ImaginationEngine:
         if not (use_graph or use_compile):
             self._chunk(st, temperature, max_chunks, max_steps, timer)
             return
+        if use_compile:
+            self._compile_denoiser()
+        if not use_graph:
+            self._chunk(st, temperature, max_chunks, max_steps, timer)
+            return
         key = (id(st), float(temperature), max_chunks, max_steps)
         if self._runner_key != key:
             self._runner_key, self._chunk_runner, self._graph = key, None, None
             self._warm = 0
         if self._chunk_runner is None:
-            fn = lambda: self._chunk(st, temperature, max_chunks, max_steps, _Timer(False, self.device))  # noqa: E731
-            if use_compile:
-                try:
-                    fn = torch.compile(fn, mode=cfg.compile_mode, dynamic=False)
-                except Exception as e:  # pragma: no cover - depends on the backend
-                    warn_once("rollout-compile", f"wmpo.rollout: torch.compile of the chunk failed ({e}); running eager")
-            self._chunk_runner = fn
-        if not use_graph:
-            self._chunk_runner()
-            return
+            self._chunk_runner = lambda: self._chunk(st, temperature, max_chunks, max_steps, _Timer(False, self.device))  # noqa: E731
         if self._graph is None and self._warm < cfg.graph_warmup:
             self._warm += 1
             self._chunk_runner()
@@ -295,6 +293,20 @@ class ImaginationEngine:
                 self._chunk_runner()
                 return
         self._graph()
+
+    def _compile_denoiser(self) -> None:
+        """Once: the env's world model -> CompiledDenoiser (its denoiser step compiled, eager fallback)."""
+        if self._denoiser_compiled:
+            return
+        self._denoiser_compiled = True
+        wm = getattr(self.wm_env, "wm", None)
+        if wm is None or not hasattr(wm, "forward_cached"):
+            warn_once("rollout-compile-no-denoiser", "wmpo.rollout: compile_chunk: the world-model env has no "
+                      "denoiser (.wm with forward_cached) to compile; running eager")
+            return
+        from wmpo.engine.compiled import CompiledDenoiser
+
+        self.wm_env.wm = CompiledDenoiser(wm, mode=self.cfg.compile_mode)
 
     def _capture(self, fn):  # pragma: no cover - CUDA only
         """Capture `fn` (which mutates static state in place) -> a replay callable.
