@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import rows_per_program
+from ._common import rows_per_program, on_device
 
 
 @triton.jit
@@ -49,6 +49,7 @@ def action_logprob(logits, tokens, temperature: float):
         return logp, ent
     block_v = triton.next_power_of_2(V)
     block_r = rows_per_program(N, block_v, logits.device)
-    _action_logprob_kernel[(triton.cdiv(N, block_r),)](logits, tokens, logp, ent, N, V, 1.0 / temperature,
-                                                       BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
+    with on_device(logits):
+        _action_logprob_kernel[(triton.cdiv(N, block_r),)](logits, tokens, logp, ent, N, V, 1.0 / temperature,
+                                                           BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
     return logp, ent

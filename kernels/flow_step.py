@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block
+from ._common import flat_block, on_device
 
 
 @triton.jit
@@ -45,8 +45,9 @@ def flow_step_(x, v, t_now, t_next, t_now_value: float, t_next_value: float, num
     tn = t_now.to(torch.float32).reshape(-1).contiguous() if t_now is not None else x
     tx = t_next.to(torch.float32).reshape(-1).contiguous() if t_next is not None else x
     block = flat_block(n_pred, x.device)
-    _flow_step_kernel[(triton.cdiv(n_pred, block),)](
-        x, v, tn, tx, float(t_now_value), float(t_next_value),
-        0 if t_now is None or tn.numel() == 1 else 1, 0 if t_next is None or tx.numel() == 1 else 1,
-        n_pred, per_b, T * S, num_context * S,
-        HAS_TNOW=t_now is not None, HAS_TNEXT=t_next is not None, BLOCK=block)
+    with on_device(x):
+        _flow_step_kernel[(triton.cdiv(n_pred, block),)](
+            x, v, tn, tx, float(t_now_value), float(t_next_value),
+            0 if t_now is None or tn.numel() == 1 else 1, 0 if t_next is None or tx.numel() == 1 else 1,
+            n_pred, per_b, T * S, num_context * S,
+            HAS_TNOW=t_now is not None, HAS_TNEXT=t_next is not None, BLOCK=block)

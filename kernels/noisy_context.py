@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block
+from ._common import flat_block, on_device
 
 
 @triton.jit
@@ -44,5 +44,6 @@ def noisy_context(x0, noise, t, num_context: int, t_context: float):
     S = N // (B * T)
     block = flat_block(N, x0.device)  # programs * block >= N >= B * T, so every tf entry is written
     grid = (triton.cdiv(N, block),)
-    _noisy_context_kernel[grid](x0, noise, t, xt, tf, N, S, T, num_context, t_context, BLOCK=block)
+    with on_device(x0):
+        _noisy_context_kernel[grid](x0, noise, t, xt, tf, N, S, T, num_context, t_context, BLOCK=block)
     return xt, tf

@@ -309,7 +309,8 @@ def _adaln_modulate_bwd_op(dy: Tensor, x: Tensor, scale: Tensor, tokens_per_fram
 
 @_adaln_modulate_bwd_op.register_fake
 def _(dy, x, scale, tokens_per_frame, eps, backend):
-    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
+    cf = torch.contiguous_format  # the kernels return contiguous tensors; the fakes must say so
+    return torch.empty_like(x, memory_format=cf), torch.empty_like(scale, memory_format=cf), torch.empty_like(scale, memory_format=cf)
 
 
 def _adaln_setup(ctx, inputs, output):
@@ -349,7 +350,8 @@ def _gated_residual_adaln_op(residual: Tensor, y: Tensor, gate: Tensor, shift: T
 
 @_gated_residual_adaln_op.register_fake
 def _(residual, y, gate, shift, scale, tokens_per_frame, eps, backend):
-    return torch.empty_like(residual), torch.empty_like(residual)
+    cf = torch.contiguous_format
+    return torch.empty_like(residual, memory_format=cf), torch.empty_like(residual, memory_format=cf)
 
 
 def _gated_setup(ctx, inputs, output):
