@@ -94,7 +94,7 @@ def test_configure_cpu_only_when_torch_has_cuda_but_no_nvcc(tmp_path):
 
 
 def test_launch_geometry_respects_grid_limits(tmp_path):
-    """csrc/launch_geometry.h (what ops_cuda.cu launches with), compiled by the host compiler: the
+    """csrc/launch_geometry.h (what csrc/cuda/*.cu launch with), compiled by the host compiler: the
     AdaLN parameter-gradient grid stays within gridDim.y <= 65535 and its frame loop covers every
     frame exactly once, well past 65,535 frames."""
     cxx = shutil.which("g++") or shutil.which("c++")
