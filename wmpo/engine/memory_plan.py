@@ -2,7 +2,8 @@
 
 Counted (bytes; `GB` below is 1e9 bytes):
 
-- weights: parameters x bytes per element of each model (bf16 for inference: 2);
+- weights: parameters x bytes per element of each model (bf16 for inference: 2; plan_for_env counts
+  the models' actual dtypes: fp32 weights under bf16 autocast still take 4 bytes);
 - KV cache: K and V only (not the qkv projection) of every temporal block, for the c context frames
   plus room for the K predicted frames, per slot: 2 x temporal_blocks x slots x N x (c + K) x D;
 - denoiser step: the live activations of one block of one cached denoising step (tokens R =
@@ -112,10 +113,12 @@ def plan_rollout_memory(
     vae_bytes_per_frame: int | None = None,
     vae_first_block_channels: int = 128,
     reserve_frac: float = 0.1,
+    weight_bytes: dict[str, int] | None = None,
 ) -> MemoryPlan:
     """The plan for `slots` trajectories. param_counts: {model name: parameters}; dtype: inference
     dtype of weights, activations and cache; budget_bytes: device memory to plan for (80 GB H100);
-    reserve_frac of the budget is kept free (allocator fragmentation, CUDA context, workspaces)."""
+    reserve_frac of the budget is kept free (allocator fragmentation, CUDA context, workspaces);
+    weight_bytes: the models' actual weight bytes (overrides param_counts x dtype bytes)."""
     for name, v in (("slots", slots), ("hidden", hidden), ("tokens_per_frame", tokens_per_frame),
                     ("chunk_len", chunk_len), ("frame_size", frame_size), ("budget_bytes", budget_bytes)):
         if not isinstance(v, int) or v < 1:
@@ -124,7 +127,7 @@ def plan_rollout_memory(
         raise ValueError(f"dtype: expected one of {sorted(DTYPE_BYTES)}, got {dtype!r}")
     b = DTYPE_BYTES[dtype]
     D, N, c, K = hidden, tokens_per_frame, num_context, chunk_len
-    weights = {k: int(v) * b for k, v in param_counts.items()}
+    weights = dict(weight_bytes) if weight_bytes is not None else {k: int(v) * b for k, v in param_counts.items()}
     kv = 2 * temporal_blocks * slots * N * (c + K) * D * b
     R = slots * K * N
     mlp = int(D * mlp_ratio)
@@ -169,14 +172,17 @@ def plan_for_env(wm_env: Any, *, slots: int, horizon_chunks: int, extra_models: 
     if budget_bytes is None:
         dev = getattr(wm_env, "device", torch.device("cpu"))
         budget_bytes = torch.cuda.get_device_properties(dev).total_memory if dev.type == "cuda" else 80 * 10**9
-    counts = models_param_counts(world_model=getattr(wm, "world_model", wm), vae=vae, **(extra_models or {}))
+    models = dict(world_model=getattr(wm, "world_model", wm), vae=vae, **(extra_models or {}))
+    counts = models_param_counts(**models)
+    wbytes = {k: sum(p.numel() * p.element_size() for p in m.parameters()) for k, m in models.items()
+              if isinstance(m, torch.nn.Module)}
     vcfg = getattr(vae, "cfg", None)
     return plan_rollout_memory(
         slots=slots, hidden=cfg.hidden, temporal_blocks=cfg.temporal_blocks,
         blocks=cfg.spatial_blocks + cfg.temporal_blocks, tokens_per_frame=cfg.tokens_per_frame,
         num_context=cfg.num_context, chunk_len=cfg.chunk_len, mlp_ratio=cfg.mlp_ratio,
         frame_size=int(getattr(vcfg, "frame_size", 256)), horizon_chunks=horizon_chunks, param_counts=counts,
-        dtype=dtype, budget_bytes=int(budget_bytes), vae_bytes_per_frame=vae_bytes_per_frame,
+        dtype=dtype, budget_bytes=int(budget_bytes), vae_bytes_per_frame=vae_bytes_per_frame, weight_bytes=wbytes,
         vae_first_block_channels=int(getattr(vcfg, "block_channels", (128,))[0]),
     )
 

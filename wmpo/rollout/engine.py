@@ -315,7 +315,9 @@ class ImaginationEngine:
     def _autocast(self):
         """bf16 autocast for the chunk on CUDA (cfg.inference_dtype), else a no-op context."""
         on = self.device.type == "cuda" and self.cfg.inference_dtype == "bf16"
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=on) if on else contextlib.nullcontext()
+        # no autocast weight-cast cache: a captured CUDA graph must not point at cached casts freed on exit
+        return (torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False) if on
+                else contextlib.nullcontext())
 
     def plan_memory(self, slots: int, horizon_chunks: int):
         """-> wmpo.engine.memory_plan.MemoryPlan of this engine's env and models (None: not a WorldModelEnv)."""
