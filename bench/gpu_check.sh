@@ -106,7 +106,9 @@ EOF
 build_extension() {
   local cm; cm="$(cmake_bin)"
   if [ -z "$cm" ]; then echo "no cmake >= 3.26 (pip install cmake)"; return 1; fi
-  local gen=(); command -v ninja >/dev/null 2>&1 && gen=(-G Ninja)
+  local gen=() nj
+  nj="$(command -v ninja || "$PYTHON" -c 'import ninja, os; print(os.path.join(ninja.BIN_DIR, "ninja"))' 2>/dev/null)"
+  [ -n "$nj" ] && [ -x "$nj" ] && gen=(-G Ninja -DCMAKE_MAKE_PROGRAM="$nj")
   if [ "$DRY" = 1 ]; then
     # the same configure (CMake logic, torch discovery, CUDA decision); the CPU build itself is what
     # `make setup` already did, so the dry run does not rebuild
@@ -122,6 +124,11 @@ build_extension() {
   "$cm" --build "$BUILD_DIR" -j "$(nproc)" || return 1
   local so; so="$(ls "$BUILD_DIR"/_C*.so | head -1)"
   cp "$so" "$ROOT/wmpo/" || return 1
+  # an editable install may load wmpo._C from its own build folder: replace that file too
+  local loaded; loaded="$("$PYTHON" -c 'import importlib.util as u; s = u.find_spec("wmpo._C"); print(s.origin if s else "")' 2>/dev/null)"
+  if [ -n "$loaded" ] && [ "$loaded" != "$ROOT/wmpo/$(basename "$so")" ]; then
+    echo "replacing $loaded (editable install) with the CUDA build"; cp "$so" "$loaded" || return 1
+  fi
   "$PYTHON" -c "import wmpo.ops as o; assert o.extension_has_cuda(), 'wmpo._C has no CUDA kernels'; print('wmpo._C with CUDA kernels:', o._C.__file__)"
 }
 export -f build_extension cmake_bin
