@@ -60,6 +60,7 @@ def test_reference_matches_math(T_q, num_cached, hd, dtype):
         torch.testing.assert_close(out.double(), _math64(q, k, v, num_cached), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("use_dot", [False, True], ids=["loop", "dot"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("T_q,num_cached,hd", SHAPES)
@@ -70,6 +71,7 @@ def test_triton_kernel(T_q, num_cached, hd, dtype, use_dot):
     _check(out, q, k, v, num_cached)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("use_dot", [False, True], ids=["loop", "dot"])
 def test_triton_strided_inputs_and_scale(use_dot):
     # q/k/v as permuted views of [N, T, H, hd] buffers (the DiT layout), non-default scale
@@ -83,6 +85,7 @@ def test_triton_strided_inputs_and_scale(use_dot):
     _check(out, q, k, v, nc, scale=0.3)
 
 
+@pytest.mark.interpreter
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_op_triton_backend(monkeypatch, dtype):
     monkeypatch.setenv("WMPO_BACKEND", "triton")
