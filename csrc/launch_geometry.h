@@ -26,4 +26,10 @@ inline int64_t elementwise_grid(int64_t n, int64_t threads, int64_t sms) {
   return std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, std::max<int64_t>(1, sms) * 32));
 }
 
+// 32-bit index math is exact for grid-stride loops over n elements when n plus one grid's worth of
+// threads stays below 2^31 (the loop variable passes n by at most one stride).
+inline bool fits_int32(int64_t n, int64_t max_threads = int64_t{1} << 26) {
+  return n + max_threads < (int64_t{1} << 31);
+}
+
 }  // namespace wmpo

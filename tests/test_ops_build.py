@@ -119,6 +119,9 @@ int main() {
     }
   }
   if (elementwise_grid(1, 256, 132) != 1 || elementwise_grid(1LL << 40, 256, 132) != 132 * 32) return 1;
+  // 32-bit grid-stride indices: the loop variable (< n + one stride) must stay below 2^31
+  const long long stride = elementwise_grid(1LL << 40, 256, 1024) * 256;
+  if (!fits_int32(64LL * 12 * 4 * 32 * 32) || fits_int32((1LL << 31) - 1) || fits_int32((1LL << 31) - stride)) return 1;
   std::printf("ok\n");
   return 0;
 }

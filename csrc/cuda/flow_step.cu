@@ -4,15 +4,15 @@
 namespace wmpo {
 namespace {
 
-template <typename T>
+// I: the index type, int32 below 2^31 elements (no 64-bit division per element), else int64.
+template <typename T, typename I>
 __global__ void flow_step_kernel(T* __restrict__ x, const T* __restrict__ v, const float* __restrict__ tnow,
-                                 const float* __restrict__ tnext, int64_t tnow_stride, int64_t tnext_stride,
-                                 float tnow_val, float tnext_val, int64_t n_pred, int64_t per_b, int64_t TS,
-                                 int64_t ctx_off) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_pred; i += stride) {
-    const int64_t b = i / per_b;
-    const int64_t a = b * TS + ctx_off + i % per_b;
+                                 const float* __restrict__ tnext, I tnow_stride, I tnext_stride,
+                                 float tnow_val, float tnext_val, I n_pred, I per_b, I TS, I ctx_off) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < n_pred; i += stride) {
+    const I b = i / per_b;
+    const I a = b * TS + ctx_off + i % per_b;
     const float t0 = tnow ? tnow[b * tnow_stride] : tnow_val;
     const float t1 = tnext ? tnext[b * tnext_stride] : tnext_val;
     x[a] = static_cast<T>(to_f(x[a]) + (t1 - t0) * to_f(v[a]));
@@ -43,10 +43,17 @@ void flow_step_cuda(Tensor& x, const Tensor& v_, const std::optional<Tensor>& t_
     tx = t_next->to(at::kFloat).reshape({-1}).contiguous();
   }
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "flow_step_cuda", [&] {
-    flow_step_kernel<scalar_t><<<elementwise_blocks(n_pred), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), t_now ? tn.data_ptr<float>() : nullptr,
-        t_next ? tx.data_ptr<float>() : nullptr, t_now && tn.numel() > 1 ? 1 : 0, t_next && tx.numel() > 1 ? 1 : 0,
-        static_cast<float>(t_now_value), static_cast<float>(t_next_value), n_pred, per_b, T_ * S, num_context * S);
+    auto launch = [&](auto idx) {
+      using I = decltype(idx);
+      flow_step_kernel<scalar_t, I><<<elementwise_blocks(n_pred), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), t_now ? tn.data_ptr<float>() : nullptr,
+          t_next ? tx.data_ptr<float>() : nullptr, static_cast<I>(t_now && tn.numel() > 1 ? 1 : 0),
+          static_cast<I>(t_next && tx.numel() > 1 ? 1 : 0), static_cast<float>(t_now_value),
+          static_cast<float>(t_next_value), static_cast<I>(n_pred), static_cast<I>(per_b), static_cast<I>(T_ * S),
+          static_cast<I>(num_context * S));
+    };
+    if (fits_int32(x.numel())) launch(int32_t{0});
+    else launch(int64_t{0});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
 }

@@ -4,14 +4,14 @@
 namespace wmpo {
 namespace {
 
-
-template <typename T>
+// I: the index type, int32 below 2^31 elements (no 64-bit division per element), else int64.
+template <typename T, typename I>
 __global__ void noisy_context_kernel(const T* __restrict__ x0, const T* __restrict__ noise, const float* __restrict__ t,
-                                     T* __restrict__ xt, float* __restrict__ tf, int64_t N, int64_t S, int64_t T_,
-                                     int64_t num_context, float t_context) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
-    const int64_t row = i / S;
+                                     T* __restrict__ xt, float* __restrict__ tf, I N, I S, I T_, I num_context,
+                                     float t_context) {
+  const I stride = static_cast<I>(gridDim.x) * blockDim.x;
+  for (I i = static_cast<I>(blockIdx.x) * blockDim.x + threadIdx.x; i < N; i += stride) {
+    const I row = i / S;
     const float w = (row % T_) < num_context ? t_context : t[row / T_];
     xt[i] = static_cast<T>((1.f - w) * to_f(x0[i]) + w * to_f(noise[i]));
     if (i % S == 0) tf[row] = w;  // the first element of each (b, frame) writes the frame's time
@@ -37,9 +37,15 @@ std::tuple<Tensor, Tensor> noisy_context_cuda(const Tensor& x0_, const Tensor& n
   }
   const int64_t S = N / (B * T_);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x0.scalar_type(), "noisy_context_cuda", [&] {
-    noisy_context_kernel<scalar_t><<<elementwise_blocks(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x0.data_ptr<scalar_t>(), noise.data_ptr<scalar_t>(), t.data_ptr<float>(), xt.data_ptr<scalar_t>(),
-        tf.data_ptr<float>(), N, S, T_, num_context, static_cast<float>(t_context));
+    auto launch = [&](auto idx) {
+      using I = decltype(idx);
+      noisy_context_kernel<scalar_t, I><<<elementwise_blocks(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x0.data_ptr<scalar_t>(), noise.data_ptr<scalar_t>(), t.data_ptr<float>(), xt.data_ptr<scalar_t>(),
+          tf.data_ptr<float>(), static_cast<I>(N), static_cast<I>(S), static_cast<I>(T_), static_cast<I>(num_context),
+          static_cast<float>(t_context));
+    };
+    if (fits_int32(N)) launch(int32_t{0});
+    else launch(int64_t{0});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {xt, tf};
