@@ -172,3 +172,19 @@ def test_configure_finds_and_checks_a_real_nvcc(tmp_path):
     r = _configure(tmp_path, f"-DWMPO_TORCH_CUDA_VERSION={major}.0", f"-DWMPO_NVCC={nvcc}")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "libc10_cuda is missing" in r.stdout and "building CUDA kernels=OFF" in r.stdout
+
+
+@pytest.mark.parametrize("cuda,preset,want", [(True, None, "None"), (False, None, "1"), (False, "0", "0")])
+def test_conftest_sets_the_interpreter_only_without_a_gpu(cuda, preset, want):
+    """Load tests/conftest.py in a fresh process where torch reports a GPU (or none): TRITON_INTERPRET
+    is set only in the second case; an explicit value in the environment is kept."""
+    code = ("import os, runpy, torch\n"
+            f"torch.cuda.is_available = lambda: {cuda}\n"
+            f"runpy.run_path({str(ROOT / 'tests' / 'conftest.py')!r})\n"
+            "print(os.environ.get('TRITON_INTERPRET'))\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if preset is not None:
+        env["TRITON_INTERPRET"] = preset
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[-1] == want
