@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import math
 import os
 from typing import Optional
 
@@ -71,13 +72,20 @@ def flow_step_ref(x, v, t_now, t_next, *, num_context: int):
 
 
 def action_logprob_ref(logits, tokens, *, temperature: float = 1.0):
-    """(logp, entropy) per token of softmax(logits / temperature). logits [..., 256], tokens [...] int64."""
+    """(logp, entropy) per token of softmax(logits / temperature). logits [..., 256], tokens [...] int64.
+
+    Masked bins (-inf logits) have probability 0 and add nothing to the entropy (finite). A row whose
+    log-sum-exp is not finite (a +inf or NaN logit, or every bin masked) gives NaN logp and entropy,
+    in every backend.
+    """
     z = logits.float() / temperature
     lse = torch.logsumexp(z, dim=-1)
     logp = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
     p = torch.softmax(z, dim=-1)
-    ent = lse - (p * z).sum(-1)
-    return logp, ent
+    ent = lse - (p * torch.where(p > 0, z, torch.zeros_like(z))).sum(-1)
+    bad = ~torch.isfinite(lse)
+    nan = torch.full_like(lse, float("nan"))
+    return torch.where(bad, nan, logp), torch.where(bad, nan, ent)
 
 
 # ------------------------------------------------------------------------------------ dispatch
@@ -147,7 +155,7 @@ def _resolve(want: str, dev: str, _interp: bool) -> str:
 
 
 def _pick(backend: str, *tensors: Tensor) -> str:
-    """Backend for one call; mixed floating dtypes always run the reference."""
+    """Backend for one call; mixed floating dtypes run the reference (the AdaLN ops use _pick_adaln)."""
     be = resolve_backend(tensors[0].device, backend or None)
     if be != "ref":
         dts = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
@@ -156,6 +164,31 @@ def _pick(backend: str, *tensors: Tensor) -> str:
                       "run the reference implementation; pass one dtype to use the fused kernels")
             return "ref"
     return be
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def adaln_fusable_dtypes(row_dtype: torch.dtype, mod_dtype: torch.dtype) -> bool:
+    """True when the fused AdaLN kernels take rows (x / residual, and the outputs) in `row_dtype` with
+    per-frame modulation (and y) in `mod_dtype`: one dtype, or fp32 rows with bf16/fp16 modulation
+    (the autocast case: fp32 residual stream, bf16 linear outputs)."""
+    return row_dtype == mod_dtype or (row_dtype == torch.float32 and mod_dtype in _LOW_PRECISION)
+
+
+def _pick_adaln(backend: str, x: Tensor, mod_dtype: torch.dtype) -> str:
+    """Backend for an AdaLN call whose rows are x.dtype and whose modulation is mod_dtype."""
+    be = resolve_backend(x.device, backend or None)
+    if be != "ref" and not adaln_fusable_dtypes(x.dtype, mod_dtype):
+        warn_once("wmpo.ops.mixed-dtype-adaln", f"wmpo.ops: AdaLN rows in {x.dtype} with modulation in {mod_dtype} "
+                  "run the reference implementation (fused: one dtype, or fp32 rows with bf16/fp16 modulation)")
+        return "ref"
+    return be
+
+
+def _as(dtype: torch.dtype, *tensors: Tensor) -> tuple[Tensor, ...]:
+    """The small per-frame tensors in the modulation dtype (a no-op when they already are)."""
+    return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
 def _eager_direct(*tensors: Tensor) -> bool:
@@ -199,6 +232,11 @@ def _check_frames(name, x):
         raise ValueError(f"{name}: expected [B, T, ...] (at least 2 dims), got shape {tuple(x.shape)}")
 
 
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite float >= 0, got {eps!r}")
+
+
 def _check_num_context(num_context, T):
     if isinstance(num_context, bool) or not isinstance(num_context, int) or not 0 <= num_context <= T:
         raise ValueError(f"num_context: expected an int in [0, {T}], got {num_context!r}")
@@ -227,9 +265,11 @@ def _action_logprob_backward_ref(g_logp, g_ent, logits, tokens, temperature):
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     logp_all = z - lse
     p = logp_all.exp()
+    logp_all = torch.where(p > 0, logp_all, torch.zeros_like(logp_all))  # masked bins: p log p = 0
     ent = -(p * logp_all).sum(-1, keepdim=True)
     dz = -g_logp.float().unsqueeze(-1) * p - g_ent.float().unsqueeze(-1) * p * (logp_all + ent)
     dz = dz.scatter_add(-1, tokens.unsqueeze(-1), g_logp.float().unsqueeze(-1))
+    dz = torch.where(torch.isfinite(lse), dz, torch.full_like(dz, float("nan")))
     return (dz / temperature).to(logits.dtype)
 
 
@@ -237,7 +277,9 @@ def _action_logprob_backward_ref(g_logp, g_ent, logits, tokens, temperature):
 
 
 def _adaln_modulate_op_impl(x: Tensor, shift: Tensor, scale: Tensor, tokens_per_frame: int, eps: float, backend: str) -> Tensor:
-    be = _pick(backend, x, shift, scale)
+    be = _pick_adaln(backend, x, shift.dtype)
+    if be != "ref":
+        (scale,) = _as(shift.dtype, scale)
     if be == "triton":
         return _kernel("adaln_modulate").adaln_modulate(x, shift, scale, tokens_per_frame, eps)
     if be in ("cpp", "cuda"):
@@ -258,15 +300,17 @@ def _(x, shift, scale, tokens_per_frame, eps, backend):
 @torch.library.custom_op("wmpo::adaln_modulate_backward", mutates_args=())
 def _adaln_modulate_bwd_op(dy: Tensor, x: Tensor, scale: Tensor, tokens_per_frame: int, eps: float,
                            backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    be = _pick(backend, x, scale)
-    if be in ("cpp", "cuda") and dy.dtype == x.dtype:
-        return tuple(_ext().adaln_modulate_bwd(dy, x, scale, tokens_per_frame, eps))
+    be = _pick_adaln(backend, x, scale.dtype)
+    if be in ("cpp", "cuda"):  # the kernel takes one dtype: scale is small, cast it (dy is cast inside)
+        dx, dsh, dsc = _ext().adaln_modulate_bwd(dy, x, scale.to(x.dtype), tokens_per_frame, eps)
+        return dx, dsh.to(scale.dtype), dsc.to(scale.dtype)
     return _adaln_backward_ref(dy, x, scale, tokens_per_frame, eps)
 
 
 @_adaln_modulate_bwd_op.register_fake
 def _(dy, x, scale, tokens_per_frame, eps, backend):
-    return torch.empty_like(x), torch.empty_like(scale), torch.empty_like(scale)
+    cf = torch.contiguous_format  # the kernels return contiguous tensors; the fakes must say so
+    return torch.empty_like(x, memory_format=cf), torch.empty_like(scale, memory_format=cf), torch.empty_like(scale, memory_format=cf)
 
 
 def _adaln_setup(ctx, inputs, output):
@@ -287,7 +331,9 @@ _adaln_modulate_op.register_autograd(_adaln_backward, setup_context=_adaln_setup
 
 def _gated_residual_adaln_op_impl(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor,
                              tokens_per_frame: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    be = _pick(backend, residual, y, gate, shift, scale)
+    be = _pick_adaln(backend, residual, y.dtype)
+    if be != "ref":
+        gate, shift, scale = _as(y.dtype, gate, shift, scale)
     if be == "triton":
         return _kernel("gated_residual_adaln").gated_residual_adaln(residual, y, gate, shift, scale, tokens_per_frame, eps)
     if be in ("cpp", "cuda"):
@@ -304,7 +350,8 @@ def _gated_residual_adaln_op(residual: Tensor, y: Tensor, gate: Tensor, shift: T
 
 @_gated_residual_adaln_op.register_fake
 def _(residual, y, gate, shift, scale, tokens_per_frame, eps, backend):
-    return torch.empty_like(residual), torch.empty_like(residual)
+    cf = torch.contiguous_format
+    return torch.empty_like(residual, memory_format=cf), torch.empty_like(residual, memory_format=cf)
 
 
 def _gated_setup(ctx, inputs, output):
@@ -437,6 +484,7 @@ def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, tokens_per_frame:
                    backend: Optional[str] = None) -> Tensor:
     """y = layer_norm(x) * (1 + scale[f]) + shift[f], f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]."""
     _check_rows(x, shift, scale, tokens_per_frame)
+    _check_eps(eps)
     op = _adaln_modulate_op_impl if _eager_direct(x, shift, scale) else _adaln_modulate_op
     return op(x, shift, scale, tokens_per_frame, float(eps), backend or "")
 
@@ -446,6 +494,7 @@ def gated_residual_adaln(residual: Tensor, y: Tensor, gate: Tensor, shift: Tenso
     """(out, h): out = residual + gate[f] * y; h = layer_norm(out) * (1 + scale[f]) + shift[f]."""
     _check_rows(residual, shift, scale, tokens_per_frame, xname="residual", extra_rows=(("y", y),),
                 extra_frames=(("gate", gate),))
+    _check_eps(eps)
     op = _gated_residual_adaln_op_impl if _eager_direct(residual, y, gate, shift, scale) else _gated_residual_adaln_op
     return op(residual, y, gate, shift, scale, tokens_per_frame, float(eps), backend or "")
 
@@ -458,6 +507,8 @@ def noisy_context(x0: Tensor, noise: Tensor, t: Tensor, *, num_context: int, t_c
     check_tensor("t", t, floating=True, shape=(x0.shape[0],))
     check_same_device(x0=x0, noise=noise, t=t)
     _check_num_context(num_context, x0.shape[1])
+    if isinstance(t_context, bool) or not isinstance(t_context, (int, float)) or not 0.0 <= t_context <= 1.0:
+        raise ValueError(f"t_context: expected a float in [0, 1] (flow time of the context frames), got {t_context!r}")
     op = _noisy_context_op_impl if _eager_direct(x0, noise, t) else _noisy_context_op
     return op(x0, noise, t, num_context, float(t_context), backend or "")
 
@@ -468,8 +519,12 @@ def _split_time(name, t, B, x):
         if t.dim() > 1 or t.numel() not in (1, B):
             raise ValueError(f"{name}: expected a float, a 0-d tensor or shape ({B},), got shape {tuple(t.shape)}")
         check_same_device(x=x, **{name: t})
+        if t.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: expected finite times, got {t.tolist()}")
         return (t.reshape(()) if t.numel() == 1 else t), 0.0
     if isinstance(t, (int, float)) and not isinstance(t, bool):
+        if not math.isfinite(t):
+            raise ValueError(f"{name}: expected a finite float, got {t!r}")
         return None, float(t)
     raise ValueError(f"{name}: expected a float or a tensor, got {type(t).__name__}")
 
@@ -480,6 +535,10 @@ def flow_step(x: Tensor, v: Tensor, t_now, t_next, *, num_context: int, backend:
     check_tensor("v", v, floating=True, shape=tuple(x.shape))
     check_same_device(x=x, v=v)
     _check_num_context(num_context, x.shape[1])
+    if torch.is_grad_enabled() and x.requires_grad:
+        what = "a leaf Variable that requires grad" if x.is_leaf else "a tensor that requires grad"
+        raise RuntimeError(f"flow_step: x is {what} and flow_step updates it in place without a backward "
+                           "(a sampler step); call it under torch.no_grad() or on x.detach()")
     tn, tnv = _split_time("t_now", t_now, x.shape[0], x)
     tx, txv = _split_time("t_next", t_next, x.shape[0], x)
     op = _flow_step_op_impl if _eager_direct(x, v) else _flow_step_op
@@ -499,8 +558,9 @@ def action_logprob(logits: Tensor, tokens: Tensor, *, temperature: float = 1.0,
         raise ValueError(f"logits: expected shape [..., {NUM_BINS}], got {tuple(logits.shape)}")
     check_tensor("tokens", tokens, dtype=(torch.int64, torch.int32), shape=tuple(logits.shape[:-1]))
     check_same_device(logits=logits, tokens=tokens)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise ValueError(f"temperature: expected a positive float, got {temperature!r}")
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0
+            or not math.isfinite(temperature)):
+        raise ValueError(f"temperature: expected a positive finite float, got {temperature!r}")
     if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= NUM_BINS:

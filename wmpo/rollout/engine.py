@@ -19,7 +19,9 @@ kept or dropped (dynamic sampling) at once; the loop stops when B trajectories o
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +52,10 @@ class RolloutConfig:
     """capture one whole chunk (policy + world model + decode + reward + bookkeeping) in a CUDA graph
     (CUDA only; components must keep their state in static buffers); falls back to eager with a warning"""
     compile_chunk: bool = False
-    """torch.compile the chunk function (CUDA; on CPU it stays eager unless compile_on_cpu)"""
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    """torch.compile mode for compile_chunk"""
+    """torch.compile the world model's denoiser step (wmpo.engine.CompiledDenoiser), not the whole
+    chunk; a compilation failure warns once and runs eager (CUDA; on CPU only with compile_on_cpu)"""
+    compile_mode: str = "default"
+    """torch.compile mode for compile_chunk ("max-autotune-no-cudagraphs" tunes for minutes)"""
     compile_on_cpu: bool = False
     """allow compile_chunk on the CPU (slow to compile; for testing)"""
     graph_warmup: int = 2
@@ -62,6 +65,16 @@ class RolloutConfig:
     reward / host) into stats['time']; perturbs throughput, for benchmarks only"""
     output_device: str | None = None
     """where finished trajectories are stored (None: the engine's device)"""
+    inference_dtype: str = "bf16"
+    """on CUDA, the chunk (policy, world model, VAE, reward) runs under bf16 autocast ("bf16", about 10x
+    faster than fp32 with TF32 off) or in the models' own dtype ("fp32"); no effect on the CPU"""
+    memory_plan: bool | None = None
+    """print the device-memory plan (wmpo.engine.memory_plan) at the start of a rollout and bound the
+    VAE decode batch by it when the env has none; None: on CUDA devices only"""
+
+    def __post_init__(self) -> None:
+        if self.inference_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"inference_dtype: expected 'bf16' or 'fp32', got {self.inference_dtype!r}")
 
 
 @dataclass
@@ -142,7 +155,20 @@ class ImaginationEngine:
         self._graph = None
         self._warm = 0
         self._graph_failed = False
+        self._denoiser_compiled = False
+        self._planned: set[tuple[int, int]] = set()
+        self.last_memory_plan = None
         self._states: dict[tuple, _SlotState] = {}
+
+    @property
+    def graph_captured(self) -> bool:
+        """True once the chunk runs as a replayed CUDA graph (cfg.cuda_graph, after graph_warmup chunks)."""
+        return self._graph is not None
+
+    @property
+    def graph_failed(self) -> bool:
+        """True when CUDA-graph capture failed and the chunk runs eager (warned once)."""
+        return self._graph_failed
 
     # ------------------------------------------------------------------ inputs
     def _prepare_pool(self, initial_frames: torch.Tensor, instructions: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -204,6 +230,10 @@ class ImaginationEngine:
     # ------------------------------------------------------------------ the chunk
     def _chunk(self, st: _SlotState, temperature: float, max_chunks: int, max_steps: int, timer: _Timer) -> None:
         """One chunk for all slots, in place on `st`. Device ops only: capturable as a CUDA graph."""
+        with self._autocast():
+            self._chunk_ops(st, temperature, max_chunks, max_steps, timer)
+
+    def _chunk_ops(self, st: _SlotState, temperature: float, max_chunks: int, max_steps: int, timer: _Timer) -> None:
         S = st.step.shape[0]
         ar = torch.arange(S, device=self.device)
         tokens, logp = self.policy.sample(st.cur_in, st.instr, temperature)
@@ -261,21 +291,17 @@ class ImaginationEngine:
         if not (use_graph or use_compile):
             self._chunk(st, temperature, max_chunks, max_steps, timer)
             return
+        if use_compile:
+            self._compile_denoiser()
+        if not use_graph:
+            self._chunk(st, temperature, max_chunks, max_steps, timer)
+            return
         key = (id(st), float(temperature), max_chunks, max_steps)
         if self._runner_key != key:
             self._runner_key, self._chunk_runner, self._graph = key, None, None
             self._warm = 0
         if self._chunk_runner is None:
-            fn = lambda: self._chunk(st, temperature, max_chunks, max_steps, _Timer(False, self.device))  # noqa: E731
-            if use_compile:
-                try:
-                    fn = torch.compile(fn, mode=cfg.compile_mode, dynamic=False)
-                except Exception as e:  # pragma: no cover - depends on the backend
-                    warn_once("rollout-compile", f"wmpo.rollout: torch.compile of the chunk failed ({e}); running eager")
-            self._chunk_runner = fn
-        if not use_graph:
-            self._chunk_runner()
-            return
+            self._chunk_runner = lambda: self._chunk(st, temperature, max_chunks, max_steps, _Timer(False, self.device))  # noqa: E731
         if self._graph is None and self._warm < cfg.graph_warmup:
             self._warm += 1
             self._chunk_runner()
@@ -289,6 +315,56 @@ class ImaginationEngine:
                 self._chunk_runner()
                 return
         self._graph()
+
+    def _autocast(self):
+        """bf16 autocast for the chunk on CUDA (cfg.inference_dtype), else a no-op context."""
+        on = self.device.type == "cuda" and self.cfg.inference_dtype == "bf16"
+        # no autocast weight-cast cache: a captured CUDA graph must not point at cached casts freed on exit
+        return (torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False) if on
+                else contextlib.nullcontext())
+
+    def plan_memory(self, slots: int, horizon_chunks: int):
+        """-> wmpo.engine.memory_plan.MemoryPlan of this engine's env and models (None: not a WorldModelEnv)."""
+        if not (hasattr(self.wm_env, "wm") and hasattr(self.wm_env, "vae")):
+            return None
+        from wmpo.engine.memory_plan import plan_for_env
+
+        extra = {"policy": self.policy}
+        if self.detector is not None and isinstance(getattr(self.detector, "model", None), torch.nn.Module):
+            extra["reward"] = self.detector.model
+        dtype = "bf16" if self.cfg.inference_dtype == "bf16" else "fp32"
+        return plan_for_env(self.wm_env, slots=slots, horizon_chunks=horizon_chunks, extra_models=extra, dtype=dtype)
+
+    def _apply_memory_plan(self, slots: int, horizon_chunks: int) -> None:
+        """Once per (slots, horizon): print the plan and bound the VAE decode batch (if the env has none)."""
+        want = self.cfg.memory_plan if self.cfg.memory_plan is not None else self.device.type == "cuda"
+        if not want or (slots, horizon_chunks) in self._planned:
+            return
+        self._planned.add((slots, horizon_chunks))
+        plan = self.plan_memory(slots, horizon_chunks)
+        if plan is None:
+            return
+        self.last_memory_plan = plan
+        print(f"[wmpo.rollout] {slots} slots, {horizon_chunks} chunks: " + plan.table(), file=sys.stderr, flush=True)
+        if not plan.fits:
+            warn_once(f"rollout-memory-{slots}", f"wmpo.rollout: the memory plan for {slots} slots does not fit "
+                      f"({plan.peak / 1e9:.1f} GB > {plan.budget / 1e9:.1f} GB); lower RolloutConfig.num_slots")
+        if getattr(self.wm_env, "vae_max_batch", 0) is None and plan.vae_decode_batch >= 1:
+            self.wm_env.vae_max_batch = plan.vae_decode_batch
+
+    def _compile_denoiser(self) -> None:
+        """Once: the env's world model -> CompiledDenoiser (its denoiser step compiled, eager fallback)."""
+        if self._denoiser_compiled:
+            return
+        self._denoiser_compiled = True
+        wm = getattr(self.wm_env, "wm", None)
+        if wm is None or not hasattr(wm, "forward_cached"):
+            warn_once("rollout-compile-no-denoiser", "wmpo.rollout: compile_chunk: the world-model env has no "
+                      "denoiser (.wm with forward_cached) to compile; running eager")
+            return
+        from wmpo.engine.compiled import CompiledDenoiser
+
+        self.wm_env.wm = CompiledDenoiser(wm, mode=self.cfg.compile_mode)
 
     def _capture(self, fn):  # pragma: no cover - CUDA only
         """Capture `fn` (which mutates static state in place) -> a replay callable.
@@ -383,6 +459,7 @@ class ImaginationEngine:
         max_groups = int(max_groups or max(need_groups, math.ceil(cfg.max_groups_factor * need_groups)))
         S = int(cfg.num_slots)
         self._check_detector(S, "RolloutConfig.num_slots")
+        self._apply_memory_plan(S, T)
 
         t_wall = time.perf_counter()
         timer = _Timer(cfg.profile, self.device)
@@ -590,6 +667,7 @@ class ImaginationEngine:
         temperature = cfg.temperature if temperature is None else float(temperature)
         max_steps = int(max_steps or cfg.max_steps)
         T = math.ceil(max_steps / self.K)
+        self._apply_memory_plan(len(initial_frames), T)
         t_wall = time.perf_counter()
         timer = _Timer(cfg.profile, self.device)
         pool, instr = self._prepare_pool(initial_frames, instructions)
