@@ -89,7 +89,19 @@ def eval_main(argv: list[str]) -> int:
     p.add_argument("--video-dir", type=argtype(check_output_dir), default=None)
     p.add_argument("--videos", type=int_at_least(0), default=4)
     p.add_argument("--json", type=argtype(check_output_file), default=None, help="also write the result as JSON here")
+    from wmpo.sim.tasks import DISRUPTIONS
+
+    p.add_argument("--disruption", choices=sorted(DISRUPTIONS), default=None,
+                   help="evaluate on this variant of the task from the same initial states (the paper's Table 2: "
+                        + ", ".join(f"{d} for {t}" for d, t in DISRUPTIONS.items()) + ")")
     a = p.parse_args(argv)
+    if a.disruption is not None:
+        from wmpo.sim.tasks import get_task
+
+        try:
+            get_task(a.task, disruption=a.disruption)
+        except ValueError as e:
+            p.error(f"--{e}")
     policy = load_env_policy(a.policy, a.temperature, a.device)
     init_states, split = None, a.split
     if a.states_seed is not None:
@@ -97,7 +109,8 @@ def eval_main(argv: list[str]) -> int:
 
         init_states, split = fresh_initial_states(a.task, a.states_seed, a.episodes), f"fresh-{a.states_seed}"
     r = evaluate(policy, a.task, split=split, n=a.episodes, num_workers=a.workers, image_size=a.image_size,
-                 video_dir=a.video_dir, n_videos=a.videos, max_steps=a.max_steps, init_states=init_states)
+                 video_dir=a.video_dir, n_videos=a.videos, max_steps=a.max_steps, init_states=init_states,
+                 disruption=a.disruption)
     print(r.summary())
     if a.json:
         from dataclasses import asdict

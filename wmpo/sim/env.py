@@ -1,6 +1,7 @@
 """TaskEnv: one robosuite task with cheap agentview rendering, seeded resets and state restore."""
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -9,6 +10,11 @@ from wmpo.sim.render import CameraRenderer
 from wmpo.sim.spec import TaskSpec
 
 ACTION_DIM = 7
+
+
+def state_seed(state: np.ndarray) -> int:
+    """A seed derived from every byte of a flattened simulator state (same state -> same seed)."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(state).tobytes(), digest_size=7).digest(), "little")
 
 
 def reseed(raw: Any, seed: int) -> None:
@@ -34,6 +40,8 @@ class TaskEnv:
 
     def __init__(self, spec: TaskSpec, image_size: int = 64, seed: int = 0, camera: str = "agentview"):
         self.spec = spec
+        self.disruption = spec.disruption
+        """the task variant (see wmpo.sim.tasks.DISRUPTIONS; None: the nominal task)"""
         self.image_size = int(image_size)
         self.instruction = spec.instruction
         self.horizon = spec.horizon
@@ -70,12 +78,13 @@ class TaskEnv:
 
     def reset_to(self, state: np.ndarray) -> np.ndarray | None:
         """Restore a flattened simulator state (from `get_state`); the frame is bit-identical for
-        the same state."""
+        the same state. Whatever the state does not hold (e.g. the `position` disruption's peg) is
+        drawn from a seed derived from the state, so it too is the same for the same state."""
         state = np.asarray(state, dtype=np.float64)
         want = self.state_dim
         if state.shape != (want,):
             raise ValueError(f"state: expected shape ({want},), got {state.shape}")
-        reseed(self.raw, 0)
+        reseed(self.raw, state_seed(state))
         self.raw.reset()
         self.raw.sim.set_state_from_flattened(state)
         self.raw.sim.forward()
@@ -154,8 +163,10 @@ class TaskEnv:
         self.close()
 
 
-def make_env(task: str, image_size: int = 64, seed: int = 0, camera: str = "agentview") -> TaskEnv:
-    """A TaskEnv for a registered task name (see wmpo.sim.TASKS)."""
+def make_env(task: str, image_size: int = 64, seed: int = 0, camera: str = "agentview",
+             disruption: str | None = None) -> TaskEnv:
+    """A TaskEnv for a registered task name (see wmpo.sim.TASKS), optionally one of its disruptions
+    (see wmpo.sim.tasks.DISRUPTIONS)."""
     from wmpo.sim.tasks import get_task
 
-    return TaskEnv(get_task(task), image_size=image_size, seed=seed, camera=camera)
+    return TaskEnv(get_task(task, disruption=disruption), image_size=image_size, seed=seed, camera=camera)

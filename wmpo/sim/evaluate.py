@@ -69,10 +69,13 @@ class EvalResult:
     episodes: list[EpisodeResult] = field(default_factory=list)
     videos: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    disruption: str | None = None
+    """the task variant evaluated (see wmpo.sim.tasks.DISRUPTIONS; None: the nominal task)"""
 
     def summary(self) -> str:
         lo, hi = self.ci95
-        return (f"{self.task} [{self.split}, n={self.n}]: success {self.success_rate:.3f} "
+        variant = "" if self.disruption is None else f", disruption {self.disruption}"
+        return (f"{self.task} [{self.split}{variant}, n={self.n}]: success {self.success_rate:.3f} "
                 f"(95% CI {lo:.3f}-{hi:.3f}), mean success length {self.mean_success_length:.1f}")
 
 
@@ -88,28 +91,33 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 20) -> N
 def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_workers: int = 1,
              image_size: int = 64, video_dir: str | os.PathLike | None = None, n_videos: int = 4,
              init_states: np.ndarray | None = None, max_steps: int | None = None,
-             show_progress: bool = True) -> EvalResult:
+             show_progress: bool = True, disruption: str | None = None) -> EvalResult:
     """Run `policy` from the first `n` initial states of `split` (or the given `init_states`);
     write mp4s of the first `n_videos` episodes (by start index) to `video_dir`. `max_steps` caps
-    episodes below the task horizon (for smoke tests)."""
+    episodes below the task horizon (for smoke tests). `disruption`: evaluate on this variant of the
+    task (see wmpo.sim.tasks.DISRUPTIONS) from the same initial states."""
     from wmpo.sim.initial_states import get_initial_states
+    from wmpo.sim.tasks import get_task
     from wmpo.sim.vec_env import VecEnv
     from wmpo.utils.logging import progress
 
+    get_task(task, disruption=disruption)  # a bad task / disruption fails before any work
     if init_states is None:
         init_states = get_initial_states(task, split, n)
     starts = make_starts(init_states=init_states)
     t0 = time.time()
     results: list[EpisodeResult] = []
     videos: list[str] = []
-    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=0)
+    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=0, disruption=disruption)
     try:
         it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
-        for start, ep in progress(it, total=len(starts), desc=f"eval {task}", disable=None if show_progress else True):
+        desc = f"eval {task}" + (f" ({disruption})" if disruption else "")
+        for start, ep in progress(it, total=len(starts), desc=desc, disable=None if show_progress else True):
             results.append(EpisodeResult(index=start.index, success=ep.success, length=len(ep)))
             if video_dir is not None and start.index < n_videos and image_size > 0:
                 tag = "success" if ep.success else "fail"
-                path = Path(video_dir) / f"{task}_{split}_{start.index:03d}_{tag}.mp4"
+                variant = "" if disruption is None else f"{disruption}_"
+                path = Path(video_dir) / f"{task}_{variant}{split}_{start.index:03d}_{tag}.mp4"
                 write_video(path, ep.frames)
                 videos.append(str(path))
     finally:
@@ -121,16 +129,18 @@ def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_w
         task=task, split=split, n=len(results), success_rate=k / max(1, len(results)),
         ci95=wilson_interval(k, len(results)),
         mean_success_length=float(np.mean(lengths)) if lengths else float("nan"),
-        episodes=results, videos=sorted(videos), seconds=time.time() - t0,
+        episodes=results, videos=sorted(videos), seconds=time.time() - t0, disruption=disruption,
     )
 
 
-def expert_success(task: str, n: int = 100, first_seed: int = 0, image_size: int = 0) -> dict:
+def expert_success(task: str, n: int = 100, first_seed: int = 0, image_size: int = 0,
+                   disruption: str | None = None) -> dict:
     """Run the scripted expert from D0 seeds first_seed..first_seed+n-1 in one process (no
-    rendering by default) -> {"successes", "n", "mean_success_length", "steps_per_second", "failed_seeds"}."""
+    rendering by default), on the nominal task or one of its disruptions ->
+    {"successes", "n", "mean_success_length", "steps_per_second", "failed_seeds"}."""
     from wmpo.sim.env import make_env
 
-    env = make_env(task, image_size=image_size)
+    env = make_env(task, image_size=image_size, disruption=disruption)
     wins, lengths, failed, steps, t0 = 0, [], [], 0, time.time()
     try:
         for seed in range(first_seed, first_seed + n):
@@ -155,7 +165,8 @@ def expert_success(task: str, n: int = 100, first_seed: int = 0, image_size: int
 if __name__ == "__main__":
     import sys
 
-    # python -m wmpo.sim.evaluate <task> [n] [first_seed] [image_size]: scripted-expert success rate
+    # python -m wmpo.sim.evaluate <task>[:<disruption>] [n] [first_seed] [image_size]: scripted-expert success rate
     args = sys.argv[1:]
-    out = expert_success(args[0], *(int(a) for a in args[1:4]))
+    name, _, variant = args[0].partition(":")
+    out = expert_success(name, *(int(a) for a in args[1:4]), disruption=variant or None)
     print(out)

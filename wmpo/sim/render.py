@@ -41,6 +41,18 @@ class CameraRenderer:
         self._renderer.update_scene(self.data, camera=self.camera, scene_option=self._option)
         return np.array(self._renderer.render(), dtype=np.uint8, copy=True)
 
+    def geom_ids(self) -> np.ndarray:
+        """-> int32 [size, size]: the id of the geom drawn at each pixel of `render()`'s view (-1:
+        none), from MuJoCo's segmentation rendering of the same scene."""
+        self._renderer.update_scene(self.data, camera=self.camera, scene_option=self._option)
+        self._renderer.enable_segmentation_rendering()
+        try:
+            seg = np.array(self._renderer.render(), copy=True)
+        finally:
+            self._renderer.disable_segmentation_rendering()
+        ids, types = seg[..., 0], seg[..., 1]
+        return np.where(types == int(self._mujoco.mjtObj.mjOBJ_GEOM), ids, -1).astype(np.int32)
+
     def close(self) -> None:
         if self._renderer is not None:
             self._renderer.close()

@@ -16,13 +16,14 @@ import numpy as np
 ACTION_DIM = 7
 
 
-def _worker(conn, task: str, image_size: int, seed: int, expert_noise: dict | None = None) -> None:
+def _worker(conn, task: str, image_size: int, seed: int, expert_noise: dict | None = None,
+            disruption: str | None = None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     env = None
     try:
         from wmpo.sim.env import make_env  # imports wmpo.sim first: numba JIT off, EGL
 
-        env = make_env(task, image_size=image_size, seed=seed)
+        env = make_env(task, image_size=image_size, seed=seed, disruption=disruption)
         if expert_noise is not None:
             from wmpo.sim.expert_noise import ExpertNoise
 
@@ -69,10 +70,16 @@ class VecEnv:
     """N task envs in lockstep. Frames uint8 [N, H, W, 3]; `mask` restricts a call to some envs
     (the others are left untouched and their entries in the result are zeros)."""
 
-    def __init__(self, task: str, num_envs: int, image_size: int = 64, seed: int = 0, expert_noise=None):
+    def __init__(self, task: str, num_envs: int, image_size: int = 64, seed: int = 0, expert_noise=None,
+                 disruption: str | None = None):
         if num_envs < 1:
             raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
+        from wmpo.sim.tasks import get_task
+
+        get_task(task, disruption=disruption)  # a bad task / disruption fails here, not in a worker
         self.task, self.num_envs, self.image_size = task, int(num_envs), int(image_size)
+        self.disruption = disruption
+        """the task variant every worker runs (see wmpo.sim.tasks.DISRUPTIONS; None: nominal)"""
         self.expert_noise = expert_noise
         """ExpertNoise perturbing `step_expert` (None: the clean scripted expert)"""
         ctx = mp.get_context("spawn")
@@ -80,7 +87,7 @@ class VecEnv:
         for rank in range(self.num_envs):
             parent, child = ctx.Pipe()
             noise = None if expert_noise is None else expert_noise.to_dict()
-            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank, noise), daemon=True)
+            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank, noise, disruption), daemon=True)
             p.start()
             child.close()
             self._conns.append(parent)

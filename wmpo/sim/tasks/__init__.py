@@ -20,6 +20,15 @@ TASK_MODULES: dict[str, str] = {
 }
 """task name -> module defining SPEC"""
 
+DISRUPTIONS: dict[str, str] = {
+    "position": "square",
+    "background": "stack_three",
+    "texture": "three_piece_assembly",
+}
+"""disruption name -> the task it is defined for: the paper's Table 2 / Fig. 4 scenarios (spatial: the
+square peg anywhere in a rectangle; background: stack_three on a plain gray table; texture:
+three_piece_assembly with a dark wooden base). Each task's SPEC.disruptions holds the variants."""
+
 _loaded: dict[str, TaskSpec] = {}
 _errors: dict[str, str] = {}
 
@@ -40,14 +49,19 @@ def _load(name: str) -> TaskSpec | None:
     return spec
 
 
-def get_task(name: str) -> TaskSpec:
-    """The TaskSpec for `name`, with a clear error for an unknown or unloadable task."""
+def get_task(name: str, disruption: str | None = None) -> TaskSpec:
+    """The TaskSpec for `name` (with `disruption` applied, see DISRUPTIONS), with a clear error for an
+    unknown or unloadable task or a disruption the task does not have."""
     if name not in TASK_MODULES:
         raise ValueError(f"task: expected one of {sorted(TASK_MODULES)}, got {name!r}")
     spec = _load(name)
     if spec is None:
         raise ImportError(f"task {name!r} could not be loaded from {TASK_MODULES[name]}: {_errors[name]}")
-    return spec
+    if disruption is not None and disruption not in spec.disruption_names:
+        valid = ", ".join(repr(n) for n in spec.disruption_names) or "none"
+        hint = f" ({disruption!r} is a disruption of task {DISRUPTIONS[disruption]!r})" if disruption in DISRUPTIONS else ""
+        raise ValueError(f"disruption: task {name!r} has disruptions {valid}, got {disruption!r}{hint}")
+    return spec.with_disruption(disruption)
 
 
 class _Registry(Mapping):

@@ -10,7 +10,7 @@ import numpy as np
 from robosuite.environments.manipulation.nut_assembly import NutAssemblySquare
 from robosuite.utils.placement_samplers import UniformRandomSampler
 
-from wmpo.sim.spec import TaskSpec
+from wmpo.sim.spec import Disruption, TaskSpec
 from wmpo.sim.tasks._waypoints import (
     Waypoint,
     WaypointExpert,
@@ -85,8 +85,43 @@ class SquareEnv(NutAssemblySquare):
         return wrap_angle(yaw_of(self.eef_rot()) - np.pi / 2)
 
 
+# The `position` disruption (paper Fig. 4a): the square peg, fixed at robosuite's (0.23, 0.10) in the
+# nominal task, is drawn uniformly in this rectangle (world x, y in m) at every reset. The nominal spot
+# is its far corner; the rectangle stays clear of the round peg (y = -0.10) and of the nut's start box.
+PEG_X_RANGE = (0.13, 0.23)
+PEG_Y_RANGE = (0.02, 0.14)
+
+
+class SquarePegPositionEnv(SquareEnv):
+    """SquareEnv whose square peg moves to a random spot in PEG_X_RANGE x PEG_Y_RANGE at every reset.
+
+    The peg is a fixed body (not part of the simulator state): its position is drawn from `self.rng`
+    after the nut's placement, so a seeded reset gives the nominal task's nut placement plus a peg
+    position, and TaskEnv.reset_to (which reseeds from the restored state) gives each initial state
+    its own peg position, the same every time."""
+
+    def _setup_references(self):
+        super()._setup_references()
+        self.nominal_peg_pos = np.array(self.sim.model.body_pos[self.peg1_body_id])
+
+    def _reset_internal(self):
+        super()._reset_internal()
+        xy = (self.rng.uniform(*PEG_X_RANGE), self.rng.uniform(*PEG_Y_RANGE))
+        self.sim.model.body_pos[self.peg1_body_id] = np.array([xy[0], xy[1], self.nominal_peg_pos[2]])
+
+
 def make_robosuite_env(**kwargs):
     """robosuite kwargs pass through; Panda, OSC_POSE and the task horizon are the defaults."""
+    return _build(SquareEnv, **kwargs)
+
+
+def make_peg_position_env(**kwargs):
+    """The `position` disruption: as make_robosuite_env, with the peg's position random (see
+    SquarePegPositionEnv)."""
+    return _build(SquarePegPositionEnv, **kwargs)
+
+
+def _build(env_cls, **kwargs):
     kwargs.setdefault("horizon", HORIZON)
     kwargs.setdefault("camera_names", "agentview")
     if "controller_configs" not in kwargs:
@@ -96,7 +131,7 @@ def make_robosuite_env(**kwargs):
         kwargs["controller_configs"] = cfg
     if kwargs.setdefault("robots", "Panda") != "Panda":
         raise ValueError(f"robots: expected 'Panda', got {kwargs['robots']!r}")
-    return SquareEnv(**kwargs)
+    return env_cls(**kwargs)
 
 
 TABLE_Z = 0.82
@@ -165,4 +200,8 @@ SPEC = TaskSpec(
     horizon=HORIZON,
     make_robosuite_env=make_robosuite_env,
     make_expert=SquareExpert,
+    disruptions=(
+        Disruption("position", f"the square peg at a random spot in x {PEG_X_RANGE}, y {PEG_Y_RANGE} (m) "
+                   "instead of fixed at (0.23, 0.10)", make_peg_position_env),
+    ),
 )

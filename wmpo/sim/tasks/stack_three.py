@@ -5,7 +5,7 @@ import numpy as np
 from robosuite.models.objects import BoxObject
 from robosuite.utils.placement_samplers import UniformRandomSampler
 
-from wmpo.sim.spec import TaskSpec
+from wmpo.sim.spec import Disruption, TaskSpec
 from wmpo.sim.tasks._waypoints import TableTaskEnv, WaypointExpert, build_env, pick_and_place
 
 INSTRUCTION = "Stack the three cubes: green on red, then blue on green"
@@ -56,9 +56,33 @@ class StackThree(TableTaskEnv):
         return not (self.grasping(self.cubes["blue_cube"]) or self.grasping(self.cubes["green_cube"]))
 
 
+TABLE_VISUAL_GEOM = "table_visual"
+"""robosuite TableArena's visual table box (its top is the table-top the camera sees)"""
+PLAIN_GRAY = (0.5, 0.5, 0.5, 1.0)
+
+
+class StackThreeGrayTable(StackThree):
+    """The `background` disruption (paper Fig. 4b): the ceramic-textured table drawn in plain gray.
+    Only the table's visual geom changes (collision geoms, friction and everything else are as in
+    StackThree)."""
+
+    def _load_model(self):
+        super()._load_model()
+        geom = self.model.worldbody.find(f".//geom[@name='{TABLE_VISUAL_GEOM}']")
+        if geom is None:
+            raise RuntimeError(f"the table arena has no geom named {TABLE_VISUAL_GEOM!r}")
+        geom.attrib.pop("material", None)
+        geom.set("rgba", " ".join(str(c) for c in PLAIN_GRAY))
+
+
 def make_robosuite_env(**kwargs):
     """robosuite kwargs pass through; robots="Panda" and the OSC_POSE controller are fixed."""
     return build_env(StackThree, HORIZON, **kwargs)
+
+
+def make_gray_table_env(**kwargs):
+    """The `background` disruption: as make_robosuite_env, on a plain gray table."""
+    return build_env(StackThreeGrayTable, HORIZON, **kwargs)
 
 
 GRASP_OFFSET = np.array([0.0, 0.0, 0.004])
@@ -90,4 +114,6 @@ SPEC = TaskSpec(
     horizon=HORIZON,
     make_robosuite_env=make_robosuite_env,
     make_expert=StackThreeExpert,
+    disruptions=(Disruption("background", "the table-top drawn plain gray instead of its ceramic texture",
+                            make_gray_table_env),),
 )

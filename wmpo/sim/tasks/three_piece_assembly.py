@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 from robosuite.models.objects import BoxObject, CompositeObject
+from robosuite.utils.mjcf_utils import CustomMaterial
 from robosuite.utils.placement_samplers import SequentialCompositeSampler, UniformRandomSampler
 
-from wmpo.sim.spec import TaskSpec
+from wmpo.sim.spec import Disruption, TaskSpec
 from wmpo.sim.tasks._waypoints import TableTaskEnv, WaypointExpert, build_env, pick_and_place
 
 INSTRUCTION = "Assemble the three pieces: put the orange ring into the base, then the blue peg into the ring"
@@ -37,11 +38,18 @@ RING_X, RING_Y, RING_YAW = (-0.06, 0.04), (0.12, 0.18), (-np.pi / 8, np.pi / 8)
 PEG_X, PEG_Y, PEG_YAW = (-0.06, 0.04), (-0.18, -0.12), (-np.pi / 8, np.pi / 8)
 
 
-def _base_object():
+BASE_GEOMS = ("plate", "wall_xp", "wall_xn", "wall_yp", "wall_yn")
+BASE_RGBA = (0.35, 0.35, 0.38, 1)
+WOOD_MATERIAL = "base_dark_wood"
+"""the `texture` disruption's material for the base (robosuite's WoodDark texture)"""
+
+
+def _base_object(wooden: bool = False):
+    """The base; `wooden`: its visual geoms in dark wood (the `texture` disruption) instead of BASE_RGBA."""
     t, w, h = WALL_THICK_HALF, SOCKET_HALF + 2 * WALL_THICK_HALF, WALL_HALF_Z
     wall_z = FLOOR_Z + h
     off = SOCKET_HALF + t
-    return CompositeObject(
+    base = CompositeObject(
         name="base",
         total_size=[PLATE_HALF, PLATE_HALF, BASE_HALF_Z],
         geom_types=["box"] * 5,
@@ -49,11 +57,18 @@ def _base_object():
                     [SOCKET_HALF, t, h], [SOCKET_HALF, t, h]],
         geom_locations=[[0, 0, -BASE_HALF_Z + PLATE_HALF_Z], [off, 0, wall_z], [-off, 0, wall_z],
                         [0, off, wall_z], [0, -off, wall_z]],
-        geom_names=["plate", "wall_xp", "wall_xn", "wall_yp", "wall_yn"],
-        rgba=[0.35, 0.35, 0.38, 1],
+        geom_names=list(BASE_GEOMS),
+        rgba=[1, 1, 1, 1] if wooden else list(BASE_RGBA),  # white: the wood texture shows unchanged
+        geom_materials=[WOOD_MATERIAL] * len(BASE_GEOMS) if wooden else None,
         density=3000.0,
         locations_relative_to_center=True,
     )
+    if wooden:
+        base.append_material(CustomMaterial(
+            texture="WoodDark", tex_name="base_dark_wood_tex", mat_name=WOOD_MATERIAL,
+            tex_attrib={"type": "cube"}, mat_attrib={"texrepeat": "1 1", "specular": "0.2", "shininess": "0.1"},
+        ))
+    return base
 
 
 def _ring_object():
@@ -76,8 +91,11 @@ def _ring_object():
 class ThreePieceAssembly(TableTaskEnv):
     """Base with a square socket, a ring that fits the socket, a peg that fits the ring's hole."""
 
+    wooden_base = False
+    """the `texture` disruption (ThreePieceAssemblyWoodenBase)"""
+
     def _make_objects(self):
-        self.base = _base_object()
+        self.base = _base_object(wooden=self.wooden_base)
         self.ring = _ring_object()
         self.peg = BoxObject(
             name="peg", size=[PEG_HALF, PEG_HALF, PEG_HALF_Z], rgba=[0.15, 0.3, 0.9, 1], density=400.0,
@@ -122,9 +140,21 @@ class ThreePieceAssembly(TableTaskEnv):
         return self.ring_seated() and self.peg_inserted() and not self.grasping(self.peg)
 
 
+class ThreePieceAssemblyWoodenBase(ThreePieceAssembly):
+    """The `texture` disruption (paper Fig. 4c): the base drawn in dark wood. Only the base's visual
+    geoms change (its collision geoms, mass and everything else are as in ThreePieceAssembly)."""
+
+    wooden_base = True
+
+
 def make_robosuite_env(**kwargs):
     """robosuite kwargs pass through; robots="Panda" and the OSC_POSE controller are fixed."""
     return build_env(ThreePieceAssembly, HORIZON, **kwargs)
+
+
+def make_wooden_base_env(**kwargs):
+    """The `texture` disruption: as make_robosuite_env, with a dark wooden base."""
+    return build_env(ThreePieceAssemblyWoodenBase, HORIZON, **kwargs)
 
 
 class ThreePieceAssemblyExpert(WaypointExpert):
@@ -154,4 +184,5 @@ SPEC = TaskSpec(
     horizon=HORIZON,
     make_robosuite_env=make_robosuite_env,
     make_expert=ThreePieceAssemblyExpert,
+    disruptions=(Disruption("texture", "the base drawn in dark wood instead of plain dark gray", make_wooden_base_env),),
 )
