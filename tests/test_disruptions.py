@@ -152,17 +152,29 @@ def test_expert_solves_disrupted_tasks(task, disruption, n):
     assert r["successes"] == n, r
 
 
+def test_vec_env_workers_run_the_disruption():
+    from wmpo.sim.vec_env import VecEnv
+
+    with make_env("square", image_size=32) as nominal:
+        nominal.reset(4)
+        state, nominal_frame = nominal.get_state(), nominal.render()
+    with make_env("square", image_size=32, disruption="position") as env:
+        frame = env.reset_to(state)
+    assert not np.array_equal(frame, nominal_frame)  # the peg moved
+    with VecEnv("square", num_envs=1, image_size=32, disruption="position") as venv:
+        assert venv.disruption == "position"
+        np.testing.assert_array_equal(venv.reset_to(state[None])[0], frame)
+
+
 def test_evaluate_and_cli_thread_the_disruption(tmp_path, capsys):
+    import json
+
     from wmpo.sim.cli import eval_main
 
-    r = evaluate("expert", "square", n=1, num_workers=1, image_size=16, max_steps=3, show_progress=False,
-                 disruption="position")
-    assert r.disruption == "position" and r.n == 1 and "disruption position" in r.summary()
     out = tmp_path / "r.json"
     assert eval_main(["--task", "square", "--disruption", "position", "-n", "1", "--max-steps", "2",
                       "--image-size", "16", "--json", str(out)]) == 0
-    import json
-
+    assert "disruption position" in capsys.readouterr().out
     assert json.loads(out.read_text())["disruption"] == "position"
     with pytest.raises(SystemExit):
         eval_main(["--task", "square", "--disruption", "texture", "-n", "1"])
