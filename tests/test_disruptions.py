@@ -180,3 +180,22 @@ def test_evaluate_and_cli_thread_the_disruption(tmp_path, capsys):
         eval_main(["--task", "square", "--disruption", "texture", "-n", "1"])
     err = capsys.readouterr().err
     assert "--disruption: task 'square' has disruptions 'position', got 'texture'" in err
+
+
+def test_reset_to_draws_what_the_state_does_not_hold_from_the_whole_state():
+    """Initial states have all-zero velocities, so a seed from the state's last bytes was the same for
+    every state (every reset_to episode got the same expert perturbation); the seed hashes the whole
+    state, the same state giving the same draw."""
+    from wmpo.sim.expert_noise import ExpertNoise
+    from wmpo.sim.initial_states import get_initial_states
+
+    states = get_initial_states("square", "eval", 6)
+    assert np.all(states[:, -7:] == 0)  # zero velocities at the start
+    with make_env("square", image_size=0) as env:
+        env.set_expert_noise(ExpertNoise(clean_fraction=0.0))
+        levels = []
+        for s in list(states) + [states[0]]:
+            env.reset_to(s)
+            levels.append(env.expert_noise_summary()["sigma"])
+    assert levels[0] == levels[-1]
+    assert len(set(levels[:-1])) == len(states)

@@ -84,7 +84,8 @@ class TaskEnv:
         want = self.state_dim
         if state.shape != (want,):
             raise ValueError(f"state: expected shape ({want},), got {state.shape}")
-        reseed(self.raw, state_seed(state))
+        seed = state_seed(state)
+        reseed(self.raw, seed)
         self.raw.reset()
         self.raw.sim.set_state_from_flattened(state)
         self.raw.sim.forward()
@@ -94,7 +95,7 @@ class TaskEnv:
             if controller is not None:
                 controller.update_state()
                 controller.reset()
-        return self._after_reset(int.from_bytes(state.tobytes()[-8:], "little") ^ len(state))
+        return self._after_reset(seed)
 
     def _after_reset(self, seed: int):
         self.t = 0
