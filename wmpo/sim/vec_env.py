@@ -87,7 +87,8 @@ class VecEnv:
         for rank in range(self.num_envs):
             parent, child = ctx.Pipe()
             noise = None if expert_noise is None else expert_noise.to_dict()
-            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank, noise, disruption), daemon=True)
+            p = ctx.Process(target=_worker, args=(child, task, self.image_size, seed + rank, noise, disruption),
+                            daemon=True)
             p.start()
             child.close()
             self._conns.append(parent)

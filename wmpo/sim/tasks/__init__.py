@@ -59,7 +59,8 @@ def get_task(name: str, disruption: str | None = None) -> TaskSpec:
         raise ImportError(f"task {name!r} could not be loaded from {TASK_MODULES[name]}: {_errors[name]}")
     if disruption is not None and disruption not in spec.disruption_names:
         valid = ", ".join(repr(n) for n in spec.disruption_names) or "none"
-        hint = f" ({disruption!r} is a disruption of task {DISRUPTIONS[disruption]!r})" if disruption in DISRUPTIONS else ""
+        owner = DISRUPTIONS.get(disruption)
+        hint = f" ({disruption!r} is a disruption of task {owner!r})" if owner else ""
         raise ValueError(f"disruption: task {name!r} has disruptions {valid}, got {disruption!r}{hint}")
     return spec.with_disruption(disruption)
 

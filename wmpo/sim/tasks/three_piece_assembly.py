@@ -184,5 +184,7 @@ SPEC = TaskSpec(
     horizon=HORIZON,
     make_robosuite_env=make_robosuite_env,
     make_expert=ThreePieceAssemblyExpert,
-    disruptions=(Disruption("texture", "the base drawn in dark wood instead of plain dark gray", make_wooden_base_env),),
+    disruptions=(
+        Disruption("texture", "the base drawn in dark wood instead of plain dark gray", make_wooden_base_env),
+    ),
 )
