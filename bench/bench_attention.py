@@ -6,7 +6,7 @@ frames) x 16 heads, T = 12 frames, hd = 72, bf16. Modes, in one run on one devic
   sdpa_eager      F.scaled_dot_product_attention with the explicit frame-causal mask (the reference)
   sdpa_causal     SDPA with is_causal=True (only when num_cached == 0)
   sdpa_compiled   torch.compile of the reference
-  wmpo_op_<be>    the public op wmpo.ops_attention.frame_causal_attention (default dispatch and config)
+  wmpo_op_<be>    the public op wmpo.ops.frame_causal_attention.frame_causal_attention (default dispatch and config)
   triton_dot/loop the Triton kernel, both variants, over a small sweep of block_r x num_warps (GPU)
 
 Each mode reports the median ms, TFLOP/s (visible query-key pairs and dense T_q x T_k counts),
@@ -37,7 +37,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.common import device_name, git_sha  # noqa: E402
-from wmpo.ops_attention import (  # noqa: E402
+from wmpo.ops.frame_causal_attention import (  # noqa: E402
     attention_flops,
     backend_for,
     frame_causal_attention,

@@ -20,6 +20,7 @@ per chunk + K frames per step), the same for every mode, so MFU ratios equal thr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as _dt
 import json
@@ -39,6 +40,7 @@ if str(ROOT) not in sys.path:
 from bench.common import device_name, git_sha, peak_flops  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 
+from wmpo import ops  # noqa: E402
 from wmpo.models.vae import FrameVAE, VAEConfig  # noqa: E402
 from wmpo.models.world_model import WorldModel, WorldModelConfig, world_model_flops  # noqa: E402
 from wmpo.rollout.world_model_env import WorldModelEnv  # noqa: E402
@@ -119,8 +121,14 @@ class ModelCache:
 
 def run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps: int, warmup: int, chunks: int,
              compile_mode: str | None) -> dict[str, Any]:
+    """One mode; reference modes run every wmpo op as its plain-PyTorch reference (wmpo.ops.reference_ops)."""
+    with ops.reference_ops() if mode.reference_ops else contextlib.nullcontext():
+        return _run_mode(mode, models, device, B, steps, warmup, chunks, compile_mode)
+
+
+def _run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps: int, warmup: int, chunks: int,
+              compile_mode: str | None) -> dict[str, Any]:
     vae, wm = models.get(mode.dtype)
-    wm.use_reference_ops(mode.reference_ops)
     saved = {}
     if mode.compile:
         for obj, name in ((wm, "forward_cached"), (wm, "build_context_cache"), (wm, "forward"), (vae, "decode_raw")):
@@ -165,7 +173,6 @@ def run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps
     finally:
         for obj, name in saved.values():
             delattr(obj, name)  # back to the class method
-        wm.use_reference_ops(False)
     return {"frames_per_sec": B * K * chunks / wall, "seconds_per_chunk": wall / chunks, "warmup_s": warm_s,
             "time_split": {"world_model": t_wm / wall_split, "vae_decode": t_vae / wall_split,
                            "host": max(0.0, 1 - (t_wm + t_vae) / wall_split)},

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from wmpo.data.clips import LatentWindowDataset, action_stats, normalize_actions, synthetic_episodes
+from wmpo.data.clips import LatentWindowDataset, normalize_actions, synthetic_episodes
+from wmpo.data.loader import action_stats
 from wmpo.models.vae import FrameVAE, VAEConfig
 from wmpo.models.world_model import WorldModel, WorldModelConfig
 from wmpo.train.wm_eval import evaluate_world_model

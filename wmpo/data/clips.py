@@ -29,12 +29,6 @@ def normalize_actions(actions: np.ndarray | torch.Tensor, stats: dict) -> torch.
     return out.clamp(-1, 1)
 
 
-def action_stats(episodes: Sequence[Episode]) -> dict:
-    """q01/q99 per action dim over all steps of `episodes` (when no store stats are at hand)."""
-    a = np.concatenate([e.actions for e in episodes], 0)
-    return {"q01": np.quantile(a, 0.01, axis=0).astype(np.float32), "q99": np.quantile(a, 0.99, axis=0).astype(np.float32)}
-
-
 def episode_frames(ep: Episode, size: int) -> torch.Tensor:
     """Episode frames uint8 [T+1, H, W, 3] -> model frames float [T+1, 3, size, size] in [-1, 1]."""
     return resize(uint8_to_model(torch.from_numpy(np.ascontiguousarray(ep.frames))), size)
@@ -111,22 +105,6 @@ def encode_episodes(vae, episodes: Sequence[Episode], device: torch.device, max_
         fr = episode_frames(ep, vae.frame_size).to(device)
         out.append(vae.encode(fr, max_batch=max_batch).float().cpu())
     return out
-
-
-def load_episodes(store_paths: Sequence[str], limit: int | None = None) -> tuple[list[Episode], dict]:
-    """Episodes of one or more TrajectoryStores and merged action stats (q01 min / q99 max over stores)."""
-    from wmpo.data.store import TrajectoryStore
-
-    eps: list[Episode] = []
-    q01s, q99s = [], []
-    for p in store_paths:
-        st = TrajectoryStore(p)
-        n = len(st) if limit is None else min(len(st), limit)
-        eps += [st.load(i) for i in range(n)]
-        s = st.action_stats()
-        q01s.append(np.asarray(s["q01"]))
-        q99s.append(np.asarray(s["q99"]))
-    return eps, {"q01": np.min(q01s, 0), "q99": np.max(q99s, 0)}
 
 
 def synthetic_episodes(n: int, length: int, size: int = 32, seed: int = 0, action_dim: int = 7) -> list[Episode]:

@@ -6,11 +6,9 @@ GRPO, DPO on the same budget P] -> evaluation on the evaluation initial states -
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -19,9 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.config import RunConfig, get_preset
+from wmpo.config import RunConfig
 from wmpo.pipeline.stages import Stage, StageRunner
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
@@ -469,25 +467,3 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
         return runner.run(stages, ctx)
     finally:
         ctx.logger.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, help="square | stack_three | three_piece_assembly | coffee")
-    ap.add_argument("--preset", default="tiny", help="micro | tiny | small | paper")
-    ap.add_argument("--out", required=True, help="output folder (rerun with the same options to resume)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--baselines", action="store_true", help="also run online GRPO and DPO on the same budget P")
-    ap.add_argument("--lifelong", type=int, default=0, metavar="N",
-                    help="after WMPO, N lifelong rounds: collect P real rollouts, fine-tune world and reward models, WMPO again")
-    ap.add_argument("--stop-after", default=None, help="stop after this stage (for debugging)")
-    args = ap.parse_args(argv)
-    cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines, lifelong_rounds=args.lifelong)
-    t0 = time.time()
-    outs = run_pipeline(cfg, args.out, stop_after=args.stop_after)
-    print(f"wmpo run: finished in {time.time() - t0:.0f} s; report: {outs.get('report', {}).get('report', '(not reached)')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

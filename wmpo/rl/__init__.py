@@ -1,14 +1,7 @@
-"""RL algorithms: GRPO (in imagination and online in the simulator), trajectory-level DPO, lifelong loop."""
+"""RL algorithms: WMPO (Algorithm 1, GRPO in imagination), GRPO, online GRPO in the simulator,
+trajectory-level DPO, the lifelong loop. Group math (advantages, dynamic sampling) is wmpo.data.groups."""
 from wmpo.rl.dpo import DPOConfig, DPOTrainer, build_preference_pairs, dpo_loss
-from wmpo.rl.grpo import (
-    GRPOConfig,
-    GRPOTrainer,
-    assemble_batch,
-    clipped_surrogate,
-    dynamic_sampling_filter,
-    group_advantages,
-    grpo_loss,
-)
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, clipped_surrogate, grpo_loss
 from wmpo.rl.lifelong import LifelongConfig, LifelongStages, run_lifelong
 from wmpo.rl.online import OnlineGRPOConfig, as_action_decoder, rollout_groups, run_online_grpo, tokenizer_decoder
 
@@ -19,10 +12,7 @@ __all__ = [
     "dpo_loss",
     "GRPOConfig",
     "GRPOTrainer",
-    "assemble_batch",
     "clipped_surrogate",
-    "dynamic_sampling_filter",
-    "group_advantages",
     "grpo_loss",
     "LifelongConfig",
     "LifelongStages",

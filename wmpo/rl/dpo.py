@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmpo.rl.grpo import policy_device
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import dynamic_sampling_filter
 from wmpo.utils.checks import check_tensor
+from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 
 
@@ -76,15 +77,10 @@ def build_preference_pairs(
     s = success.bool().cpu()
     g = group.cpu()
     pairs: list[tuple[int, int]] = []
-    paired = torch.zeros_like(s)
-    for gid in torch.unique(g).tolist():
+    paired = dynamic_sampling_filter(s, g)  # members of mixed groups are paired within their group
+    for gid in torch.unique(g[paired]).tolist():
         idx = (g == gid).nonzero().squeeze(1)
-        wins, loses = idx[s[idx]].tolist(), idx[~s[idx]].tolist()
-        for w in wins:
-            for l in loses:
-                pairs.append((w, l))
-        if wins and loses:
-            paired[idx] = True
+        pairs += [(w, l) for w in idx[s[idx]].tolist() for l in idx[~s[idx]].tolist()]
     gen = torch.Generator().manual_seed(seed)
     if max_pairs is not None and len(pairs) > max_pairs:
         keep = torch.randperm(len(pairs), generator=gen)[:max_pairs].sort().values.tolist()

@@ -21,8 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import group_advantages
 from wmpo.utils.checks import check_tensor
+from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 
 
@@ -83,40 +85,6 @@ class GRPOConfig:
 
 # ----------------------------------------------------------------------------------------------
 # hand-checkable pieces
-
-
-def group_advantages(success: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(R - mean) / (std + eps) within each group, population std (Algorithm 1). -> float32 [N].
-
-    A group whose rewards are all equal gets advantage 0.
-    """
-    check_tensor("success", success, ndim=1)
-    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
-    if success.shape != group.shape:
-        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
-    r = success.to(torch.float32)
-    _, inv = torch.unique(group, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    count = torch.zeros(n_groups, device=r.device).index_add_(0, inv, torch.ones_like(r))
-    mean = torch.zeros(n_groups, device=r.device).index_add_(0, inv, r) / count
-    centered = r - mean[inv]
-    var = torch.zeros(n_groups, device=r.device).index_add_(0, inv, centered * centered) / count
-    return centered / (var.sqrt()[inv] + eps)
-
-
-def dynamic_sampling_filter(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """-> bool [N]: True for trajectories whose group has both successes and failures."""
-    check_tensor("success", success, ndim=1)
-    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
-    if success.shape != group.shape:
-        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
-    s = success.to(torch.float32)
-    _, inv = torch.unique(group, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    n_succ = torch.zeros(n_groups, device=s.device).index_add_(0, inv, s)
-    count = torch.zeros(n_groups, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    mixed = (n_succ > 0) & (n_succ < count)
-    return mixed[inv]
 
 
 def clipped_surrogate(
@@ -192,49 +160,6 @@ def _ratio_stats(ratio: torch.Tensor, is_clipped: torch.Tensor, adv: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# batch assembly (dynamic sampling)
-
-
-def assemble_batch(
-    groups: list[TrajectoryBatch], batch_size: int | None = None, eps: float = 1e-6, dynamic_sampling: bool = True
-) -> tuple[TrajectoryBatch | None, dict[str, int]]:
-    """Concatenate sampled group batches into one training batch, Algorithm 1 style.
-
-    Each element of `groups` is one sampling round (any number of whole groups, group ids unique
-    within it). Uniform groups are dropped (when dynamic_sampling), advantages are computed per
-    group, group ids are renumbered to be unique across rounds, and the result is cut to the
-    first `batch_size` trajectories (None: keep all). -> (batch or None if nothing kept, counts).
-    """
-    kept: list[TrajectoryBatch] = []
-    next_gid = 0
-    n_groups = n_dropped = 0
-    for b in groups:
-        _, inv = torch.unique(b.group, return_inverse=True)
-        n_round = int(inv.max().item()) + 1 if inv.numel() else 0
-        n_groups += n_round
-        keep = dynamic_sampling_filter(b.success, b.group) if dynamic_sampling else torch.ones_like(b.success, dtype=torch.bool)
-        n_dropped += n_round - (int(torch.unique(inv[keep]).numel()) if keep.any() else 0)
-        if not keep.any():
-            continue
-        adv = group_advantages(b.success, b.group, eps)
-        idx = keep.nonzero().squeeze(1)
-        sub = b.index(idx)
-        sub.advantage = adv[idx]
-        sub.group = inv[idx].to(torch.int64) + next_gid
-        next_gid += n_round
-        kept.append(sub)
-    counts = {"groups": n_groups, "groups_dropped": n_dropped}
-    if not kept:
-        counts["trajectories"] = 0
-        return None, counts
-    out = TrajectoryBatch.cat(kept)
-    if batch_size is not None and len(out) > batch_size:
-        out = out.index(slice(0, batch_size))
-    counts["trajectories"] = len(out)
-    return out, counts
-
-
-# ----------------------------------------------------------------------------------------------
 # trainer
 
 
@@ -245,12 +170,6 @@ class _Micro:
     rows: torch.Tensor  # int64 [C] trajectory row (in the batch) of each chunk
     steps: torch.Tensor  # int64 [C] chunk index inside its trajectory
     weight: torch.Tensor = field(default=None)  # float [C] loss weight per chunk (sums to 1 per mini-batch)
-
-
-def policy_device(policy: nn.Module) -> torch.device:
-    for p in policy.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 class GRPOTrainer:

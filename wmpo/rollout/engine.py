@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.frames import model_to_uint8, uint8_to_model
 from wmpo.utils.logging import warn_once
@@ -292,7 +292,7 @@ class ImaginationEngine:
         Capturing does not run the work: the caller replays once for the current chunk.
         """
         try:
-            from wmpo.engine.compiled import CUDAGraphRunner  # type: ignore
+            from wmpo.accel.compiled import CUDAGraphRunner  # type: ignore
         except ImportError:
             CUDAGraphRunner = None
         if CUDAGraphRunner is not None:

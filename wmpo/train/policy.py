@@ -8,8 +8,6 @@ final policy (policy.pt, `wmpo.models.policy.load_policy`); config.json; TensorB
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -22,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from wmpo.data.episode import Episode
+from wmpo.data.loader import load_episodes
 from wmpo.models.policy import PolicyConfig, VLAPolicy, num_params, random_shift, save_policy
-from wmpo.models.tokenizer import ActionTokenizer, action_stats_from_episodes
-from wmpo.train.cli_config import add_config_args, config_from_args
+from wmpo.models.tokenizer import ActionTokenizer
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import resize, uint8_to_model
@@ -72,39 +70,7 @@ class PolicyTrainConfig:
         return cls(policy=pol if isinstance(pol, PolicyConfig) else PolicyConfig.from_dict(pol), **kw)
 
 
-def preset(name: str) -> PolicyTrainConfig:
-    """The policy_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).policy_train
-
-
 # ---------------------------------------------------------------------- data
-def load_episodes(store_paths: Sequence[str | os.PathLike]) -> tuple[list[Episode], dict[str, np.ndarray]]:
-    """Every episode of the given trajectory stores, and action stats (the store's own for a single
-    store, else q01/q99 recomputed over all episodes)."""
-    from wmpo.data.store import TrajectoryStore
-
-    episodes: list[Episode] = []
-    stats = None
-    paths = [store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths)
-    if not paths:
-        raise ValueError("store_paths: expected at least one trajectory store path, got none")
-    for p in paths:
-        store = TrajectoryStore(p)
-        try:
-            episodes += [store.load(i) for i in range(len(store))]
-            if len(paths) == 1:
-                stats = store.action_stats()
-        finally:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
-    if not episodes:
-        raise ValueError(f"store_paths: the stores {paths} hold no episodes")
-    return episodes, stats if stats is not None else action_stats_from_episodes(episodes)
-
-
 class ChunkDataset:
     """All (episode, t) samples of a list of episodes, gathered into batches with numpy indexing."""
 
@@ -322,17 +288,3 @@ def train_policy(
     """Behaviour cloning on every episode of the given trajectory stores (see train_policy_on_episodes)."""
     episodes, stats = load_episodes(store_paths if not isinstance(store_paths, (str, os.PathLike)) else [store_paths])
     return train_policy_on_episodes(cfg, episodes, stats, out_dir, device=device, resume=resume, **kw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with expert demos")
-    ap.add_argument("--out", required=True, help="output folder (policy.pt, train_state.pt, config.json, tb/)")
-    add_config_args(ap, "steps=100 policy.hidden_size=128")
-    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset)
-    summary = train_policy(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps(summary, indent=2))
-    return 0

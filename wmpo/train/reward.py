@@ -14,8 +14,6 @@ train_state.pt (resume), config.json, metrics.json, tb/.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import time
@@ -30,7 +28,6 @@ import torch.nn.functional as F
 from wmpo.data.episode import Episode
 from wmpo.models.policy import random_shift
 from wmpo.models.reward import RewardConfig, RewardModel, prf1, save_reward, select_threshold
-from wmpo.train.cli_config import add_config_args, config_from_args
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import uint8_to_model
@@ -71,14 +68,6 @@ class RewardTrainConfig:
     """bf16 autocast on CUDA"""
 
 
-def preset(name: str) -> RewardTrainConfig:
-    """The reward_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).reward_train
-
-
-# ---------------------------------------------------------------------- clips
 def success_frame(ep: Episode) -> int:
     """Index of the first frame showing success: frames[finish_step + 1] (clamped to T)."""
     T = len(ep.actions)
@@ -287,21 +276,7 @@ def train_reward(
     **kw: Any,
 ) -> dict[str, Any]:
     """Train on every episode of the given trajectory stores (see train_reward_on_episodes)."""
-    from wmpo.train.policy import load_episodes
+    from wmpo.data.loader import load_episodes
 
     episodes, _ = load_episodes(store_paths if not isinstance(store_paths, (str, os.PathLike)) else [store_paths])
     return train_reward_on_episodes(cfg, episodes, out_dir, device=device, resume=resume, **kw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with successes and failures")
-    ap.add_argument("--out", required=True, help="output folder (reward.pt, metrics.json, config.json, tb/)")
-    add_config_args(ap, "steps=100 reward.hidden_size=128")
-    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset)
-    metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
-    return 0

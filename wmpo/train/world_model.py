@@ -3,9 +3,7 @@ from a checkpoint for policy behaviour alignment). Context frames noised to t_co
 predicted frames only (velocity target noise - x0)."""
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -13,10 +11,11 @@ from typing import Sequence
 import torch
 
 from wmpo import ops
-from wmpo.data.clips import LatentWindowDataset, encode_episodes, load_episodes, normalize_actions
+from wmpo.data.clips import LatentWindowDataset, encode_episodes, normalize_actions
+from wmpo.data.loader import action_stats as episode_action_stats
+from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel, WorldModelConfig
-from wmpo.train.cli_config import add_config_args, config_from_args, given
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
@@ -132,9 +131,7 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     if episodes is None:
         episodes, stats = load_episodes(list(store_paths or []))
     else:
-        from wmpo.data.clips import action_stats as _stats
-
-        stats = action_stats if action_stats is not None else _stats(episodes)
+        stats = action_stats if action_stats is not None else episode_action_stats(episodes)
     init_state = None
     if init_from is not None:
         st = load_checkpoint(init_from)
@@ -171,29 +168,3 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     result = {"loss": sum(tail) / len(tail) if tail else loss, "step": tr.step_count, "path": str(ckpt)}
     save_json(out / "result.json", result)
     return result
-
-
-def preset(name: str) -> WMTrainConfig:
-    """The wm_pretrain section of the pipeline preset `name` (wmpo.config)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).wm_pretrain
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-wm", description="pretrain / fine-tune the action-conditioned world model")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
-    ap.add_argument("--vae", required=True, help="vae.pt from `wmpo train-vae`")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--init-from", help="world_model.pt to fine-tune from (policy behaviour alignment)")
-    add_config_args(ap, "steps=2000 model.hidden=128")
-    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
-    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
-    ap.add_argument("--device")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset, extra=given({"steps": a.steps, "batch_size": a.batch_size}))
-    vae = FrameVAE.from_checkpoint(a.vae)
-    cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
-    r = train_world_model(cfg, a.store, a.out, vae=vae, init_from=a.init_from, device=a.device)
-    print(json.dumps(r))
-    return 0

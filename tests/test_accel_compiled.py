@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from wmpo.engine.compiled import CUDAGraphRunner, compile_module
+from wmpo.accel.compiled import CUDAGraphRunner, compile_module
 from wmpo.utils.logging import _warned
 
 

@@ -1,0 +1,135 @@
+"""`wmpo train-vae`, `train-wm`, `train-policy`, `train-reward` and `wm-eval`: argument parsing and
+presets for the training loops of wmpo.train (which import no CLI and no preset)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from wmpo.cli.config_args import add_config_args, config_from_args, given
+
+
+def section_preset(section: str) -> Callable[[str], Any]:
+    """name -> the `section` of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
+
+    def preset(name: str) -> Any:
+        from wmpo.config import get_preset
+
+        return getattr(get_preset(name), section)
+
+    preset.__doc__ = f"The {section} section of the pipeline preset `name` (wmpo.config)."
+    return preset
+
+
+vae_preset = section_preset("vae_train")
+world_model_preset = section_preset("wm_pretrain")
+policy_preset = section_preset("policy_train")
+reward_preset = section_preset("reward_train")
+
+
+def _store_out(ap: argparse.ArgumentParser, store_help: str, out_help: str) -> None:
+    ap.add_argument("--store", nargs="+", required=True, help=store_help)
+    ap.add_argument("--out", required=True, help=out_help)
+
+
+def vae_main(argv: list[str]) -> int:
+    from wmpo.train.vae import train_vae
+
+    ap = argparse.ArgumentParser(prog="wmpo train-vae", description="train the per-frame VAE on task frames")
+    _store_out(ap, "trajectory store path(s)", "output folder (vae.pt, config.json, tb/)")
+    add_config_args(ap, "steps=2000 vae.frame_size=128")
+    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
+    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
+    ap.add_argument("--frame-size", type=int, help="shorthand for --set vae.frame_size=N")
+    ap.add_argument("--device")
+    a = ap.parse_args(argv)
+    flags = {"steps": a.steps, "batch_size": a.batch_size, "vae": {"frame_size": a.frame_size}}
+    cfg = config_from_args(a, vae_preset, extra=given(flags))
+    r = train_vae(cfg, a.store, a.out, device=a.device)
+    print(json.dumps(r))
+    return 0
+
+
+def world_model_main(argv: list[str]) -> int:
+    from wmpo.models.vae import FrameVAE
+    from wmpo.train.world_model import train_world_model
+
+    ap = argparse.ArgumentParser(prog="wmpo train-wm", description="pretrain / fine-tune the action-conditioned world model")
+    _store_out(ap, "trajectory store path(s)", "output folder (world_model.pt, config.json, tb/)")
+    ap.add_argument("--vae", required=True, help="vae.pt from `wmpo train-vae`")
+    ap.add_argument("--init-from", help="world_model.pt to fine-tune from (policy behaviour alignment)")
+    add_config_args(ap, "steps=2000 model.hidden=128")
+    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
+    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
+    ap.add_argument("--device")
+    a = ap.parse_args(argv)
+    cfg = config_from_args(a, world_model_preset, extra=given({"steps": a.steps, "batch_size": a.batch_size}))
+    vae = FrameVAE.from_checkpoint(a.vae)
+    cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
+    r = train_world_model(cfg, a.store, a.out, vae=vae, init_from=a.init_from, device=a.device)
+    print(json.dumps(r))
+    return 0
+
+
+def _resumable(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
+
+
+def policy_main(argv: list[str] | None = None) -> int:
+    from wmpo.train.policy import train_policy
+
+    ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
+    _store_out(ap, "trajectory store path(s) with expert demos", "output folder (policy.pt, train_state.pt, config.json, tb/)")
+    add_config_args(ap, "steps=100 policy.hidden_size=128")
+    _resumable(ap)
+    a = ap.parse_args(argv)
+    cfg = config_from_args(a, policy_preset)
+    summary = train_policy(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def reward_main(argv: list[str] | None = None) -> int:
+    from wmpo.train.reward import train_reward
+
+    ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
+    _store_out(ap, "trajectory store path(s) with successes and failures", "output folder (reward.pt, metrics.json, config.json, tb/)")
+    add_config_args(ap, "steps=100 reward.hidden_size=128")
+    _resumable(ap)
+    a = ap.parse_args(argv)
+    cfg = config_from_args(a, reward_preset)
+    metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
+    print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
+    return 0
+
+
+def wm_eval_main(argv: list[str]) -> int:
+    import torch
+
+    from wmpo.data.loader import load_episodes
+    from wmpo.models.vae import FrameVAE
+    from wmpo.models.world_model import WorldModel
+    from wmpo.train.wm_eval import evaluate_world_model
+    from wmpo.utils.checkpoint import save_json
+    from wmpo.utils.device import default_device
+
+    ap = argparse.ArgumentParser(prog="wmpo wm-eval", description="world-model fidelity on held-out trajectories")
+    _store_out(ap, "held-out trajectory store path(s)", "folder for metrics.json and mp4s")
+    ap.add_argument("--vae", required=True)
+    ap.add_argument("--world-model", required=True)
+    ap.add_argument("--episodes", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=30, help="Euler steps")
+    ap.add_argument("--max-frames", type=int)
+    ap.add_argument("--device")
+    a = ap.parse_args(argv)
+    device = torch.device(a.device) if a.device else default_device()
+    eps, stats = load_episodes(a.store, limit=a.episodes)
+    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
+    wm = WorldModel.from_checkpoint(a.world_model).to(device).eval()
+    res = evaluate_world_model(vae, wm, eps, stats, steps=a.steps, device=device, max_frames=a.max_frames,
+                               video_dir=Path(a.out) / "videos")
+    save_json(Path(a.out) / "metrics.json", res)
+    print(json.dumps({k: v for k, v in res.items() if k not in ("psnr", "ssim")}))
+    return 0
