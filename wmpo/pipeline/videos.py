@@ -62,18 +62,16 @@ def write_side_by_side(path: Path, left: np.ndarray, right: np.ndarray, fps: int
 
 
 def imagined_vs_real(ctx: Any) -> dict:
-    from wmpo.models.policy import as_env_policy, load_policy
-    from wmpo.pipeline.run import _initial_frames, _world_model_env
     from wmpo.sim import TASKS
 
     cfg = ctx.cfg
     spec = TASKS[cfg.task]
-    policy, tok = load_policy(ctx.output("wmpo")["checkpoint"], ctx.device)
+    policy, tok = ctx.load_policy(ctx.output("wmpo")["checkpoint"])
     policy.eval()
-    wm_env = _world_model_env(ctx, ctx.output("wm_finetune")["path"])
-    states, frames = _initial_frames(ctx, "eval", cfg.eval_episodes)
+    wm_env = ctx.world_model_env(ctx.output("wm_finetune")["path"])
+    states, frames = ctx.initial_frames("eval", cfg.eval_episodes)
     steps = min(cfg.imagined_horizon or spec.horizon, cfg.max_episode_steps or spec.horizon)
-    env_policy = as_env_policy(policy, tok, temperature=None, device=ctx.device)
+    env_policy = ctx.env_policy(policy, tok, None)
     paths = []
     for i in range(min(cfg.num_videos, len(states))):
         real = real_frames(cfg.task, states[i], env_policy, spec.instruction, steps, cfg.image_size)
