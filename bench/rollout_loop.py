@@ -1,7 +1,7 @@
 """Full-loop imagined-rollout benchmark: policy -> world model -> VAE -> reward, per chunk.
 
 Measures, in one run on one machine, imagined frames/s of
-  eager_reference  the public reference implementation's style (ImaginationEngine.rollout_eager_reference)
+  eager_reference  the public reference implementation's style (bench/eager_rollout.py)
   engine_eager     ImaginationEngine.rollout_fixed, eager, no host sync in the loop
   engine_compile   the same with the chunk under torch.compile            (CUDA; --compile-cpu for CPU)
   engine_graph     the same with the chunk captured in a CUDA graph       (CUDA only)
@@ -37,6 +37,7 @@ if str(ROOT) not in sys.path:
 from bench.common import device_name, git_sha, peak_flops  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 
+from bench.eager_rollout import rollout_eager_reference  # noqa: E402
 from wmpo.rollout.engine import ImaginationEngine, RolloutConfig  # noqa: E402
 
 
@@ -187,7 +188,7 @@ def measure_point(
             cfg.cuda_graph = True
         eng = make_engine(cfg, reference=(mode == "eager_reference"))
         if mode == "eager_reference":
-            wall, (b, st) = timed(lambda: eng.rollout_eager_reference(frames, instruction, max_steps, temperature, seed=0))
+            wall, (b, st) = timed(lambda: rollout_eager_reference(eng, frames, instruction, max_steps, temperature, seed=0))
             split = st["time"]
         elif mode.startswith("engine_"):
             wall, (b, st) = timed(lambda: eng.rollout_fixed(frames, instruction, max_steps, temperature, seed=0, early_exit=False))

@@ -8,6 +8,8 @@ model once those modules exist.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +17,12 @@ from torch import nn
 
 from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
 from wmpo.utils.frames import uint8_to_model
+
+# the benchmark-only eager reference loop lives in bench/ (not a package): load it by path
+_spec = importlib.util.spec_from_file_location("bench_eager_rollout", Path(__file__).resolve().parents[1] / "bench" / "eager_rollout.py")
+_eager = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_eager)
+rollout_eager_reference = _eager.rollout_eager_reference
 
 H = W = 8
 K, D, BINS = 2, 3, 16
@@ -269,7 +277,7 @@ def test_rollout_fixed_agrees_with_sample_groups(sampled):
 def test_eager_reference_matches_fixed_success():
     eng = make_engine()
     pool = make_pool(4)
-    ref, rstats = eng.rollout_eager_reference(pool, "x", max_steps=10, temperature=1.6, seed=5)
+    ref, rstats = rollout_eager_reference(eng, pool, "x", max_steps=10, temperature=1.6, seed=5)
     assert ref.obs.shape == (4, 5, H, W, 3) and rstats["chunks"] == 5
     assert bool(ref.success[0]) and not bool(ref.success[1])
     assert set(rstats["time"]) >= {"policy", "world_model", "vae", "reward", "host"}
@@ -473,7 +481,7 @@ def test_real_components_sample_groups():
         assert torch.equal(getattr(batch, f), getattr(again, f)), f
     fixed, fstats = eng.rollout_fixed(pool, "lift", max_steps=12, temperature=1.6, seed=0)
     assert fixed.obs.shape[1:] == batch.obs.shape[1:] and fixed.tokens.shape[1:] == batch.tokens.shape[1:]
-    ref, rstats = eng.rollout_eager_reference(pool, "lift", max_steps=12, temperature=1.6, seed=0)
+    ref, rstats = rollout_eager_reference(eng, pool, "lift", max_steps=12, temperature=1.6, seed=0)
     assert ref.obs.shape == fixed.obs.shape and rstats["time"]["world_model"] > 0
 
 

@@ -1,0 +1,167 @@
+"""One chunk of imagination for every slot, and how it is run: eager, torch.compile, or replayed
+from a captured CUDA graph.
+
+Per chunk (all on the device, static shapes, no host sync):
+  policy(current frame, instruction) -> action tokens, log-probs  (recorded into slot buffers)
+  tokenizer.detokenize -> normalized actions [S, K, D]
+  world-model env step (K frames, decoded) -> success detector update on the K new frames
+  last frame -> uint8 -> next policy input (the policy reads exactly the uint8 frame it records)
+  device bookkeeping: per-slot step counters, done = success | horizon
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+
+from wmpo.rollout.slots import SlotState
+from wmpo.utils.frames import model_to_uint8
+from wmpo.utils.logging import warn_once
+
+
+class PhaseTimer:
+    """Per-phase wall time (world_model / vae / policy / reward / bookkeeping / host), synchronizing
+    the device around each phase; a disabled timer does nothing (and costs nothing)."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.device = device
+        self.t: dict[str, float] = {}
+        self._last = 0.0
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def start(self) -> None:
+        if self.enabled:
+            self._sync()
+            self._last = time.perf_counter()
+
+    def lap(self, key: str) -> None:
+        if self.enabled:
+            self._sync()
+            now = time.perf_counter()
+            self.t[key] = self.t.get(key, 0.0) + now - self._last
+            self._last = now
+
+    def add(self, key: str, seconds: float) -> None:
+        self.t[key] = self.t.get(key, 0.0) + seconds
+
+
+class ChunkRunner:
+    """Runs `chunk` on a slot state per the rollout config (eager / compiled / CUDA graph)."""
+
+    def __init__(self, wm_env: Any, policy: Any, success_detector: Any, tokenizer: Any, cfg: Any, device: torch.device):
+        self.wm_env, self.policy, self.detector, self.tokenizer = wm_env, policy, success_detector, tokenizer
+        self.cfg = cfg
+        self.device = device
+        self.K = int(policy.chunk_len)
+        self._fn = None  # compiled / graph-captured chunk, keyed by state identity
+        self._key = None
+        self._graph = None
+        self._warm = 0
+        self._graph_failed = False
+
+    def invalidate(self) -> None:
+        """Forget the compiled / captured chunk (after the env reallocated its buffers)."""
+        self._graph, self._fn, self._key = None, None, None
+
+    # ------------------------------------------------------------------ the chunk
+    def chunk(self, st: SlotState, temperature: float, max_chunks: int, max_steps: int, timer: PhaseTimer) -> None:
+        """One chunk for all slots, in place on `st`. Device ops only: capturable as a CUDA graph."""
+        S = st.num_slots
+        ar = torch.arange(S, device=self.device)
+        tokens, logp = self.policy.sample(st.cur_in, st.instr, temperature)
+        actions = self.tokenizer.detokenize(tokens).to(st.cur_in.dtype if st.cur_in.is_floating_point() else torch.float32)
+        timer.lap("policy")
+        # record what the policy read and did; finished / idle slots keep their rows (zero padding)
+        s_idx = st.step.clamp(max=max_chunks - 1)
+        act = st.active
+        st.obs[ar, s_idx] = torch.where(act.view(-1, 1, 1, 1), st.cur_u8, st.obs[ar, s_idx])
+        st.tokens[ar, s_idx] = torch.where(act.view(-1, 1, 1), tokens, st.tokens[ar, s_idx])
+        st.logp[ar, s_idx] = torch.where(act.view(-1, 1, 1), logp.float(), st.logp[ar, s_idx])
+        if self.detector is not None:
+            if timer.enabled:
+                lat = self.wm_env.step(actions, decode=False)
+                timer.lap("world_model")
+                frames = self.wm_env.decode(lat)
+                timer.lap("vae")
+            else:
+                frames = self.wm_env.step(actions, decode=True)  # [S, K, 3, H, W]
+            success, first = self.detector.update(frames)
+            last = frames[:, -1]
+            timer.lap("reward")
+        else:
+            lat = self.wm_env.step(actions, decode=False)
+            timer.lap("world_model")
+            last = self.wm_env.decode(lat[:, -1:])[:, 0]
+            timer.lap("vae")
+            success = torch.zeros(S, dtype=torch.bool, device=self.device)
+            first = torch.full((S,), -1, dtype=torch.int64, device=self.device)
+        prev_steps = st.step * self.K
+        st.step.add_(st.active.to(torch.int64))
+        # first_success_frame counts frames of the current chunk (0..K-1) unless it is >= K
+        # (then it already counts from the trajectory's start, as IncrementalSuccess reports it)
+        first = first.to(torch.int64)
+        first_global = torch.where(first >= self.K, first, prev_steps + first)
+        # a success after the horizon (max_steps not a multiple of K) does not count
+        succ_now = st.active & success.to(torch.bool) & ~st.success & (first_global < max_steps)
+        horizon = st.active & (st.step >= max_chunks)
+        new_len = torch.where(succ_now, first_global + 1, torch.clamp(st.step * self.K, max=max_steps))
+        st.length.copy_(torch.where(st.active, new_len, st.length))
+        st.success.logical_or_(succ_now)
+        st.done.copy_(st.active & (succ_now | horizon))
+        st.active.logical_and_(~st.done)
+        st.set_current_frame(model_to_uint8(last))
+        timer.lap("bookkeeping")  # bookkeeping + policy preprocessing: small device ops
+
+    # ------------------------------------------------------------------ how it runs
+    def run(self, st: SlotState, temperature: float, max_chunks: int, max_steps: int, timer: PhaseTimer) -> None:
+        """The chunk, eager or through torch.compile / a CUDA graph per the config."""
+        cfg = self.cfg
+        cuda = self.device.type == "cuda"
+        use_graph = cfg.cuda_graph and cuda and not timer.enabled and not self._graph_failed
+        use_compile = cfg.compile_chunk and (cuda or cfg.compile_on_cpu) and not timer.enabled
+        if not (use_graph or use_compile):
+            self.chunk(st, temperature, max_chunks, max_steps, timer)
+            return
+        key = (id(st), float(temperature), max_chunks, max_steps)
+        if self._key != key:
+            self._key, self._fn, self._graph = key, None, None
+            self._warm = 0
+        if self._fn is None:
+            fn = lambda: self.chunk(st, temperature, max_chunks, max_steps, PhaseTimer(False, self.device))  # noqa: E731
+            if use_compile:
+                try:
+                    fn = torch.compile(fn, mode=cfg.compile_mode, dynamic=False)
+                except Exception as e:  # pragma: no cover - depends on the backend
+                    warn_once("rollout-compile", f"wmpo.rollout: torch.compile of the chunk failed ({e}); running eager")
+            self._fn = fn
+        if not use_graph:
+            self._fn()
+            return
+        if self._graph is None and self._warm < cfg.graph_warmup:
+            self._warm += 1
+            self._fn()
+            return
+        if self._graph is None:
+            try:
+                self._graph = self._capture(self._fn)
+            except Exception as e:  # pragma: no cover - CUDA only
+                warn_once("rollout-graph", f"wmpo.rollout: CUDA-graph capture of the chunk failed ({e}); running eager")
+                self._graph_failed = True
+                self._fn()
+                return
+        self._graph()
+
+    def _capture(self, fn):  # pragma: no cover - CUDA only
+        """Capture `fn` (which mutates static state in place) -> a replay callable.
+
+        Capturing does not run the work: the caller replays once for the current chunk.
+        """
+        from wmpo.accel.compiled import CUDAGraphRunner
+
+        # zero-argument in-place callable: no warm-up inside (done by run), capture runs no work
+        return CUDAGraphRunner(fn, device=self.device, warmup=0)
