@@ -72,37 +72,34 @@ def world_model_main(argv: list[str]) -> int:
     return 0
 
 
-def _resumable(ap: argparse.ArgumentParser) -> None:
+def _resumable_command(argv, prog: str, description: str, store_help: str, out_help: str, example: str, preset, train, show):
+    """A `train-*` command with --store/--out, the config args, --device and --no-resume."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    _store_out(ap, store_help, out_help)
+    add_config_args(ap, example)
     ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
+    a = ap.parse_args(argv)
+    result = train(config_from_args(a, preset), a.store, a.out, device=a.device, resume=not a.no_resume)
+    print(json.dumps(show(result), indent=2))
+    return 0
 
 
 def policy_main(argv: list[str] | None = None) -> int:
     from wmpo.train.policy import train_policy
 
-    ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
-    _store_out(ap, "trajectory store path(s) with expert demos", "output folder (policy.pt, train_state.pt, config.json, tb/)")
-    add_config_args(ap, "steps=100 policy.hidden_size=128")
-    _resumable(ap)
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, policy_preset)
-    summary = train_policy(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return _resumable_command(argv, "wmpo train-policy", "Behaviour cloning of the VLA policy on expert demos.",
+                              "trajectory store path(s) with expert demos", "output folder (policy.pt, train_state.pt, config.json, tb/)",
+                              "steps=100 policy.hidden_size=128", policy_preset, train_policy, lambda summary: summary)
 
 
 def reward_main(argv: list[str] | None = None) -> int:
     from wmpo.train.reward import train_reward
 
-    ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
-    _store_out(ap, "trajectory store path(s) with successes and failures", "output folder (reward.pt, metrics.json, config.json, tb/)")
-    add_config_args(ap, "steps=100 reward.hidden_size=128")
-    _resumable(ap)
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, reward_preset)
-    metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
-    return 0
+    return _resumable_command(argv, "wmpo train-reward", "Train the VideoMAE success classifier on real trajectories.",
+                              "trajectory store path(s) with successes and failures",
+                              "output folder (reward.pt, metrics.json, config.json, tb/)", "steps=100 reward.hidden_size=128",
+                              reward_preset, train_reward, lambda m: {"threshold": m["threshold"], "test": m["test"]})
 
 
 def wm_eval_main(argv: list[str]) -> int:

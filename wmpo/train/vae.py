@@ -10,31 +10,18 @@ import torch
 from wmpo.data.clips import FrameDataset
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE, VAEConfig, psnr
+from wmpo.train.loop import TrainLoopConfig
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(TrainLoopConfig):
+    """VAE training; batch_size counts frames. Loop fields (and their defaults): TrainLoopConfig."""
+
     vae: VAEConfig = field(default_factory=VAEConfig)
     """the VAE architecture"""
-    steps: int = 20000
-    """optimizer steps"""
-    batch_size: int = 32
-    """frames per batch"""
-    lr: float = 1e-4
-    """AdamW learning rate"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    grad_clip: float = 1.0
-    """gradient-norm clip"""
-    log_every: int = 50
-    """steps between logged scalars"""
-    ckpt_every: int = 1000
-    """steps between checkpoints"""
-    seed: int = 0
-    """random seed"""
 
 
 def train_vae(cfg: VAETrainConfig, store_paths: Sequence[str] | None, out_dir: str | Path, *, episodes=None,

@@ -16,37 +16,28 @@ from wmpo.data.loader import action_stats as episode_action_stats
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel, WorldModelConfig
+from wmpo.train.loop import TrainLoopConfig
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
 
 
 @dataclass
-class WMTrainConfig:
+class WMTrainConfig(TrainLoopConfig):
+    """World-model training; batch_size counts windows of c + K frames; lr 1e-4, weight decay 0 and
+    gradient clip 0.1 as the paper's Table 3. Loop fields: TrainLoopConfig."""
+
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     """the world model architecture"""
-    steps: int = 100000
-    """optimizer steps"""
-    batch_size: int = 32
-    """windows per batch"""
-    lr: float = 1e-4
-    """AdamW learning rate (paper Table 3)"""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas (paper)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay (paper: 0)"""
-    grad_clip: float = 0.1
-    """gradient-norm clip (paper: 0.1)"""
     ema_decay: float = 0.9999
     """EMA of the weights (paper 0.9999); 0 disables"""
     t_sampling: str = "logit_normal"
     """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
+    steps: int = 100000  # (loop defaults of the world model)
+    grad_clip: float = 0.1
     log_every: int = 25
-    """steps between logged scalars"""
-    ckpt_every: int = 1000
-    """steps between checkpoints"""
-    seed: int = 0
-    """random seed"""
 
 
 def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
