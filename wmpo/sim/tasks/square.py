@@ -159,10 +159,4 @@ class SquareExpert(WaypointExpert):
         ]
 
 
-SPEC = TaskSpec(
-    name="square",
-    instruction=INSTRUCTION,
-    horizon=HORIZON,
-    make_robosuite_env=make_robosuite_env,
-    make_expert=SquareExpert,
-)
+SPEC = TaskSpec("square", INSTRUCTION, HORIZON, make_robosuite_env, SquareExpert)
