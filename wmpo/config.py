@@ -3,6 +3,7 @@
 Each component owns its config dataclass in its own module; `RunConfig` composes them. Presets:
   micro  a few steps of every stage (CI's end-to-end test, ~2 min on 2 cores)
   tiny   CPU, the whole pipeline in minutes: a smoke test, its numbers are not claims
+  cpu    the CPU science recipe (64x64, corpus-pretrained world model, P = 128): tens of CPU-hours
   small  one GPU, under an hour
   paper  the paper's configuration (Tables 3-4; 256x256 frames, DiT 1152 x 28+28)
 """
@@ -74,6 +75,16 @@ class RunConfig:
     """also run online GRPO and DPO on the same budget P"""
     lifelong_rounds: int = 0
     """lifelong WMPO rounds after the first WMPO stage (paper 4.5: 3); each collects P more real rollouts"""
+    corpus_dir: str | None = None
+    """world-model pretraining corpus folder (`wmpo corpus`; None: <out>/corpus). Not counted in P"""
+    corpus_episodes_per_task: int = 0
+    """perturbed-expert episodes per task in the corpus (0: no corpus; pretrain on the demos alone)"""
+    corpus_tasks: tuple[str, ...] = ("square", "stack_three", "three_piece_assembly", "coffee")
+    """tasks of the multi-task pretraining corpus"""
+    heldout_episodes: int = 0
+    """real base-policy episodes on training states never trained on (diagnostics only; 0: no diagnostics)"""
+    diagnostic_sampler_steps: tuple[int, ...] = ()
+    """extra Euler step counts at which world-model fidelity is also measured (the rollout's is always)"""
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     """VAE architecture and training"""
     wm_pretrain: WMTrainConfig = field(default_factory=WMTrainConfig)
@@ -183,6 +194,7 @@ def _preset_micro(task: str) -> RunConfig:
     return replace(
         cfg, preset="micro", image_size=32, num_workers=1, num_demos=2, real_budget=8, num_initial_states=4, eval_episodes=2,
         max_episode_steps=24, imagined_horizon=16, sampler_steps=2, wmpo_iterations=1, num_videos=1,
+        corpus_episodes_per_task=1, corpus_tasks=("square", "coffee"), heldout_episodes=2, diagnostic_sampler_steps=(3,),
         vae_train=replace(cfg.vae_train, vae=_vae(32, (8, 16, 16), 1, 4, False), steps=4, batch_size=4),
         wm_pretrain=replace(cfg.wm_pretrain, model=wm, steps=4, batch_size=2),
         wm_finetune=replace(cfg.wm_finetune, model=wm, steps=2, batch_size=2),
@@ -198,7 +210,37 @@ def _preset_micro(task: str) -> RunConfig:
     )
 
 
-PRESETS = {"micro": _preset_micro, "tiny": _preset_tiny, "small": _preset_small, "paper": _preset_paper}
+def _preset_cpu(task: str) -> RunConfig:
+    """The CPU science recipe (issue: a Table-1-style result on this CPU). Base policy: the per-task
+    recipe of bench/base_policy.py (64x64, 1.3M-parameter VLA). World model: pretrained on a multi-task
+    perturbed-expert corpus + the demos, then aligned on the P = 128 base-policy rollouts."""
+    wm = _wm(16, 128, 6, 4)
+    pol = _policy(image_size=64, patch_size=8, hidden_size=128, num_heads=4, vision_layers=3, instr_layers=1, fusion_layers=2,
+                       max_instr_len=48)
+    rew = RewardConfig(image_size=64, patch_size=8, tubelet_size=2, hidden_size=128, num_layers=3, num_heads=4)
+    return RunConfig(
+        task=task, preset="cpu", image_size=64, num_workers=2, num_demos=100, real_budget=128, num_initial_states=128,
+        eval_episodes=128, max_episode_steps=None, imagined_horizon=None, sampler_steps=10, wmpo_iterations=16, num_videos=4,
+        corpus_episodes_per_task=300, heldout_episodes=48, diagnostic_sampler_steps=(30,),
+        vae_train=VAETrainConfig(vae=_vae(64, (32, 64, 64), 2, 8, False), steps=6000, batch_size=32, lr=5e-4, log_every=100,
+                                 ckpt_every=500),
+        wm_pretrain=WMTrainConfig(model=wm, steps=30000, batch_size=16, lr=3e-4, grad_clip=1.0, ema_decay=0.999, log_every=100,
+                                  ckpt_every=250, lr_schedule="cosine", warmup_steps=500, min_lr_ratio=0.1),
+        wm_finetune=WMTrainConfig(model=wm, steps=3000, batch_size=16, lr=1e-4, grad_clip=1.0, ema_decay=0.995, log_every=100,
+                                  ckpt_every=250, lr_schedule="cosine", warmup_steps=100, min_lr_ratio=0.1),
+        policy_train=PolicyTrainConfig(policy=pol, steps=3000, batch_size=64, lr=5e-4, warmup_steps=100, min_lr_ratio=0.1,
+                                       crop_pad=4, log_every=100, eval_every=500, ckpt_every=500),
+        reward_train=RewardTrainConfig(reward=rew, steps=2000, batch_size=16, lr=3e-4, warmup_steps=100, crop_pad=4, eval_every=0,
+                                       ckpt_every=250),
+        grpo=_grpo(batch_size=64, minibatch_size=32, lr=3e-5),
+        rollout=_rollout(num_slots=64, max_groups_factor=4.0),
+        online=OnlineGRPOConfig(budget=128, num_envs=8, image_size=64, num_initial_states=128,
+                                grpo=_grpo(batch_size=32, minibatch_size=16, lr=3e-5)),
+        dpo=DPOConfig(epochs=3, pairs_per_step=16, lr=3e-5),
+    )
+
+
+PRESETS = {"micro": _preset_micro, "tiny": _preset_tiny, "cpu": _preset_cpu, "small": _preset_small, "paper": _preset_paper}
 
 
 def get_preset(name: str, task: str = "square", **overrides: Any) -> RunConfig:

@@ -10,7 +10,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "collect": ("wmpo.cli.sim:collect_main", "collect episodes in the real simulator into an HDF5 store"),
     "eval": ("wmpo.cli.sim:eval_main", "evaluate a policy in the real simulator on the evaluation initial states"),
-    "corpus": ("wmpo.cli.sim:corpus_main", "collect the multi-task world-model pretraining corpus (perturbed experts)"),
+    "corpus": ("wmpo.cli.sim:corpus_main", "collect the world-model pretraining corpus (perturbed experts, several tasks)"),
     "train-vae": ("wmpo.cli.train:vae_main", "train the per-frame VAE on task frames"),
     "train-wm": ("wmpo.cli.train:world_model_main", "pretrain / fine-tune the action-conditioned video world model"),
     "wm-eval": ("wmpo.cli.train:wm_eval_main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),

@@ -44,17 +44,33 @@ class Context:
 
         return as_env_policy(policy, tokenizer, temperature=temperature, device=self.device)
 
+    def load_vae(self):
+        """The run's VAE (stage `vae`), on the run's device, in eval mode."""
+        from wmpo.models.vae import FrameVAE
+
+        return FrameVAE.from_checkpoint(self.output("vae")["path"]).to(self.device).eval()
+
     def world_model_env(self, wm_path: str):
         """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
-        from wmpo.models.vae import FrameVAE
         from wmpo.models.world_model import WorldModel
         from wmpo.rollout.world_model_env import WorldModelEnv
 
         cfg = self.cfg
-        vae = FrameVAE.from_checkpoint(self.output("vae")["path"]).to(self.device).eval()
         wm = WorldModel.from_checkpoint(wm_path).to(self.device).eval()
-        return WorldModelEnv(vae, wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+        return WorldModelEnv(self.load_vae(), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
                              t_context=cfg.world_model.t_context, device=self.device)
+
+    def success_detector(self, reward_path: str):
+        """The reward model at `reward_path` as an incremental success detector over rollout.num_slots rows."""
+        from wmpo.models.reward import IncrementalSuccess, load_reward
+
+        return IncrementalSuccess(load_reward(reward_path, self.device).eval(), self.cfg.rollout.num_slots, self.device)
+
+    def imagination_engine(self, policy, tokenizer, wm_path: str, reward_path: str):
+        """The imagination engine of `policy` in the world model at `wm_path`, judged by the reward model."""
+        from wmpo.rollout.engine import ImaginationEngine
+
+        return ImaginationEngine(self.world_model_env(wm_path), policy, self.success_detector(reward_path), tokenizer, self.cfg.rollout)
 
     def initial_frames(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         """(states [n, S], first frames uint8 [n, H, W, 3]) of the task's `split` initial states, cached."""

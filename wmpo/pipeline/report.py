@@ -44,6 +44,36 @@ def _plot_curves(history: list[dict], path: Path) -> bool:
     return True
 
 
+def _f(x: Any, fmt: str = ".2f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
+def _diagnostics_lines(diag: dict | None, cfg: Any) -> list[str]:
+    """The learned simulator checked on held-out real base-policy episodes, before WMPO."""
+    if not diag:
+        return []
+    lines = ["", "## Diagnostics (held-out real base-policy episodes, before WMPO)", "",
+             f"{diag['episodes']} real base-policy episodes on training initial states that no model trained on "
+             f"(real success rate {_pct(diag['real_success_rate'])}%).", "",
+             "Open-loop replay of their real actions from their real first frame (PSNR dB / SSIM vs frames after the first):", "",
+             "| sampler steps | frame | world model | repeat first frame | VAE reconstruction | episodes |", "|---|---|---|---|---|---|"]
+    for key, fid in diag["fidelity"].items():
+        for h, a in fid["at"].items():
+            lines.append(f"| {key.split('_')[0]} | {h} | {_f(a['imagined_psnr'])} / {_f(a['imagined_ssim'], '.3f')} | "
+                         f"{_f(a['first_frame_psnr'])} / {_f(a['first_frame_ssim'], '.3f')} | {_f(a['vae_psnr'])} / "
+                         f"{_f(a['vae_ssim'], '.3f')} | {a['episodes']} |")
+    main = diag["fidelity"].get(f"{cfg.sampler_steps}_steps", {}).get("outcome", {})
+    rw, cl = diag.get("reward_on_heldout", {}), diag.get("closed_loop", {})
+    lines += ["", "![fidelity](diagnostics/fidelity.png)", "",
+              f"- Outcome agreement (reward model on the imagined replay vs the real outcome, {cfg.sampler_steps} steps): "
+              f"{_pct(main.get('agreement'))}% (target >= 80%).",
+              f"- Reward model on the real held-out episodes: precision {_f(rw.get('precision'))}, recall {_f(rw.get('recall'))}, "
+              f"F1 {_f(rw.get('f1'))} ({rw.get('positives', '-')} successes of {rw.get('episodes', '-')}; target F1 >= 0.9).",
+              f"- Closed loop, base policy from the same initial states at T = {cfg.grpo.temperature}: imagined success "
+              f"{_pct(cl.get('imagined_success_rate'))}% vs real {_pct(cl.get('real_success_rate'))}% (target within 10 points)."]
+    return lines
+
+
 def write_report(ctx: Any) -> Path:
     out: Path = ctx.out
     cfg = ctx.cfg
@@ -56,14 +86,19 @@ def write_report(ctx: Any) -> Path:
     lines += ["## Success rate on the evaluation initial states (paper Table 1)", "",
               f"Real-rollout budget P = {cfg.real_budget}; {cfg.eval_episodes} evaluation episodes per policy, greedy actions."
               + (f" Lifelong WMPO ran {cfg.lifelong_rounds} more round(s), each with P more real rollouts." if cfg.lifelong_rounds else ""), "",
-              "| method | success rate (%) | 95% CI | mean length of successes (steps) | episodes |",
-              "|---|---|---|---|---|"]
+              "| method | success rate (%) | 95% CI | mean length of successes (steps) | episodes | vs base: McNemar exact p (n01 / n10) |",
+              "|---|---|---|---|---|---|"]
     for name in ("base", "online_grpo", "dpo", "wmpo", "lifelong"):
         if name in ev:
             r = ev[name]
             msl = r.get("mean_success_length")
+            mc = r.get("vs_base_mcnemar")
+            mc_s = f"{mc['p']:.3g} ({mc['n01']} / {mc['n10']})" if mc else "-"
             lines.append(f"| {LABELS[name]} | {_pct(r.get('success_rate'))} | {_ci(r)} | "
-                         f"{'-' if msl is None or msl != msl else f'{msl:.1f}'} | {r.get('n', '-')} |")
+                         f"{'-' if msl is None or msl != msl else f'{msl:.1f}'} | {r.get('n', '-')} | {mc_s} |")
+    if any(ev.get(n, {}).get("vs_base_mcnemar") for n in ev):
+        lines += ["", "n01: evaluation states the base policy failed and the method solved; n10: the reverse."]
+    lines += _diagnostics_lines(outs.get("diagnostics"), cfg)
     lines += ["", "## Pipeline", "", "| stage | seconds | summary |", "|---|---|---|"]
     for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())

@@ -42,17 +42,43 @@ def stage_demos(ctx: Context) -> dict:
     return {"store": str(path), "episodes": n, "expert_success_rate": n_succ / max(n, 1), "collect": _jsonable(res)}
 
 
+def _corpus_dir(ctx: Context) -> Path:
+    return Path(ctx.cfg.corpus_dir) if ctx.cfg.corpus_dir else ctx.out / "corpus"
+
+
+def stage_corpus(ctx: Context) -> dict:
+    """The world-model pretraining corpus (perturbed scripted experts of several tasks; not part of
+    the real budget P). Resumable; a corpus folder shared between runs is topped up, never redone."""
+    from wmpo.sim.corpus import CorpusConfig, collect_corpus, corpus_store_path
+
+    cfg = ctx.cfg
+    folder = _corpus_dir(ctx)
+    ccfg = CorpusConfig(tasks=tuple(cfg.corpus_tasks), episodes_per_task=cfg.corpus_episodes_per_task, image_size=cfg.image_size,
+                        max_steps=cfg.max_episode_steps)
+    counts = collect_corpus(folder, ccfg, num_workers=cfg.num_workers)
+    return {"folder": str(folder), "stores": [str(corpus_store_path(folder, t)) for t in ccfg.tasks], "counts": counts,
+            "episodes": sum(c["episodes"] for c in counts.values()), "successes": sum(c["successes"] for c in counts.values())}
+
+
+def _pretrain_stores(ctx: Context) -> list[str]:
+    """What the VAE and the world model are pretrained on: the demos, plus the corpus when there is one."""
+    stores = [ctx.output("demos")["store"]]
+    if ctx.cfg.corpus_episodes_per_task > 0:
+        stores += ctx.output("corpus")["stores"]
+    return stores
+
+
 def stage_vae(ctx: Context) -> dict:
     from wmpo.train.vae import train_vae
 
-    res = train_vae(ctx.cfg.vae_train, [ctx.output("demos")["store"]], ctx.out / "vae", device=ctx.device)
+    res = train_vae(ctx.cfg.vae_train, _pretrain_stores(ctx), ctx.out / "vae", device=ctx.device)
     return _jsonable(res)
 
 
 def stage_wm_pretrain(ctx: Context) -> dict:
     from wmpo.train.world_model import train_world_model
 
-    res = train_world_model(ctx.cfg.wm_pretrain, [ctx.output("demos")["store"]], ctx.out / "wm_pretrain",
+    res = train_world_model(ctx.cfg.wm_pretrain, _pretrain_stores(ctx), ctx.out / "wm_pretrain",
                             vae=ctx.output("vae")["path"], device=ctx.device)
     return _jsonable(res)
 
@@ -83,6 +109,78 @@ def stage_base_rollouts(ctx: Context) -> dict:
     return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0, "groups": groups}
 
 
+def stage_heldout(ctx: Context) -> dict:
+    """Real base-policy rollouts that no model trains on (for the diagnostics): one per training
+    initial state after the P budget's states, at GRPO's temperature."""
+    from wmpo.data.store import TrajectoryStore
+    from wmpo.sim.collect import collect
+
+    cfg = ctx.cfg
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    first = max(1, cfg.real_budget // cfg.grpo.group_size)
+    states, _ = ctx.initial_frames("train", first + cfg.heldout_episodes)
+    path = ctx.path("data", "heldout_rollouts.h5")
+    with TrajectoryStore(path, "w") as store:
+        collect(ctx.env_policy(policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=states[first:],
+                num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 25_000, max_steps=cfg.max_episode_steps)
+        succ = [bool(store.load(i).success) for i in range(len(store))]
+    return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0,
+            "first_state": first}
+
+
+def stage_diagnostics(ctx: Context) -> dict:
+    """World-model fidelity, outcome agreement, reward F1 and closed-loop agreement on the held-out
+    real base-policy episodes (wmpo.pipeline.diagnostics), before WMPO trusts the learned simulator."""
+    from wmpo.data.loader import load_episodes
+    from wmpo.models.reward import load_reward
+    from wmpo.models.world_model import WorldModel
+    from wmpo.pipeline import diagnostics as dg
+    from wmpo.pipeline.videos import write_side_by_side
+    from wmpo.sim import TASKS
+    from wmpo.utils.frames import uint8_to_model
+
+    cfg = ctx.cfg
+    eps, _ = load_episodes(ctx.output("heldout")["store"])
+    vae = ctx.load_vae()
+    wm_path = ctx.output("wm_finetune")["path"]
+    wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
+    stats = _wm_action_stats(ctx, wm_path)
+    reward = load_reward(ctx.output("reward")["reward_path"], ctx.device)
+    out: dict[str, Any] = {"episodes": len(eps), "real_success_rate": float(np.mean([e.success for e in eps]))}
+    fidelity = {}
+    for steps in dict.fromkeys([cfg.sampler_steps, *cfg.diagnostic_sampler_steps]):
+        r = dg.open_loop_fidelity(vae, wm, eps, stats, steps=steps, device=ctx.device, seed=cfg.seed)
+        frames = r.pop("frames")
+        r["outcome"] = dg.outcome_agreement(reward, frames, r["lengths"], [e.success for e in eps], ctx.device)
+        fidelity[f"{steps}_steps"] = r
+        if steps == cfg.sampler_steps:
+            for b in range(min(cfg.num_videos, len(eps))):
+                T = len(eps[b])
+                write_side_by_side(ctx.path("videos", "heldout_replay", f"episode_{b:03d}.mp4"), eps[b].frames, frames[b, : T + 1])
+    dg.write_fidelity_plot(fidelity, ctx.path("diagnostics", "fidelity.png"))
+    out["fidelity"] = fidelity
+    main_key = f"{cfg.sampler_steps}_steps"
+    out["outcome_agreement"] = fidelity[main_key]["outcome"]["agreement"]
+    out["reward_on_heldout"] = dg.reward_on_real(reward, eps, ctx.device)
+    # closed loop: the base policy in the world model from the held-out episodes' initial states
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    engine = ctx.imagination_engine(policy, tok, wm_path, ctx.output("reward")["reward_path"])
+    pool = uint8_to_model(torch.as_tensor(np.stack([e.frames[0] for e in eps]))).to(ctx.device)
+    spec = TASKS[cfg.task]
+    batch, _ = engine.sample_groups(pool, spec.instruction, group_size=1, num_trajectories=len(eps), temperature=cfg.grpo.temperature,
+                                    max_steps=cfg.imagined_horizon or spec.horizon, dynamic_sampling=False, seed=cfg.seed + 77)
+    out["closed_loop"] = {"imagined_success_rate": float(batch.success.float().mean()), "real_success_rate": out["real_success_rate"],
+                          "trajectories": len(batch)}
+    save_json(ctx.path("diagnostics", "diagnostics.json"), _jsonable(out))
+    return _jsonable(out)
+
+
+def _wm_action_stats(ctx: Context, wm_path: str) -> dict:
+    """The action statistics the world model at `wm_path` was trained with."""
+    p = Path(wm_path).parent / "action_stats.json"
+    return {k: np.asarray(v, np.float32) for k, v in json.loads(p.read_text()).items()}
+
+
 def stage_wm_finetune(ctx: Context) -> dict:
     from wmpo.train.world_model import train_world_model
 
@@ -103,7 +201,6 @@ def stage_reward(ctx: Context) -> dict:
 def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo") -> list[dict]:
     """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
     states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
-    from wmpo.models.reward import IncrementalSuccess, load_reward
     from wmpo.rl.wmpo import wmpo_train
     from wmpo.sim import TASKS
     from wmpo.utils.frames import uint8_to_model
@@ -112,8 +209,7 @@ def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, 
     spec = TASKS[cfg.task]
     _, frames = ctx.initial_frames("train", cfg.num_initial_states)
     pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    detector = IncrementalSuccess(load_reward(reward_path, ctx.device).eval(), cfg.rollout.num_slots, ctx.device)
-    return wmpo_train(ctx.world_model_env(wm_path), policy, tok, detector, pool, spec.instruction, grpo=cfg.grpo,
+    return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
                       rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
                       seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag)
 
@@ -227,13 +323,20 @@ def stage_evaluate(ctx: Context) -> dict:
     if cfg.baselines:
         policies["online_grpo"] = ctx.output("baselines")["online_grpo"]["checkpoint"]
         policies["dpo"] = ctx.output("baselines")["dpo"]["checkpoint"]
-    results = {}
+    results, evals = {}, {}
     for name, ck in policies.items():
         policy, tok = ctx.load_policy(ck)
         res = evaluate(ctx.env_policy(policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
                        num_workers=cfg.num_workers, image_size=cfg.image_size,
                        video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos, max_steps=cfg.max_episode_steps)
         results[name] = _jsonable(res)
+        evals[name] = res
+    # paired comparison with the base policy on the same evaluation states (exact McNemar test)
+    from wmpo.sim.evaluate import mcnemar_exact, paired_outcomes
+
+    for name in results:
+        if name != "base":
+            results[name]["vs_base_mcnemar"] = mcnemar_exact(*paired_outcomes(evals["base"], evals[name]))
     save_json(ctx.path("eval", "results.json"), results)
     return results
 
@@ -247,19 +350,25 @@ def stage_videos(ctx: Context) -> dict:
 
 def stage_report(ctx: Context) -> dict:
     from wmpo.pipeline.report import write_report
+    from wmpo.pipeline.results import result_summary
 
-    return {"report": str(write_report(ctx))}
+    save_json(ctx.out / "result.json", result_summary(ctx.cfg, ctx.runner.outputs, ctx.out))
+    return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
 
 
 def build_stages(cfg: RunConfig) -> list[Stage]:
+    # the policy's branch first: it does not need the (long) corpus and world-model stages
     return [
         Stage("demos", stage_demos),
-        Stage("vae", stage_vae),
-        Stage("wm_pretrain", stage_wm_pretrain),
         Stage("policy_sft", stage_policy_sft),
         Stage("base_rollouts", stage_base_rollouts),
+        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0),
+        Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0),
+        Stage("vae", stage_vae),
+        Stage("wm_pretrain", stage_wm_pretrain),
         Stage("wm_finetune", stage_wm_finetune),
         Stage("reward", stage_reward),
+        Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
         Stage("wmpo", stage_wmpo),
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),

@@ -42,6 +42,8 @@ class CorpusConfig:
     """per-episode perturbation ranges of the scripted expert"""
     round_size: int = 20
     """episodes added per task per round (keeps a partial corpus balanced across tasks)"""
+    max_steps: int | None = None
+    """cap on episode length (None: each task's horizon; smoke-test presets shorten it)"""
 
 
 def corpus_store_path(folder: str | Path, task: str) -> Path:
@@ -116,7 +118,8 @@ def collect_corpus(folder: str | Path, cfg: CorpusConfig, num_workers: int = 2, 
             break
         for task, seeds in work.items():
             r = collect("expert", task, corpus_store_path(folder, task), seeds=seeds, num_workers=num_workers,
-                        image_size=cfg.image_size, expert_noise=cfg.noise, show_progress=show_progress)
+                        image_size=cfg.image_size, expert_noise=cfg.noise, show_progress=show_progress,
+                        max_steps=cfg.max_steps)
             if show_progress:
                 print(f"corpus {task}: +{r.episodes} episodes ({r.successes} successes) in {r.seconds:.0f} s", flush=True)
         rounds += 1

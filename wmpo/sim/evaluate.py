@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -21,6 +22,30 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def mcnemar_exact(a_success: "Sequence[bool]", b_success: "Sequence[bool]") -> dict:
+    """Exact (binomial) two-sided McNemar test of two policies evaluated on the same initial states.
+
+    a_success[i], b_success[i]: outcomes from state i. Only discordant states count: n01 (a failed,
+    b succeeded) and n10; under H0 each discordant state is a fair coin. -> {"n01", "n10", "p"}."""
+    a, b = np.asarray(a_success, bool), np.asarray(b_success, bool)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"a_success, b_success: expected two [n] outcome lists over the same states, got {a.shape} and {b.shape}")
+    n01, n10 = int((~a & b).sum()), int((a & ~b).sum())
+    n, k = n01 + n10, min(n01, n10)
+    if n == 0:
+        return {"n01": 0, "n10": 0, "p": 1.0}
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return {"n01": n01, "n10": n10, "p": float(min(1.0, 2 * tail))}
+
+
+def paired_outcomes(a: "EvalResult", b: "EvalResult") -> tuple[list[bool], list[bool]]:
+    """Outcomes of two evaluations on their common initial-state indices, aligned by index."""
+    da = {e.index: e.success for e in a.episodes}
+    db = {e.index: e.success for e in b.episodes}
+    common = sorted(set(da) & set(db))
+    return [da[i] for i in common], [db[i] for i in common]
 
 
 @dataclass

@@ -13,6 +13,8 @@ import numpy as np
 
 SEED_BASE = {"train": 1_000_000, "eval": 2_000_000}
 """first reset seed of each split; splits hold fewer than 1e6 states, so they never overlap"""
+FRESH_SEED_RANGE = (10_000_000, 2**31 - 1)
+"""`fresh_initial_states` draws its reset seeds from here: above every fixed split and the corpus (3e6)"""
 CACHE_VERSION = 1
 
 
@@ -68,3 +70,47 @@ def get_initial_states(task: str, split: str = "train", n: int = 128, cache_dir:
     np.save(tmp, states)
     os.replace(tmp, path)
     return states
+
+
+def fresh_initial_states(task: str, states_seed: int, n: int, check_against: int = 256) -> np.ndarray:
+    """float64 [n, S]: a fresh set of initial states nobody tuned on, from n distinct reset seeds drawn
+    with `states_seed` in FRESH_SEED_RANGE (disjoint from the train / eval / corpus seed ranges), and
+    checked against the first `check_against` training states: a state equal to one of them raises."""
+    from wmpo.sim.env import make_env
+
+    if not 0 < n < 1_000_000:
+        raise ValueError(f"n: expected 1..999999, got {n}")
+    if states_seed < 0:
+        raise ValueError(f"states_seed: expected >= 0, got {states_seed}")
+    seeds = _distinct_seeds(int(states_seed), n)
+    env = make_env(task, image_size=0)
+    try:
+        states = []
+        for s in seeds:
+            env.reset(int(s))
+            states.append(env.get_state())
+    finally:
+        env.close()
+    states = np.stack(states)
+    if check_against > 0:
+        train = get_initial_states(task, "train", check_against)
+        # state[0] is the simulator time; compare the rest (qpos, qvel)
+        same = (np.abs(states[:, None, 1:] - train[None, :, 1:]).max(-1) < 1e-9).any(1)
+        if same.any():
+            raise RuntimeError(f"fresh_initial_states: {int(same.sum())} state(s) drawn with seed {states_seed} equal a training "
+                               "state; the seed ranges should make this impossible")
+    return states
+
+
+def _distinct_seeds(states_seed: int, n: int) -> np.ndarray:
+    """n distinct reset seeds in FRESH_SEED_RANGE, reproducible from `states_seed`."""
+    rng = np.random.default_rng([int(states_seed), 0xF4E5])
+    lo, hi = FRESH_SEED_RANGE
+    seeds: list[int] = []
+    seen: set[int] = set()
+    while len(seeds) < n:
+        for s in rng.integers(lo, hi, size=n).tolist():
+            if s not in seen and len(seeds) < n:
+                seen.add(s)
+                seeds.append(s)
+    return np.asarray(seeds, dtype=np.int64)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,9 +50,9 @@ class ScheduledTrainConfig(TrainLoopConfig):
     """bf16 autocast on CUDA"""
 
 
-def warmup_cosine_lr(step: int, cfg: ScheduledTrainConfig) -> float:
-    """The learning rate at `step`: linear warmup over cfg.warmup_steps, then cosine decay from cfg.lr
-    to cfg.lr * cfg.min_lr_ratio at cfg.steps."""
+def warmup_cosine_lr(step: int, cfg: Any) -> float:
+    """The learning rate at `step` (0-based): linear warmup over cfg.warmup_steps, then cosine decay
+    from cfg.lr to cfg.lr * cfg.min_lr_ratio at cfg.steps (cfg: any config with those four fields)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / max(1, cfg.warmup_steps)
     p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)

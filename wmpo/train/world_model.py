@@ -16,7 +16,7 @@ from wmpo.data.loader import action_stats as episode_action_stats
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel, WorldModelConfig
-from wmpo.train.loop import TrainLoopConfig
+from wmpo.train.loop import TrainLoopConfig, warmup_cosine_lr
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
@@ -33,6 +33,12 @@ class WMTrainConfig(TrainLoopConfig):
     """AdamW betas (paper)"""
     ema_decay: float = 0.9999
     """EMA of the weights (paper 0.9999); 0 disables"""
+    lr_schedule: str = "constant"
+    """'constant' (paper) or 'cosine': linear warmup over warmup_steps, then cosine to lr * min_lr_ratio"""
+    warmup_steps: int = 0
+    """linear warmup steps of the 'cosine' schedule"""
+    min_lr_ratio: float = 0.1
+    """final lr / peak lr of the 'cosine' schedule"""
     t_sampling: str = "logit_normal"
     """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
     steps: int = 100000  # (loop defaults of the world model)
@@ -56,6 +62,15 @@ def flow_loss(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, t: tor
     return (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2).mean()
 
 
+def lr_at(step: int, cfg: WMTrainConfig) -> float:
+    """Learning rate of optimizer step `step` (0-based) under cfg.lr_schedule."""
+    if cfg.lr_schedule == "constant":
+        return cfg.lr
+    if cfg.lr_schedule != "cosine":
+        raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+    return warmup_cosine_lr(step, cfg)
+
+
 class WMTrainer:
     """Holds model/optimizer/EMA/RNG; `step()` is one optimizer step; state() / load() for exact resume."""
 
@@ -74,6 +89,8 @@ class WMTrainer:
         noise = torch.randn(x0.shape, generator=self.gen)
         x0, act, t, noise = (z.to(self.device) for z in (x0, act, t, noise))
         self.model.train()
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(self.step_count, self.cfg)
         with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
             loss = flow_loss(self.model, x0, act, t, noise)
         self.opt.zero_grad(set_to_none=True)

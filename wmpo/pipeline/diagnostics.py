@@ -1,0 +1,156 @@
+"""Diagnostics of the learned simulator, measured before WMPO trusts it (issue: Table-1 on the CPU).
+
+On real base-policy episodes that no model trained on (`heldout` rollouts, training initial states):
+
+- open-loop fidelity: each episode's real actions replayed from its real first frame in the world
+  model, PSNR / SSIM against the real frames vs horizon, next to two references: repeating the first
+  frame (what a world model that learned nothing scores) and the VAE's own reconstruction (the
+  ceiling any latent world model has);
+- outcome agreement: the reward model's verdict on the imagined video vs the real outcome;
+- the reward model's precision / recall / F1 on the real held-out episodes themselves;
+- closed loop: the base policy's success rate inside the world model vs in the simulator, from the
+  same initial states at the same temperature.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from wmpo.data.clips import episode_frames, normalize_actions
+from wmpo.models.reward import prf1
+from wmpo.models.vae import psnr
+from wmpo.train.wm_eval import ssim
+from wmpo.utils.frames import model_to_uint8, uint8_to_model
+
+HORIZONS = (8, 16, 24, 32, 48, 64, 96, 128)
+"""frames after the first at which fidelity is reported"""
+
+
+def _mean_by_frame(values: np.ndarray, valid: np.ndarray) -> list[float | None]:
+    """[B, T] values, [B, T] bool -> per-frame mean over the episodes still running (None past all)."""
+    s, n = (values * valid).sum(0), valid.sum(0)
+    return [float(a / b) if b > 0 else None for a, b in zip(s, n)]
+
+
+@torch.no_grad()
+def open_loop_fidelity(vae, world_model, episodes: Sequence, action_stats: dict, *, steps: int | Sequence[float],
+                       device: torch.device, seed: int = 0, max_frames: int | None = None) -> dict[str, Any]:
+    """Replay every episode's real actions from its real first frame (one batch, each to its own
+    length; a chunk past an episode's end is fed zero actions and not scored).
+
+    -> {"imagined": {"psnr": [per frame 1..T], "ssim": [...]}, "first_frame": {...}, "vae": {...},
+        "at": {horizon: {"imagined_psnr", "first_frame_psnr", "vae_psnr", "imagined_ssim", ...}},
+        "frames": uint8 [B, T+1, H, W, 3] imagined (not JSON; popped by callers), "lengths": [B]}."""
+    from wmpo.rollout.world_model_env import WorldModelEnv
+
+    K = world_model.cfg.chunk_len
+    lengths = np.array([len(e) for e in episodes])
+    T = int(lengths.max() if max_frames is None else min(lengths.max(), max_frames))
+    n_chunks = -(-T // K)
+    B, size = len(episodes), vae.frame_size
+    real = torch.zeros(B, n_chunks * K + 1, 3, size, size)
+    acts = torch.zeros(B, n_chunks * K, world_model.cfg.action_dim)
+    for b, e in enumerate(episodes):
+        f = episode_frames(e, size)[: n_chunks * K + 1]
+        real[b, : len(f)] = f
+        a = normalize_actions(e.actions[: n_chunks * K], action_stats)
+        acts[b, : len(a)] = a
+    valid = np.arange(1, n_chunks * K + 1)[None, :] <= np.minimum(lengths, T)[:, None]  # [B, n_chunks*K]
+    gen = torch.Generator(device=device).manual_seed(seed)
+    env = WorldModelEnv(vae, world_model, steps=steps, device=device, generator=gen)
+    env.reset(real[:, 0].to(device))
+    imag_u8 = [model_to_uint8(real[:, :1]).cpu()]
+    m = {k: np.zeros((B, n_chunks * K)) for k in ("psnr", "ssim", "ff_psnr", "ff_ssim", "vae_psnr", "vae_ssim")}
+    for k in range(n_chunks):
+        new = env.step(acts[:, k * K:(k + 1) * K].to(device)).float().cpu()  # [B, K, 3, H, W]
+        imag_u8.append(model_to_uint8(new))
+        tgt = real[:, 1 + k * K: 1 + (k + 1) * K]
+        rec = vae.decode(vae.encode(tgt.reshape(-1, 3, size, size).to(device))).float().cpu().clamp(-1, 1)
+        first = real[:, :1].expand_as(tgt).reshape(-1, 3, size, size)
+        flat_t, flat_n = tgt.reshape(-1, 3, size, size), new.reshape(-1, 3, size, size)
+        sl = slice(k * K, (k + 1) * K)
+        m["psnr"][:, sl] = psnr(flat_n, flat_t).view(B, K).numpy()
+        m["ssim"][:, sl] = ssim(flat_n, flat_t).view(B, K).numpy()
+        m["ff_psnr"][:, sl] = psnr(first, flat_t).view(B, K).numpy()
+        m["ff_ssim"][:, sl] = ssim(first, flat_t).view(B, K).numpy()
+        m["vae_psnr"][:, sl] = psnr(rec, flat_t).view(B, K).numpy()
+        m["vae_ssim"][:, sl] = ssim(rec, flat_t).view(B, K).numpy()
+    curves = {k: _mean_by_frame(v, valid) for k, v in m.items()}
+    at = {}
+    for h in HORIZONS:
+        if h <= n_chunks * K and curves["psnr"][h - 1] is not None:
+            at[str(h)] = {"imagined_psnr": curves["psnr"][h - 1], "first_frame_psnr": curves["ff_psnr"][h - 1],
+                          "vae_psnr": curves["vae_psnr"][h - 1], "imagined_ssim": curves["ssim"][h - 1],
+                          "first_frame_ssim": curves["ff_ssim"][h - 1], "vae_ssim": curves["vae_ssim"][h - 1],
+                          "episodes": int(valid[:, h - 1].sum())}
+    return {"imagined": {"psnr": curves["psnr"], "ssim": curves["ssim"]},
+            "first_frame": {"psnr": curves["ff_psnr"], "ssim": curves["ff_ssim"]},
+            "vae": {"psnr": curves["vae_psnr"], "ssim": curves["vae_ssim"]},
+            "at": at, "num_episodes": B, "lengths": lengths.tolist(),
+            "frames": torch.cat(imag_u8, 1).numpy()}
+
+
+@torch.no_grad()
+def video_scores(reward_model, videos: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
+    """Max sliding-window success probability of each uint8 [T+1, H, W, 3] video (as at rollout)."""
+    reward_model.eval()
+    out = []
+    for v in videos:
+        f = uint8_to_model(torch.as_tensor(np.asarray(v)).to(device))[None]
+        probs = reward_model.score_windows(f, pad=True)[0, 1:]
+        out.append(float(probs.max()) if probs.numel() else 0.0)
+    return np.asarray(out, dtype=np.float64)
+
+
+def outcome_agreement(reward_model, imagined: np.ndarray, lengths: Sequence[int], real_success: Sequence[bool],
+                      device: torch.device) -> dict[str, Any]:
+    """The reward model's verdict on each imagined replay (cut at the real episode's length) vs the
+    real outcome."""
+    thr = float(reward_model.threshold)
+    videos = [imagined[b, : int(n) + 1] for b, n in enumerate(lengths)]
+    scores = video_scores(reward_model, videos, device)
+    pred = scores >= thr
+    real = np.asarray(real_success, bool)
+    p, r, f1 = prf1(pred, real)
+    return {"agreement": float((pred == real).mean()), "imagined_success_rate": float(pred.mean()),
+            "real_success_rate": float(real.mean()), "precision": p, "recall": r, "f1": f1, "threshold": thr,
+            "episodes": int(len(real))}
+
+
+def reward_on_real(reward_model, episodes: Sequence, device: torch.device) -> dict[str, Any]:
+    """Precision / recall / F1 of the reward model's verdict on real episodes (their true outcomes)."""
+    thr = float(reward_model.threshold)
+    scores = video_scores(reward_model, [e.frames for e in episodes], device)
+    pred, real = scores >= thr, np.array([bool(e.success) for e in episodes])
+    p, r, f1 = prf1(pred, real)
+    return {"precision": p, "recall": r, "f1": f1, "accuracy": float((pred == real).mean()), "episodes": len(real),
+            "positives": int(real.sum()), "threshold": thr}
+
+
+def write_fidelity_plot(results: dict[str, dict], path: Path) -> None:
+    """PSNR and SSIM vs horizon: imagined (one line per label) and the two references."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    first = next(iter(results.values()))
+    for ax, metric in zip(axes, ("psnr", "ssim")):
+        for label, r in results.items():
+            ys = r["imagined"][metric]
+            ax.plot(range(1, len(ys) + 1), [np.nan if y is None else y for y in ys], label=f"world model ({label})")
+        for ref, style in (("first_frame", "--"), ("vae", ":")):
+            ys = first[ref][metric]
+            ax.plot(range(1, len(ys) + 1), [np.nan if y is None else y for y in ys], style,
+                    label={"first_frame": "repeat first frame", "vae": "VAE reconstruction"}[ref])
+        ax.set_xlabel("frames after the first")
+        ax.set_title(metric.upper())
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
