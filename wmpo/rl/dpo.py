@@ -22,23 +22,18 @@ from torch import nn
 
 from wmpo.data.batch import TrajectoryBatch
 from wmpo.data.groups import dynamic_sampling_filter
+from wmpo.rl.grpo import AdamWConfig
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(AdamWConfig):
+    """DPO settings; the optimizer fields (AdamWConfig) are GRPO's (paper: optimizer settings as GRPO, Table 4)."""
+
     beta: float = 0.1
     """DPO inverse temperature on the log-ratio margin (standard DPO value; the paper gives none)"""
-    lr: float = 5e-6
-    """AdamW learning rate (paper: optimizer settings as GRPO, Table 4)"""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas (as GRPO)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay (as GRPO)"""
-    adam_eps: float = 1e-8
-    """AdamW epsilon"""
     pairs_per_step: int = 16
     """preference pairs per optimizer step"""
     epochs: int = 3
@@ -144,9 +139,7 @@ class DPOTrainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy: expected an nn.Module with trainable parameters, got none")
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
-        )
+        self.optimizer = self.cfg.optimizer(params)
         self.step = 0
 
     def state_dict(self) -> dict:

@@ -29,7 +29,9 @@ from wmpo.utils.frames import uint8_to_model
 
 
 @dataclass
-class GRPOConfig:
+class AdamWConfig:
+    """The policy optimizer of GRPO and of the DPO baseline (paper Table 4; DPO: "as GRPO")."""
+
     lr: float = 5e-6
     """AdamW learning rate (paper Table 4)"""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -38,6 +40,16 @@ class GRPOConfig:
     """AdamW weight decay; the paper gives none for GRPO, we use 0 (as its world-model Table 3)"""
     adam_eps: float = 1e-8
     """AdamW epsilon"""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON round trips give lists
+
+    def optimizer(self, params) -> torch.optim.AdamW:
+        return torch.optim.AdamW(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay, eps=self.adam_eps)
+
+
+@dataclass
+class GRPOConfig(AdamWConfig):
     batch_size: int = 512
     """B, trajectories per policy update (paper: 64 initial states x G=8, see module docstring)"""
     group_size: int = 8
@@ -70,6 +82,7 @@ class GRPOConfig:
     """drop groups whose trajectories all succeed or all fail (DAPO dynamic sampling)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.batch_size % self.minibatch_size != 0:
             raise ValueError(
                 f"minibatch_size: expected a divisor of batch_size={self.batch_size}, got {self.minibatch_size}"
@@ -80,7 +93,6 @@ class GRPOConfig:
             raise ValueError(f"loss_agg: expected 'token_mean' or 'traj_mean', got {self.loss_agg!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0 for GRPO sampling, got {self.temperature}")
-        self.betas = tuple(self.betas)  # JSON round trips give lists
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,9 +198,7 @@ class GRPOTrainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy: expected an nn.Module with trainable parameters, got none")
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
-        )
+        self.optimizer = self.cfg.optimizer(params)
         self.step = 0  # optimizer steps taken
         self.updates = 0  # batches consumed
         self.minibatch_stats: list[dict[str, float]] = []  # per optimizer step of the last update()

@@ -162,10 +162,7 @@ def train_policy_on_episodes(
     episodes: Sequence[Episode],
     stats: dict[str, np.ndarray],
     out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    log_tb: bool = True,
-    show_progress: bool | None = None,
+    device: torch.device | str | None = None, resume: bool = True, log_tb: bool = True, show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Behaviour cloning on `episodes`; writes out_dir/{policy.pt, train_state.pt, config.json, metrics.json, tb/}.
 

@@ -131,10 +131,7 @@ def train_reward_on_episodes(
     cfg: RewardTrainConfig,
     episodes: Sequence[Episode],
     out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    log_tb: bool = True,
-    show_progress: bool | None = None,
+    device: torch.device | str | None = None, resume: bool = True, log_tb: bool = True, show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train on `episodes` (split inside), pick the threshold on val, report on test. -> metrics dict."""
     out = Path(out_dir)
