@@ -8,26 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.utils.frames import model_to_uint8, uint8_to_model
+from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
 
 
 @torch.no_grad()
 def imagine_frames(wm_env: Any, policy: Any, tokenizer: Any, first_frame: np.ndarray, instruction: str, steps: int,
-                   device: torch.device) -> np.ndarray:
-    """Greedy policy inside the world model from one real first frame -> uint8 [steps+1, H, W, 3]."""
-    first = uint8_to_model(torch.as_tensor(first_frame)[None].to(device))
-    wm_env.reset(first)
-    instr = policy.encode_instructions([instruction], device=device)
-    frames = [first[0]]
-    cur = first
-    while (len(frames) - 1) < steps:
-        tokens, _ = policy.sample(cur, instr, None)
-        actions = torch.as_tensor(tokenizer.detokenize(tokens)).to(device, torch.float32)
-        new = wm_env.step(actions)  # [1, K, 3, H, W]
-        frames.extend(new[0].unbind(0))
-        cur = new[:, -1]
-    video = torch.stack(frames[: steps + 1])
-    return model_to_uint8(video).cpu().numpy()
+                   device: torch.device, seed: int = 0) -> np.ndarray:
+    """Greedy policy inside the world model from one real first frame -> uint8 [steps+1, H, W, 3]
+    (the imagination engine's fixed rollout, every frame recorded)."""
+    engine = ImaginationEngine(wm_env, policy, None, tokenizer, RolloutConfig(num_slots=1))
+    first = torch.as_tensor(np.ascontiguousarray(first_frame))[None].to(device)
+    _, stats = engine.rollout_fixed(first, instruction, max_steps=steps, temperature=0.0, seed=seed, early_exit=False,
+                                    record_video=True)
+    return stats["video"][0, : steps + 1].cpu().numpy()
 
 
 def real_frames(task: str, state: np.ndarray, env_policy: Any, instruction: str, steps: int, image_size: int) -> np.ndarray:

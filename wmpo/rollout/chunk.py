@@ -82,7 +82,7 @@ class ChunkRunner:
         st.obs[ar, s_idx] = torch.where(act.view(-1, 1, 1, 1), st.cur_u8, st.obs[ar, s_idx])
         st.tokens[ar, s_idx] = torch.where(act.view(-1, 1, 1), tokens, st.tokens[ar, s_idx])
         st.logp[ar, s_idx] = torch.where(act.view(-1, 1, 1), logp.float(), st.logp[ar, s_idx])
-        if self.detector is not None:
+        if self.detector is not None or st.video is not None:
             if timer.enabled:
                 lat = self.wm_env.step(actions, decode=False)
                 timer.lap("world_model")
@@ -90,7 +90,13 @@ class ChunkRunner:
                 timer.lap("vae")
             else:
                 frames = self.wm_env.step(actions, decode=True)  # [S, K, 3, H, W]
-            success, first = self.detector.update(frames)
+            if st.video is not None:
+                self._record_video(st, frames)
+            if self.detector is not None:
+                success, first = self.detector.update(frames)
+            else:
+                success = torch.zeros(S, dtype=torch.bool, device=self.device)
+                first = torch.full((S,), -1, dtype=torch.int64, device=self.device)
             last = frames[:, -1]
             timer.lap("reward")
         else:
@@ -116,6 +122,14 @@ class ChunkRunner:
         st.active.logical_and_(~st.done)
         st.set_current_frame(model_to_uint8(last))
         timer.lap("bookkeeping")  # bookkeeping + policy preprocessing: small device ops
+
+    def _record_video(self, st: SlotState, frames: torch.Tensor) -> None:
+        """Write the K new frames of active slots at video positions step*K + 1 .. step*K + K."""
+        S, K = st.num_slots, self.K
+        pos = (st.step * K + 1).clamp(max=st.video.shape[1] - K).view(S, 1) + torch.arange(K, device=self.device).view(1, K)
+        rows = torch.arange(S, device=self.device).view(S, 1).expand(S, K)
+        u8 = model_to_uint8(frames)  # [S, K, H, W, 3]
+        st.video[rows, pos] = torch.where(st.active.view(S, 1, 1, 1, 1), u8, st.video[rows, pos])
 
     # ------------------------------------------------------------------ how it runs
     def run(self, st: SlotState, temperature: float, max_chunks: int, max_steps: int, timer: PhaseTimer) -> None:

@@ -181,11 +181,14 @@ class ImaginationEngine:
         seed: int | None = None,
         early_exit: bool = True,
         group: torch.Tensor | None = None,
+        record_video: bool = False,
     ) -> tuple[TrajectoryBatch, dict[str, Any]]:
         """B = len(initial_frames) trajectories, each to success or the horizon (no refills).
 
         early_exit: stop when every trajectory is done (one host sync per chunk); False runs all
         ceil(max_steps / K) chunks without any host sync in the loop.
+        record_video: also return every frame, stats["video"] uint8 [B, 1 + chunks * K, H, W, 3]
+        (the first frame, then each generated one; frames after a trajectory's end stay zero).
         """
         cfg = self.cfg
         temperature = cfg.temperature if temperature is None else float(temperature)
@@ -196,7 +199,7 @@ class ImaginationEngine:
         pool, instr = self.prepare_pool(initial_frames, instructions)
         B, H, W = pool.shape[:3]
         self.check_detector(B, "one row per initial frame")
-        st = self.slots.get(B, T, H, W, instr.shape[1], torch.float32)
+        st = self.slots.get(B, T, H, W, instr.shape[1], torch.float32, video=record_video)
         host_s = 0.0
         # a seed from the global RNG when none is given, so unseeded calls differ but stay reproducible
         run_seed = int(seed) if seed is not None else int(torch.randint(0, 2**62, (1,)).item())
@@ -243,4 +246,6 @@ class ImaginationEngine:
             "frames_per_sec": chunks * B * self.K / wall if wall > 0 else float("nan"),
             "time": dict(timer.t),
         }
+        if record_video:
+            stats["video"] = st.video[:, : 1 + chunks * self.K].to(out_dev, copy=True)
         return batch, stats

@@ -32,6 +32,7 @@ class SlotState:
     length: torch.Tensor  # int64 [S] env steps (frames) of the trajectory so far / at its end
     done: torch.Tensor  # bool [S] finished in the last chunk
     traj: torch.Tensor  # int64 [S] trajectory id (-1 idle)
+    video: torch.Tensor | None = None  # uint8 [S, T*K + 1, H, W, 3] every frame (first + generated), when recorded
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -43,6 +44,8 @@ class SlotState:
         """Start new trajectories in the slots where `mask` (device bool [S]); device ops only."""
         m4 = mask.view(-1, 1, 1, 1)
         self.cur_u8.copy_(torch.where(m4, first_u8, self.cur_u8))
+        if self.video is not None:
+            self.video[:, 0].copy_(torch.where(m4, first_u8, self.video[:, 0]))
         self.cur_in.copy_(torch.where(m4, first_in, self.cur_in))
         self.instr.copy_(torch.where(mask.view(-1, 1), instr, self.instr))
         self.traj.copy_(torch.where(mask, traj, self.traj))
@@ -86,14 +89,19 @@ class SlotPool:
         self.device, self.K, self.D = device, chunk_len, action_dim
         self._states: dict[tuple, SlotState] = {}
 
-    def get(self, S: int, T: int, H: int, W: int, L: int, frame_dtype: torch.dtype) -> SlotState:
-        key = (S, T, H, W, L, frame_dtype)
+    def get(self, S: int, T: int, H: int, W: int, L: int, frame_dtype: torch.dtype, video: bool = False) -> SlotState:
+        """video: also keep every generated frame per slot (SlotState.video)."""
+        key = (S, T, H, W, L, frame_dtype, video)
         st = self._states.get(key)
         if st is None:
             st = self._states[key] = self._new(S, T, H, W, L, frame_dtype)
+            if video:
+                st.video = torch.zeros(S, T * self.K + 1, H, W, 3, dtype=torch.uint8, device=self.device)
             return st
         for name in ("obs", "tokens", "logp", "cur_u8", "cur_in", "instr", "step", "length"):
             getattr(st, name).zero_()
+        if st.video is not None:
+            st.video.zero_()
         for name in ("active", "success", "done"):
             getattr(st, name).fill_(False)
         st.traj.fill_(-1)
