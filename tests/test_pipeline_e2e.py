@@ -70,6 +70,16 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     assert all({"successes", "episodes", "ci95", "mean_success_length"} <= set(m) for m in res["methods"].values())
     assert 0.0 <= res["wmpo_vs_base_mcnemar_p"] <= 1.0 and res["wall_s"]["total"] > 0
     assert "## Diagnostics" in report
+    # evaluation resumes per policy: a run killed during evaluation keeps the policies already evaluated
+    base_json = (out / "eval" / "base.json").read_text()
+    (out / "stages" / "evaluate.json").unlink()
+    (out / "eval" / "wmpo.json").unlink()
+    p = _run(out, "--baselines", "--lifelong", "1")
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "[stage evaluate] running" in p.stdout and (out / "eval" / "wmpo.json").is_file()
+    assert (out / "eval" / "base.json").read_text() == base_json
+    ev2 = json.loads((out / "eval" / "results.json").read_text())
+    assert ev2["base"] == ev["base"] and ev2["wmpo"]["vs_base_mcnemar"]["p"] <= 1.0
     # a different config into the same folder is refused
     p = _run(out, "--baselines", "--lifelong", "1", "--seed", "1")
     assert p.returncode != 0 and "different config" in (p.stdout + p.stderr)

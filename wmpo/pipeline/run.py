@@ -323,14 +323,23 @@ def stage_evaluate(ctx: Context) -> dict:
     if cfg.baselines:
         policies["online_grpo"] = ctx.output("baselines")["online_grpo"]["checkpoint"]
         policies["dpo"] = ctx.output("baselines")["dpo"]["checkpoint"]
+    from wmpo.sim.evaluate import EpisodeResult, EvalResult
+
     results, evals = {}, {}
     for name, ck in policies.items():
+        done = ctx.out / "eval" / f"{name}.json"  # per-policy resume: a long evaluation killed midway keeps what finished
+        if done.is_file():
+            d = json.loads(done.read_text())
+            evals[name] = EvalResult(**{**d, "ci95": tuple(d["ci95"]), "episodes": [EpisodeResult(**e) for e in d["episodes"]]})
+            results[name] = d
+            continue
         policy, tok = ctx.load_policy(ck)
         res = evaluate(ctx.env_policy(policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
                        num_workers=cfg.num_workers, image_size=cfg.image_size,
                        video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos, max_steps=cfg.max_episode_steps)
         results[name] = _jsonable(res)
         evals[name] = res
+        save_json(ctx.path("eval", f"{name}.json"), results[name])
     # paired comparison with the base policy on the same evaluation states (exact McNemar test)
     from wmpo.sim.evaluate import mcnemar_exact, paired_outcomes
 
