@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from wmpo.data.episode import Episode
-from wmpo.data.store import StoreFormatError, TrajectoryStore
+from wmpo.data.store import StaleLockWarning, StoreFormatError, TrajectoryStore
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,8 +179,11 @@ def test_kill_9_mid_append_keeps_earlier_episodes(tmp_path, stage):
         assert len(s) == 2
         for i in range(2):
             assert_same(s.load(i), make_episode(T=20, size=32, seed=i))
-    # the next writer recovers: stray temp files removed, complete episodes indexed, appends work
-    with TrajectoryStore(path, "a") as s:
+    # the next writer takes over the dead writer's lock (with a warning naming it), removes stray temp
+    # files, indexes complete episodes and appends
+    with pytest.warns(StaleLockWarning, match=f"pid {proc.pid}"):
+        s = TrajectoryStore(path, "a")
+    with s:
         n = len(s)
         assert n == (2 if stage == "episode" else 3)
         assert not any(p.name.endswith(".tmp") for p in s.episode_dir.iterdir())

@@ -89,9 +89,11 @@ def test_collect_with_chunking_policy_replays_in_single_env(tmp_path, single):
             f, *_ = single.step(ep.actions[t])
             assert np.array_equal(f, ep.frames[t + 1])
             np.testing.assert_array_equal(single.get_state(), ep.states[t + 1])
+    with TrajectoryStore(path, "a") as store:
         with pytest.raises(ValueError, match="policy output"):
             collect(lambda f, i: np.zeros((len(f), 7, 3)), "square", store, n_episodes=1, image_size=SIZE,
                     show_progress=False)
+        assert len(store) == 3
 
 
 def test_cli_collect_and_evaluate_smoke(tmp_path):

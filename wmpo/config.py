@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from wmpo.data.episode import ACTION_DIM  # D: action dimensions (the episode record's)
 from wmpo.models.policy import PolicyConfig
+from wmpo.ops.action_logprob import NUM_BINS  # action bins per dimension (policy head, tokenizer, op)
 from wmpo.models.reward import RewardConfig
 from wmpo.models.vae import VAEConfig
 from wmpo.models.world_model import WorldModelConfig
@@ -25,14 +27,11 @@ from wmpo.train.reward import RewardTrainConfig
 from wmpo.train.vae import VAETrainConfig
 from wmpo.train.world_model import WMTrainConfig
 
-# The values several components share, each written once here and passed to every config that
-# needs it (paper Tables 3-4). The components' own dataclass defaults are for standalone use.
+# The values several components share, each written once (here, or where the lowest layer that
+# needs it defines it: D with the episode record, the bins with the action_logprob op) and passed
+# to every config that needs it (paper Tables 3-4). Component dataclass defaults are for standalone use.
 CHUNK_LEN = 8
 """K: actions per chunk = frames the world model predicts per step = the policy's action queries"""
-ACTION_DIM = 7
-"""D: action dimensions (delta position, delta rotation, gripper)"""
-NUM_BINS = 256
-"""action bins per dimension (policy head, tokenizer, the action_logprob op)"""
 NUM_CONTEXT = 4
 """c: context frames of the world model"""
 GROUP_SIZE = 8

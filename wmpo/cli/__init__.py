@@ -41,12 +41,23 @@ def main(argv: list[str] | None = None) -> int:
     fn = getattr(importlib.import_module(mod_name), fn_name)
     try:
         return int(fn(rest) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        # bad input: one line naming what is wrong (WMPO_DEBUG=1 for the traceback)
+    except (ValueError, OSError) as e:
+        # bad input (a value, a path, a damaged file, a store another writer holds): one line naming
+        # what is wrong, exit 2 (WMPO_DEBUG=1 for the traceback)
         if os.environ.get("WMPO_DEBUG"):
             raise
-        print(f"wmpo {cmd}: error: {e}", file=sys.stderr)
+        print(f"wmpo {cmd}: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if os.environ.get("WMPO_DEBUG"):
+            raise
+        print(f"wmpo {cmd}: interrupted (rerun the same command to resume where it can)", file=sys.stderr)
+        return 130
+
+
+def _one_line(e: BaseException) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg
 
 
 if __name__ == "__main__":

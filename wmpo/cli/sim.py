@@ -6,11 +6,16 @@ import sys
 
 import numpy as np
 
+from wmpo.utils.arg_checks import (argtype, check_input_file, check_output_dir, check_output_file, device_arg,
+                                   int_at_least, positive_float)
+
 
 def load_env_policy(policy: str, temperature: float | None = None, device: str | None = None):
     """'expert' | 'random' | a policy checkpoint path -> what collect()/evaluate() accept."""
     if policy == "expert":
         return "expert"
+    if policy != "random":
+        check_input_file(policy, "--policy")  # before the heavy imports
     if policy == "random":
         rng = np.random.default_rng(0)
 
@@ -29,37 +34,44 @@ def _common(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--task", required=True, choices=sorted(TASK_MODULES))
     p.add_argument("--policy", default="expert", help="'expert', 'random' or a policy checkpoint (.pt)")
-    p.add_argument("--workers", type=int, default=1, help="simulator worker processes")
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=None, help="policy sampling temperature (None: greedy)")
-    p.add_argument("--device", default=None)
-    p.add_argument("--max-steps", type=int, default=None, help="cap episodes below the task horizon")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="simulator worker processes")
+    p.add_argument("--image-size", type=int_at_least(8), default=64)
+    p.add_argument("--temperature", type=positive_float, default=None, help="policy sampling temperature (None: greedy)")
+    p.add_argument("--device", type=device_arg, default=None)
+    p.add_argument("--max-steps", type=int_at_least(1), default=None, help="cap episodes below the task horizon")
 
 
 def collect_main(argv: list[str]) -> int:
+    from wmpo.data.store import TrajectoryStore
     from wmpo.sim.collect import collect
 
-    p = argparse.ArgumentParser(prog="wmpo collect", description="collect episodes into an HDF5 trajectory store")
+    p = argparse.ArgumentParser(prog="wmpo collect", description="collect episodes into an HDF5 trajectory store "
+                                "(a re-run into the same --out resumes: starts already stored are skipped)")
     _common(p)
-    p.add_argument("--episodes", type=int, default=None, help="number of episodes from D0 seeds seed, seed+1, ...")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--episodes", type=int_at_least(1), default=None, help="number of episodes from D0 seeds seed, seed+1, ...")
+    p.add_argument("--seed", type=int_at_least(0), default=0)
     p.add_argument("--split", choices=["train", "eval"], default=None,
                    help="start from this split's initial states instead of D0 seeds (--episodes of them)")
     p.add_argument("--only-successes", action="store_true", help="do not write failed episodes")
-    p.add_argument("--out", required=True, help="store path (appended to if it exists)")
+    p.add_argument("--no-resume", action="store_true",
+                   help="run starts that the store already holds again (e.g. another policy from the same seeds)")
+    p.add_argument("--out", required=True, type=argtype(check_output_file),
+                   help="store path (appended to if it exists; one writer at a time)")
     a = p.parse_args(argv)
+    if a.split is None and a.episodes is None:
+        p.error("--episodes is required (or --split)")
     policy = load_env_policy(a.policy, a.temperature, a.device)
     init_states = None
     if a.split is not None:
         from wmpo.sim.initial_states import get_initial_states
 
         init_states = get_initial_states(a.task, a.split, a.episodes or 128)
-    elif a.episodes is None:
-        p.error("--episodes is required (or --split)")
-    r = collect(policy, a.task, a.out, init_states=init_states, n_episodes=a.episodes, seed=a.seed,
-                num_workers=a.workers, image_size=a.image_size, only_successes=a.only_successes,
-                max_steps=a.max_steps)
-    print(f"{r.episodes} episodes, {r.successes} successes ({r.success_rate:.3f}), {r.env_steps} steps in "
+    with TrajectoryStore(a.out, "a") as store:
+        r = collect(policy, a.task, store, init_states=init_states, n_episodes=a.episodes, seed=a.seed,
+                    num_workers=a.workers, image_size=a.image_size, only_successes=a.only_successes,
+                    max_steps=a.max_steps, resume=not a.no_resume)
+    skipped = f" ({r.skipped} already stored, skipped)" if r.skipped else ""
+    print(f"{r.episodes} episodes{skipped}, {r.successes} successes ({r.success_rate:.3f}), {r.env_steps} steps in "
           f"{r.seconds:.1f}s ({r.steps_per_second:.1f} steps/s) -> {a.out}")
     return 0
 
@@ -70,10 +82,10 @@ def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wmpo eval", description="success rate on the evaluation initial states")
     _common(p)
     p.add_argument("--split", choices=["train", "eval"], default="eval")
-    p.add_argument("-n", "--episodes", type=int, default=128)
-    p.add_argument("--video-dir", default=None)
-    p.add_argument("--videos", type=int, default=4)
-    p.add_argument("--json", default=None, help="also write the result as JSON here")
+    p.add_argument("-n", "--episodes", type=int_at_least(1), default=128)
+    p.add_argument("--video-dir", type=argtype(check_output_dir), default=None)
+    p.add_argument("--videos", type=int_at_least(0), default=4)
+    p.add_argument("--json", type=argtype(check_output_file), default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     policy = load_env_policy(a.policy, a.temperature, a.device)
     r = evaluate(policy, a.task, split=a.split, n=a.episodes, num_workers=a.workers, image_size=a.image_size,

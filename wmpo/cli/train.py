@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-from wmpo.cli.config_args import add_config_args, config_from_args, given
+from wmpo.cli.config_args import add_config_args, check_command_args, config_from_args, given
 
 
 def section_preset(section: str) -> Callable[[str], Any]:
@@ -121,6 +121,7 @@ def wm_eval_main(argv: list[str]) -> int:
     ap.add_argument("--max-frames", type=int)
     ap.add_argument("--device")
     a = ap.parse_args(argv)
+    check_command_args(a)  # before any work
     device = torch.device(a.device) if a.device else default_device()
     eps, stats = load_episodes(a.store, limit=a.episodes)
     vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()

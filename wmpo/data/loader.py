@@ -12,16 +12,17 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from wmpo.data.episode import Episode
+from wmpo.data.episode import Episode, action_quantiles
 
 
 def action_stats(episodes: Sequence[Any]) -> dict[str, np.ndarray]:
     """{"q01", "q99"} float32 [D] per action dimension over all actions of `episodes` (anything with
-    an `.actions` array [T, D]); quantiles computed in float64, as TrajectoryStore.action_stats."""
+    an `.actions` array [T, D]): the episode record's action_quantiles (as TrajectoryStore.action_stats),
+    computed in float64."""
     if not episodes:
         raise ValueError("episodes: expected at least one episode to compute action statistics, got none")
-    acts = np.concatenate([np.asarray(e.actions, dtype=np.float64).reshape(-1, np.asarray(e.actions).shape[-1]) for e in episodes])
-    return {"q01": np.quantile(acts, 0.01, axis=0).astype(np.float32), "q99": np.quantile(acts, 0.99, axis=0).astype(np.float32)}
+    return action_quantiles(np.concatenate([np.asarray(e.actions, dtype=np.float64).reshape(-1, np.asarray(e.actions).shape[-1])
+                                            for e in episodes]))
 
 
 def load_episodes(store_paths: str | os.PathLike | Sequence[str | os.PathLike],

@@ -14,11 +14,30 @@ On disk, a store `demos.h5` is
       states               float64 [T+1, S]          flattened MjSimState [time, qpos, qvel]
       attrs: num_samples (T), success, finish_step, instruction, task, meta (JSON)
 
-Crash safety: an episode file is written under a temporary name, fsynced and renamed into place
-(atomic), then the index is rewritten the same way. A writer killed at any point leaves either the
-old index or the new one, and every episode file the index names is complete; the next open in
-"a" mode deletes stray temporary files and re-indexes complete episode files the index missed.
-Readers see a consistent snapshot and pick up new episodes on the next `len()` / `refresh()`.
+      attrs["checksums"]: JSON {dataset: sha256 of its dtype, shape and bytes, "attrs": sha256 of the
+                          attributes above}
+  demos.h5.lock       while a writer has the store open: its pid, host and start time.
+
+What the store guarantees:
+- Atomic episodes. An episode file is written under a temporary name, fsynced and renamed into
+  place, then the index is rewritten the same way. A writer killed at any point leaves either the
+  old index or the new one, and every episode file the index names is complete; the next open in
+  "a" mode deletes stray temporary files and re-indexes complete episode files the index missed.
+  Readers see a consistent snapshot and pick up new episodes on the next `len()` / `refresh()`.
+- A single writer. Modes "a" and "w" hold `demos.h5.lock` (wmpo.data.writer_lock) until `close()`;
+  a second writer gets `LockedError` naming the lock and its owner, so two collections into one
+  store cannot overwrite each other's `demo_<n>`. A lock left by a killed writer is taken over
+  with a warning. Readers take no lock.
+- Checksums. Every episode carries sha256 checksums of its datasets and attributes, verified on
+  every load: a damaged episode raises `CorruptEpisodeError` naming its file, or, with
+  `on_corrupt="skip"`, is left out (one warning naming the skipped files). Episodes written before
+  checksums existed have none and load unverified. The index's action statistics carry one too.
+- Nothing indexed is dropped. Appending refuses (StoreFormatError) when the `.episodes` folder or
+  an episode file the index names is missing, instead of rewriting the index without them.
+- Resume without duplicates: each episode's meta records its start (D0 `seed`, or `start_index`
+  and `start_state_sha256`); `starts()` / `stored_seeds()` read them so collectors skip starts that
+  are already stored (wmpo.sim.collect).
+
 Through the external links, h5py/robomimic tools read `demos.h5` like a single file (keep the
 `.episodes` folder next to it).
 """
@@ -28,128 +47,153 @@ import json
 import os
 import re
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
 import h5py
 import numpy as np
 
-from wmpo.data.episode import Episode
+from wmpo.data.episode import ACTION_DIM, Episode, action_quantiles, check_episode
+from wmpo.data.integrity import (CorruptEpisodeError, StoreFormatError, _attrs_digest, _digest, _fsync_dir, _fsync_file,
+                                 _stats_digest, read_checksums, verify_checksum)
+from wmpo.data.writer_lock import LockedError, StaleLockWarning, WriterLock
 
 FORMAT = "wmpo-trajectory-store"
 VERSION = 1
-ACTION_DIM = 7
+DATASETS = ("obs/agentview_image", "actions", "rewards", "dones", "states")
 _DEMO_RE = re.compile(r"^demo_(\d+)\.h5$")
 
-
-class StoreFormatError(ValueError):
-    """The file is not a wmpo trajectory store, or an episode in it is malformed."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+__all__ = ["CorruptEpisodeError", "LockedError", "StaleLockWarning", "StoreFormatError", "TrajectoryStore",
+           "action_quantiles", "check_episode"]
 
 
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def action_quantiles(actions: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-dimension 1% / 99% quantiles of float [N, 7] actions (zeros / ones when empty)."""
-    if len(actions) == 0:
-        return {"q01": -np.ones(ACTION_DIM, np.float32), "q99": np.ones(ACTION_DIM, np.float32)}
-    return {
-        "q01": np.quantile(actions, 0.01, axis=0).astype(np.float32),
-        "q99": np.quantile(actions, 0.99, axis=0).astype(np.float32),
-    }
-
-
-def check_episode(ep: Episode) -> None:
-    """ValueError naming the field unless `ep` has consistent shapes and dtypes."""
-    if not isinstance(ep, Episode):
-        raise ValueError(f"ep: expected an Episode, got {type(ep).__name__}")
-    f = np.asarray(ep.frames)
-    if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-        raise ValueError(f"ep.frames: expected uint8 [T+1, H, W, 3], got {f.dtype} {f.shape}")
-    T = len(f) - 1
-    if T < 1:
-        raise ValueError(f"ep.frames: expected at least 2 frames (T+1 with T >= 1), got {f.shape}")
-    a = np.asarray(ep.actions)
-    if a.shape != (T, ACTION_DIM):
-        raise ValueError(f"ep.actions: expected shape ({T}, {ACTION_DIM}) for {T + 1} frames, got {a.shape}")
-    s = np.asarray(ep.states)
-    if s.ndim != 2 or len(s) != T + 1:
-        raise ValueError(f"ep.states: expected shape ({T + 1}, S), got {s.shape}")
-    for name in ("rewards", "dones"):
-        v = np.asarray(getattr(ep, name))
-        if v.shape != (T,):
-            raise ValueError(f"ep.{name}: expected shape ({T},), got {v.shape}")
-    if not 0 <= int(ep.finish_step) <= T:
-        raise ValueError(f"ep.finish_step: expected 0..{T}, got {ep.finish_step}")
+def _index_of(name: str) -> int:
+    return int(name.split("_")[1])
 
 
 class TrajectoryStore:
     """Append episodes, read them back by index, action statistics for normalization.
 
     mode "r": read only (the store must exist); "a": append, creating it if missing; "w": create,
-    deleting an existing store at `path`.
+    deleting an existing store at `path`. "a" and "w" hold the store's writer lock until `close()`.
+
+    on_corrupt: what reading a damaged episode (missing, unreadable or failing its checksum) does.
+    "raise" (default): `load()` raises CorruptEpisodeError naming the file. "skip": in mode "r",
+    every episode is verified when it first appears and damaged ones are left out of `len()`,
+    indexing and iteration (`skipped` lists their files; one warning per newly found batch); in
+    mode "a", their actions are left out of the statistics.
     """
 
-    def __init__(self, path: str | os.PathLike, mode: str = "r", env_meta: dict[str, Any] | None = None):
+    def __init__(self, path: str | os.PathLike, mode: str = "r", env_meta: dict[str, Any] | None = None,
+                 on_corrupt: str = "raise"):
         if mode not in ("r", "a", "w"):
             raise ValueError(f"mode: expected 'r', 'a' or 'w', got {mode!r}")
+        if on_corrupt not in ("raise", "skip"):
+            raise ValueError(f"on_corrupt: expected 'raise' or 'skip', got {on_corrupt!r}")
         self.path = Path(path)
         self.episode_dir = self.path.with_name(self.path.name + ".episodes")
         self.mode = mode
+        self.on_corrupt = on_corrupt
         self._closed = False
         self._stamp: tuple | None = None
-        self._names: list[str] = []
+        self._indexed: list[str] = []  # every name in the index
+        self._names: list[str] = []  # the names this object serves (damaged ones left out when skipping)
+        self._verified: set[str] = set()
+        self._damaged: dict[str, str] = {}  # name -> why
         self._env_meta: dict[str, Any] = {}
         self._stats = action_quantiles(np.zeros((0, ACTION_DIM)))
+        self._stats_ok = True
         self._actions: list[np.ndarray] = []  # writer-side cache for the statistics
-        if mode == "w":
+        self._lock: WriterLock | None = None
+        if mode == "r":
+            if not self.path.exists():
+                raise FileNotFoundError(f"trajectory store not found: {self.path}")
+            self._read_index()
+            self._names = list(self._indexed)
+            self._screen()
+            return
+        if self.path.is_dir():
+            raise StoreFormatError(f"{self.path}: is a folder, expected a trajectory store file (.h5)")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = WriterLock(self.path.with_name(self.path.name + ".lock"), what=f"trajectory store {self.path}")
+        self._lock.acquire()
+        try:
+            self._open_writer(env_meta)
+        except BaseException:
+            self._lock.release()
+            raise
+
+    def _open_writer(self, env_meta: dict[str, Any] | None) -> None:
+        if self.mode == "w":
             if self.path.exists():
                 self.path.unlink()
             if self.episode_dir.exists():
                 shutil.rmtree(self.episode_dir)
-        if mode == "r" and not self.path.exists():
-            raise FileNotFoundError(f"trajectory store not found: {self.path}")
-        if mode in ("a", "w"):
-            self.episode_dir.mkdir(parents=True, exist_ok=True)
-            if self.path.exists():
-                self._read_index()  # validates that the file is ours
-            self._recover()
-            if env_meta is not None:
-                self._env_meta = dict(env_meta)
-            self._actions = [self._read_actions(n) for n in self._names]
-            self._write_index()
-        else:
-            self._read_index()
+        if self.path.exists():
+            self._read_index()  # validates that the file is ours
+            self._check_indexed_files()
+        self.episode_dir.mkdir(parents=True, exist_ok=True)
+        self._recover()
+        if env_meta is not None:
+            self._env_meta = dict(env_meta)
+        self._actions = []
+        for name in self._names:
+            try:
+                self._actions.append(self._read_actions(name))
+            except CorruptEpisodeError as e:
+                if self.on_corrupt == "raise":
+                    raise CorruptEpisodeError(e.path, f"{str(e).split(': ', 1)[1]}; cannot append to {self.path} "
+                                              f"(its action statistics would include it): move the file out of "
+                                              f"{self.episode_dir} and delete {self.path} (rebuilt from the episode "
+                                              f"files on the next append), or open with on_corrupt='skip'") from None
+                self._damaged[name] = str(e)
+        if self._damaged:
+            self._warn_skipped(list(self._damaged), "left out of the action statistics")
+        self._stats = action_quantiles(np.concatenate(self._actions) if self._actions else np.zeros((0, ACTION_DIM)))
+        self._stats_ok = True
+        self._write_index()
 
     # ---- index --------------------------------------------------------------------------
     def _read_index(self) -> None:
         try:
             f = h5py.File(self.path, "r", locking=False)
         except OSError as e:
-            raise StoreFormatError(f"{self.path}: not an HDF5 file ({e})") from None
-        with f:
-            if f.attrs.get("format") != FORMAT or "data" not in f:
-                raise StoreFormatError(f"{self.path}: not a wmpo trajectory store (no format marker {FORMAT!r})")
-            data = f["data"]
-            self._env_meta = json.loads(data.attrs.get("env_args", "{}"))
-            self._names = sorted(data.keys(), key=lambda k: int(k.split("_")[1]))
-            if "action_stats" in f:
-                self._stats = {k: np.asarray(f["action_stats"][k], np.float32) for k in ("q01", "q99")}
+            raise StoreFormatError(f"{self.path}: not an HDF5 file, or a damaged one ({e})") from None
+        try:
+            with f:
+                if f.attrs.get("format") != FORMAT or "data" not in f:
+                    raise StoreFormatError(f"{self.path}: not a wmpo trajectory store (no format marker {FORMAT!r})")
+                data = f["data"]
+                self._env_meta = json.loads(data.attrs.get("env_args", "{}"))
+                self._indexed = sorted(data.keys(), key=_index_of)
+                if "action_stats" in f:
+                    self._stats = {k: np.asarray(f["action_stats"][k], np.float32) for k in ("q01", "q99")}
+                    want = f["action_stats"].attrs.get("sha256")
+                    self._stats_ok = want is None or str(want) == _stats_digest(self._stats)
+        except StoreFormatError:
+            raise
+        except (OSError, KeyError, ValueError, IndexError) as e:
+            raise StoreFormatError(f"{self.path}: damaged trajectory store index ({type(e).__name__}: {e}); delete it "
+                                   f"and open the store in mode 'a' to rebuild it from {self.episode_dir}") from None
         st = self.path.stat()
         self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _check_indexed_files(self) -> None:
+        """Refuse to append when episodes the index names are gone (the rewrite would drop them)."""
+        if not self._indexed:
+            return
+        if not self.episode_dir.is_dir():
+            raise StoreFormatError(
+                f"{self.path}: its episode folder {self.episode_dir} is missing, but the index names "
+                f"{len(self._indexed)} episode(s); appending would rewrite the index without them. Restore the "
+                f"folder, or start a new store (mode 'w' or another path)")
+        missing = [n for n in self._indexed if not (self.episode_dir / f"{n}.h5").is_file()]
+        if missing:
+            raise StoreFormatError(
+                f"{self.path}: {len(missing)} episode file(s) the index names are missing from {self.episode_dir} "
+                f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}); appending would rewrite the index "
+                f"without them. Restore them, or delete {self.path} to re-index the episode files that remain")
 
     def _recover(self) -> None:
         """After a crash: drop temporary files, index complete episode files the index missed."""
@@ -157,7 +201,8 @@ class TrajectoryStore:
             if p.name.endswith(".tmp"):
                 p.unlink()
         present = {p.name[:-3] for p in self.episode_dir.iterdir() if _DEMO_RE.match(p.name)}
-        self._names = sorted(present, key=lambda k: int(k.split("_")[1]))
+        self._names = sorted(present, key=_index_of)
+        self._indexed = list(self._names)
 
     def _write_index(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
@@ -175,6 +220,7 @@ class TrajectoryStore:
             g = f.create_group("action_stats")
             for k, v in self._stats.items():
                 g[k] = v
+            g.attrs["sha256"] = _stats_digest(self._stats)
         _fsync_file(tmp)
         os.replace(tmp, self.path)
         _fsync_dir(self.path.parent)
@@ -188,6 +234,38 @@ class TrajectoryStore:
         st = self.path.stat()
         if (st.st_ino, st.st_mtime_ns, st.st_size) != self._stamp:
             self._read_index()
+            self._names = [n for n in self._indexed if n not in self._damaged]
+            self._screen()
+
+    # ---- damaged episodes -----------------------------------------------------------------
+    def _screen(self) -> None:
+        """With on_corrupt="skip": verify episodes not verified yet, leave damaged ones out."""
+        if self.on_corrupt != "skip":
+            return
+        new = []
+        for name in self._names:
+            if name in self._verified:
+                continue
+            try:
+                self._read_episode(name)
+                self._verified.add(name)
+            except CorruptEpisodeError as e:
+                self._damaged[name] = str(e)
+                new.append(name)
+        if new:
+            self._names = [n for n in self._names if n not in self._damaged]
+            self._warn_skipped(new, "skipped")
+
+    def _warn_skipped(self, names: list[str], what: str) -> None:
+        files = [str(self._episode_file(n)) for n in names]
+        why = self._damaged[names[0]]
+        warnings.warn(f"trajectory store {self.path}: {len(names)} damaged episode(s) {what}: {', '.join(files)} "
+                      f"(first: {why})", stacklevel=3)
+
+    @property
+    def skipped(self) -> list[str]:
+        """Files of the damaged episodes left out (on_corrupt="skip")."""
+        return [str(self._episode_file(n)) for n in self._damaged]
 
     # ---- writing ------------------------------------------------------------------------
     def append(self, ep: Episode) -> int:
@@ -196,32 +274,38 @@ class TrajectoryStore:
         if self.mode == "r":
             raise ValueError(f"append: store {self.path} is open read-only (mode 'r')")
         check_episode(ep)
-        idx = int(self._names[-1].split("_")[1]) + 1 if self._names else 0
+        idx = _index_of(self._names[-1]) + 1 if self._names else 0
         name = f"demo_{idx}"
         final = self.episode_dir / f"{name}.h5"
         tmp = self.episode_dir / f"{name}.h5.tmp"
-        frames = np.asarray(ep.frames)
-        T = len(frames) - 1
+        arrays = {
+            "obs/agentview_image": np.ascontiguousarray(ep.frames, np.uint8),
+            "actions": np.ascontiguousarray(ep.actions, np.float32),
+            "rewards": np.ascontiguousarray(ep.rewards, np.float32),
+            "dones": np.ascontiguousarray(ep.dones, np.uint8),
+            "states": np.ascontiguousarray(ep.states, np.float64),
+        }
+        frames = arrays["obs/agentview_image"]
+        attrs = {"num_samples": len(frames) - 1, "success": bool(ep.success), "finish_step": int(ep.finish_step),
+                 "instruction": str(ep.instruction), "task": str(ep.task), "meta": json.dumps(ep.meta, default=str)}
+        sums = {k: _digest(v) for k, v in arrays.items()}
+        sums["attrs"] = _attrs_digest(attrs)
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT + "-episode"
             g = f.create_group(f"data/{name}")
             g.create_dataset("obs/agentview_image", data=frames, chunks=(1, *frames.shape[1:]),
                              compression="gzip", compression_opts=1)
-            g["actions"] = np.asarray(ep.actions, np.float32)
-            g["rewards"] = np.asarray(ep.rewards, np.float32)
-            g["dones"] = np.asarray(ep.dones, np.uint8)
-            g["states"] = np.asarray(ep.states, np.float64)
-            g.attrs["num_samples"] = T
-            g.attrs["success"] = bool(ep.success)
-            g.attrs["finish_step"] = int(ep.finish_step)
-            g.attrs["instruction"] = str(ep.instruction)
-            g.attrs["task"] = str(ep.task)
-            g.attrs["meta"] = json.dumps(ep.meta, default=str)
+            for k in DATASETS[1:]:
+                g[k] = arrays[k]
+            for k, v in attrs.items():
+                g.attrs[k] = v
+            g.attrs["checksums"] = json.dumps(sums, sort_keys=True)
         _fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(self.episode_dir)
         self._names.append(name)
-        self._actions.append(np.asarray(ep.actions, np.float32))
+        self._indexed = list(self._names)
+        self._actions.append(arrays["actions"])
         self._stats = action_quantiles(np.concatenate(self._actions))
         self._write_index()
         return len(self._names) - 1
@@ -235,49 +319,77 @@ class TrajectoryStore:
     def _episode_file(self, name: str) -> Path:
         return self.episode_dir / f"{name}.h5"
 
-    def _read_actions(self, name: str) -> np.ndarray:
-        with h5py.File(self._episode_file(name), "r", locking=False) as f:
-            return np.asarray(self._get(f, name, "actions"), np.float32)
+    def _open_episode(self, name: str):
+        path = self._episode_file(name)
+        if not path.is_file():
+            raise CorruptEpisodeError(path, f"episode file of {name!r} is missing")
+        try:
+            return h5py.File(path, "r", locking=False)
+        except OSError as e:
+            raise CorruptEpisodeError(path, f"unreadable episode file ({e})") from None
 
     def _get(self, f: h5py.File, name: str, key: str):
         path = f"data/{name}/{key}"
         if path not in f:
-            raise KeyError(f"{self._episode_file(name)}: missing key {path!r}")
+            raise CorruptEpisodeError(self._episode_file(name), f"missing key {path!r}")
         return f[path][()]
 
+    def _read_actions(self, name: str) -> np.ndarray:
+        path = self._episode_file(name)
+        with self._open_episode(name) as f:
+            try:
+                a = self._get(f, name, "actions")
+                verify_checksum(read_checksums(f[f"data/{name}"], path), "actions", a, path)
+            except CorruptEpisodeError:
+                raise
+            except (OSError, KeyError, ValueError, RuntimeError) as e:
+                raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
+        return np.asarray(a, np.float32)
+
+    def _read_episode(self, name: str) -> Episode:
+        path = self._episode_file(name)
+        with self._open_episode(name) as f:
+            try:
+                raw = {k: self._get(f, name, k) for k in DATASETS}
+                g = f[f"data/{name}"]
+                for attr in ("num_samples", "success", "finish_step", "instruction", "task"):
+                    if attr not in g.attrs:
+                        raise CorruptEpisodeError(path, f"missing attribute {attr!r} of data/{name}")
+                attrs = {k: g.attrs[k] for k in ("num_samples", "success", "finish_step", "instruction", "task")}
+                attrs["meta"] = g.attrs.get("meta", "{}")
+                sums = read_checksums(g, path)
+                for k in DATASETS:
+                    verify_checksum(sums, k, raw[k], path)
+                verify_checksum(sums, "attrs", attrs, path)
+                ep = Episode(
+                    frames=np.asarray(raw["obs/agentview_image"], np.uint8),
+                    actions=np.asarray(raw["actions"], np.float32),
+                    states=np.asarray(raw["states"], np.float64),
+                    rewards=np.asarray(raw["rewards"], np.float32),
+                    dones=np.asarray(raw["dones"]).astype(bool),
+                    success=bool(attrs["success"]),
+                    finish_step=int(attrs["finish_step"]),
+                    instruction=str(attrs["instruction"]),
+                    task=str(attrs["task"]),
+                    meta=json.loads(attrs["meta"]),
+                )
+            except CorruptEpisodeError:
+                raise
+            except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+                raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
+        try:
+            check_episode(ep)
+        except ValueError as e:
+            raise CorruptEpisodeError(path, f"malformed episode {name}: {e}") from None
+        return ep
+
     def load(self, i: int) -> Episode:
-        """Episode number i (0 <= i < len)."""
+        """Episode number i (0 <= i < len). A damaged episode raises CorruptEpisodeError naming its file."""
         self._check_open()
         n = len(self)
         if not -n <= i < n:
             raise IndexError(f"i: expected an episode index in [0, {n}), got {i}")
-        name = self._names[i]
-        path = self._episode_file(name)
-        if not path.exists():
-            raise KeyError(f"{path}: episode file of {name!r} is missing")
-        with h5py.File(path, "r", locking=False) as f:
-            frames = self._get(f, name, "obs/agentview_image")
-            g = f[f"data/{name}"]
-            for attr in ("success", "finish_step", "instruction", "task"):
-                if attr not in g.attrs:
-                    raise KeyError(f"{path}: missing attribute {attr!r} of data/{name}")
-            ep = Episode(
-                frames=np.asarray(frames, np.uint8),
-                actions=np.asarray(self._get(f, name, "actions"), np.float32),
-                states=np.asarray(self._get(f, name, "states"), np.float64),
-                rewards=np.asarray(self._get(f, name, "rewards"), np.float32),
-                dones=np.asarray(self._get(f, name, "dones")).astype(bool),
-                success=bool(g.attrs["success"]),
-                finish_step=int(g.attrs["finish_step"]),
-                instruction=str(g.attrs["instruction"]),
-                task=str(g.attrs["task"]),
-                meta=json.loads(g.attrs.get("meta", "{}")),
-            )
-        try:
-            check_episode(ep)
-        except ValueError as e:
-            raise StoreFormatError(f"{path}: malformed episode {name}: {e}") from None
-        return ep
+        return self._read_episode(self._names[i])
 
     def __getitem__(self, i: int) -> Episode:
         return self.load(i)
@@ -286,23 +398,61 @@ class TrajectoryStore:
         for i in range(len(self)):
             yield self.load(i)
 
+    def _attrs(self, name: str) -> dict[str, Any]:
+        path = self._episode_file(name)
+        with self._open_episode(name) as f:
+            try:
+                g = f[f"data/{name}"]
+                return {k: g.attrs[k] for k in g.attrs}
+            except (OSError, KeyError, ValueError) as e:
+                raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
+
     def episode_lengths(self) -> list[int]:
-        """T of every episode (reads only attributes)."""
+        """T of every episode (reads only attributes, not verified)."""
+        self._check_open()
+        return [int(self._attrs(name)["num_samples"]) for name in list(self._names[: len(self)])]
+
+    def episode_metas(self) -> list[dict[str, Any]]:
+        """`meta` of every episode, in order (reads only attributes, not verified)."""
+        self._check_open()
         out = []
         for name in list(self._names[: len(self)]):
-            with h5py.File(self._episode_file(name), "r", locking=False) as f:
-                out.append(int(f[f"data/{name}"].attrs["num_samples"]))
+            try:
+                out.append(json.loads(self._attrs(name).get("meta", "{}")))
+            except ValueError as e:
+                raise CorruptEpisodeError(self._episode_file(name), f"unreadable meta ({e})") from None
         return out
+
+    def stored_seeds(self) -> list[int]:
+        """D0 seeds of the stored episodes that started from one (meta["seed"]), in order."""
+        return [int(m["seed"]) for m in self.episode_metas() if m.get("seed") is not None]
+
+    def successes(self) -> list[bool]:
+        """Success flag of every episode (reads only attributes, not verified)."""
+        self._check_open()
+        return [bool(self._attrs(name)["success"]) for name in list(self._names[: len(self)])]
 
     def action_stats(self) -> dict[str, np.ndarray]:
         """{"q01": float32 [7], "q99": float32 [7]} over all stored actions."""
         self._check_open()
         self.refresh()
+        if not self._stats_ok:
+            raise StoreFormatError(f"{self.path}: the index's action statistics fail their checksum (damaged index); "
+                                   f"opening the store once in mode 'a' recomputes them from the episodes")
         return {k: v.copy() for k, v in self._stats.items()}
 
     @property
     def env_meta(self) -> dict[str, Any]:
         return dict(self._env_meta)
+
+    def set_env_meta(self, env_meta: dict[str, Any]) -> None:
+        """Replace the environment metadata (writers only; written to the index now)."""
+        self._check_open()
+        if self.mode == "r":
+            raise ValueError(f"set_env_meta: store {self.path} is open read-only (mode 'r')")
+        if dict(env_meta) != self._env_meta:
+            self._env_meta = dict(env_meta)
+            self._write_index()
 
     # ---- lifetime -------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -311,12 +461,22 @@ class TrajectoryStore:
 
     def close(self) -> None:
         self._closed = True
+        if self._lock is not None:
+            self._lock.release()
 
     def __enter__(self) -> "TrajectoryStore":
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    def __del__(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            try:
+                lock.release()
+            except Exception:
+                pass
 
     def __repr__(self) -> str:
         return f"TrajectoryStore({str(self.path)!r}, mode={self.mode!r}, episodes={len(self._names)})"

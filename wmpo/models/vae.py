@@ -145,10 +145,10 @@ class FrameVAE(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "FrameVAE":
-        from wmpo.utils.checkpoint import load_checkpoint
+        from wmpo.utils.checkpoint import build_from_checkpoint
 
-        st = load_checkpoint(path, map_location)
-        return cls.from_state(st.get("model", st))
+        return build_from_checkpoint(path, lambda st: cls.from_state(st.get("model", st)),
+                                     "a VAE checkpoint (vae.pt from `wmpo train-vae`)", map_location)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

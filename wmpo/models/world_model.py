@@ -276,15 +276,18 @@ class WorldModel(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True) -> "WorldModel":
-        from wmpo.utils.checkpoint import load_checkpoint
+        from wmpo.utils.checkpoint import build_from_checkpoint
 
-        st = load_checkpoint(path, map_location)
-        if "model" in st:
-            m = st["model"]
-            if ema and st.get("ema") is not None:
-                m = {"config": m["config"], "state_dict": st["ema"]}
-            st = m
-        return cls.from_state(st)
+        def build(st: dict) -> "WorldModel":
+            if "model" in st:
+                m = st["model"]
+                if ema and st.get("ema") is not None:
+                    m = {"config": m["config"], "state_dict": st["ema"]}
+                st = m
+            return cls.from_state(st)
+
+        return build_from_checkpoint(path, build, "a world-model checkpoint (world_model.pt from `wmpo train-wm`)",
+                                     map_location)
 
 
 def world_model_flops(cfg: WorldModelConfig, batch: int, frames: int, kv_frames: int | None = None) -> float:

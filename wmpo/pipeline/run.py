@@ -253,16 +253,20 @@ def stage_lifelong(ctx: Context) -> dict:
         with TrajectoryStore(path, "w") as store:
             collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
                     image_size=cfg.image_size, seed=cfg.seed + 30_000 + it, max_steps=cfg.max_episode_steps, show_progress=False)
-        return str(path)
+        return path.relative_to(ctx.out).as_posix()  # lifelong.json keeps it: relative, so a moved run resumes
+
+    def in_run(rounds: list[str]) -> list[str]:
+        return [str(ctx.out / r) for r in rounds]  # (absolute paths of older runs stay as they are)
 
     def finetune_wm(rounds: list[str], it: int) -> str:
-        res = train_world_model(cfg.wm_finetune, rounds + base_stores, root / f"round{it}" / "wm", vae=ctx.output("vae")["path"],
+        res = train_world_model(cfg.wm_finetune, in_run(rounds) + base_stores, root / f"round{it}" / "wm", vae=ctx.output("vae")["path"],
                                 init_from=prev_wm[-1], device=ctx.device)
         prev_wm.append(res["path"])
         return res["path"]
 
     def finetune_reward(rounds: list[str], it: int) -> str:
-        return train_reward(cfg.reward_train, rounds + base_stores, root / f"round{it}" / "reward", device=ctx.device)["reward_path"]
+        return train_reward(cfg.reward_train, in_run(rounds) + base_stores, root / f"round{it}" / "reward",
+                            device=ctx.device)["reward_path"]
 
     def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
         hist = wmpo_stage_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}")
@@ -390,12 +394,25 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None) -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead)."""
-    out = Path(out_dir)
+    from wmpo.sim.tasks import get_task
+    from wmpo.utils.arg_checks import check_output_dir
+    from wmpo.utils.checkpoint import load_json
+
+    # bad input fails here, before anything is written
+    get_task(cfg.task)
+    for name in ("seed", "lifelong_rounds"):
+        if getattr(cfg, name) < 0:
+            raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
+    out = check_output_dir(out_dir, "out")
+    if stop_after is not None:
+        names = [s.name for s in build_stages(cfg)]
+        if stop_after not in names:
+            raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
     out.mkdir(parents=True, exist_ok=True)
     cfg_path = out / "config.json"
     resolved = asdict(cfg)
     if cfg_path.is_file():
-        saved = json.loads(cfg_path.read_text())
+        saved = load_json(cfg_path, what="run config")
         if json.loads(json.dumps(resolved, default=str)) != saved:
             raise ValueError(f"out: {out} holds a run with a different config ({cfg_path}); use a new --out or the same options")
     else:
@@ -407,8 +424,6 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     stages = build_stages(cfg)
     if stop_after is not None:
         names = [s.name for s in stages]
-        if stop_after not in names:
-            raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
         stages = stages[: names.index(stop_after) + 1]
     try:
         return runner.run(stages, ctx)

@@ -7,9 +7,15 @@ Envs that need a new chunk at the same step are queried together in one batch.
 
 An episode ends at the first step where the task is solved (its last frame shows the solved
 state; finish_step == T) or at the task horizon (success False, finish_step == T).
+
+Each episode's meta records its start: `seed` (a D0 seed) or `start_index` + `start_state_sha256`
+(a stored simulator state at that position of the caller's list). `collect` reads them back from
+the store and skips starts that are already there, so re-running a killed collection resumes it
+without storing any start twice.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -30,6 +36,47 @@ class Start:
     state: np.ndarray | None = None
     index: int = 0
     """position of this start in the caller's list"""
+
+
+def state_digest(state: np.ndarray) -> str:
+    """Short sha256 of a simulator state (float64 bytes): identifies a state start across runs."""
+    return hashlib.sha256(np.ascontiguousarray(state, np.float64).tobytes()).hexdigest()[:16]
+
+
+def start_key(start: Start) -> tuple:
+    """What makes two starts the same start: the D0 seed, or the position and the state."""
+    if start.state is not None:
+        return ("state", int(start.index), state_digest(start.state))
+    return ("seed", int(start.seed))
+
+
+def stored_start_keys(store) -> set[tuple]:
+    """start_key of every episode in `store` (a TrajectoryStore), from the episodes' meta."""
+    keys = set()
+    for m in store.episode_metas():
+        if m.get("start_state_sha256") is not None:
+            keys.add(("state", int(m.get("start_index", -1)), str(m["start_state_sha256"])))
+        elif m.get("seed") is not None:
+            keys.add(("seed", int(m["seed"])))
+    return keys
+
+
+def describe_starts(starts: Sequence[Start]) -> str:
+    """'seeds 0-4, 7' / 'start indices 0-2' for messages."""
+    def ranges(xs: list[int]) -> str:
+        xs, out, i = sorted(xs), [], 0
+        while i < len(xs):
+            j = i
+            while j + 1 < len(xs) and xs[j + 1] == xs[j] + 1:
+                j += 1
+            out.append(str(xs[i]) if i == j else f"{xs[i]}-{xs[j]}")
+            i = j + 1
+        return ", ".join(out[:8]) + (", ..." if len(out) > 8 else "")
+
+    seeds = [s.seed for s in starts if s.state is None]
+    idx = [s.index for s in starts if s.state is not None]
+    parts = ([f"seeds {ranges(seeds)}"] if seeds else []) + ([f"start indices {ranges(idx)}"] if idx else [])
+    return "; ".join(parts) or "none"
 
 
 def _check_chunk(chunk, n: int) -> np.ndarray:
@@ -113,6 +160,8 @@ def run_episodes(venv, policy: Policy, starts: Sequence[Start], task: str,
             b["dones"].append(done)
             if done:
                 meta = {"seed": slot_start[i].seed, "start_index": slot_start[i].index}
+                if slot_start[i].state is not None:
+                    meta["start_state_sha256"] = state_digest(slot_start[i].state)
                 if expert and getattr(venv, "expert_noise", None) is not None:
                     meta["expert_noise"] = venv.expert_noise_summaries(mask=np.arange(n) == i)[i]
                 ep = Episode(
@@ -141,6 +190,8 @@ class CollectResult:
     successes: int
     env_steps: int
     seconds: float
+    skipped: int = 0
+    """starts not run because the store already held them (resume)"""
 
     @property
     def success_rate(self) -> float:
@@ -191,35 +242,67 @@ def env_meta(task: str, image_size: int) -> dict:
 def collect(policy: Policy, task: str, store, *, init_states: np.ndarray | None = None,
             n_episodes: int | None = None, seed: int = 0, num_workers: int = 1, image_size: int = 64,
             only_successes: bool = False, max_steps: int | None = None, show_progress: bool = True,
-            seeds: Sequence[int] | None = None, expert_noise=None) -> CollectResult:
+            seeds: Sequence[int] | None = None, expert_noise=None, resume: bool = True) -> CollectResult:
     """Run `policy` on the given starts and append the episodes to `store` (a TrajectoryStore or a
     path, opened in "a" mode). With `only_successes`, failed episodes are not written. `seeds`
-    gives explicit D0 seeds; `expert_noise` (an ExpertNoise) perturbs the scripted expert."""
+    gives explicit D0 seeds; `expert_noise` (an ExpertNoise) perturbs the scripted expert.
+
+    With `resume` (default), starts already in the store (same D0 seed, or same position and
+    initial state; see `start_key`) are skipped and reported, so a re-run of a killed collection
+    finishes it without duplicates. `resume=False` runs every start again (e.g. another policy
+    from the same starts)."""
     from wmpo.data.store import TrajectoryStore
     from wmpo.sim.vec_env import VecEnv
     from wmpo.utils.logging import progress
 
     if image_size < 8:
         raise ValueError(f"image_size: expected >= 8 (stored episodes need frames), got {image_size}")
+    if num_workers < 1:
+        raise ValueError(f"num_workers: expected >= 1, got {num_workers}")
+    if max_steps is not None and max_steps < 1:
+        raise ValueError(f"max_steps: expected >= 1 (or None for the task horizon), got {max_steps}")
     starts = make_starts(init_states, n_episodes, seed, seeds=seeds)
     if expert_noise is not None and policy != "expert":
         raise ValueError("expert_noise: only the scripted expert (policy='expert') can be perturbed")
     own = not isinstance(store, TrajectoryStore)
     if own:
-        store = TrajectoryStore(store, "a", env_meta=env_meta(task, image_size))
+        store = TrajectoryStore(store, "a")
+    elif store.mode == "r":
+        raise ValueError(f"store: {store.path} is open read-only (mode 'r'); open it with mode 'a' to collect into it")
     t0, steps, succ, count = time.time(), 0, 0, 0
-    venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=seed,
-                  expert_noise=expert_noise)
     try:
-        it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
-        for _, ep in progress(it, total=len(starts), desc=f"collect {task}", disable=None if show_progress else True):
-            count += 1
-            steps += len(ep)
-            succ += int(ep.success)
-            if ep.success or not only_successes:
-                store.append(ep)
+        meta = env_meta(task, image_size)
+        old = store.env_meta
+        if len(store) > 0 and old:
+            for k in ("env_name", "image_size"):
+                if k in old and old[k] != meta[k]:
+                    raise ValueError(f"store: {store.path} holds episodes with {k}={old[k]!r}; collecting {k}={meta[k]!r} "
+                                     f"into it would mix them (use another store)")
+        store.set_env_meta(meta)
+        skipped: list[Start] = []
+        if resume:
+            have = stored_start_keys(store)
+            skipped = [st for st in starts if start_key(st) in have]
+            starts = [st for st in starts if start_key(st) not in have]
+            if skipped and show_progress:
+                print(f"collect {task}: {len(skipped)} start(s) already in {store.path}, skipped "
+                      f"({describe_starts(skipped)}); {len(starts)} to run", flush=True)
+        if not starts:
+            return CollectResult(episodes=0, successes=0, env_steps=0, seconds=time.time() - t0, skipped=len(skipped))
+        venv = VecEnv(task, num_envs=min(num_workers, len(starts)), image_size=image_size, seed=seed,
+                      expert_noise=expert_noise)
+        try:
+            it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
+            for _, ep in progress(it, total=len(starts), desc=f"collect {task}", disable=None if show_progress else True):
+                count += 1
+                steps += len(ep)
+                succ += int(ep.success)
+                if ep.success or not only_successes:
+                    store.append(ep)
+        finally:
+            venv.close()
     finally:
-        venv.close()
         if own:
             store.close()
-    return CollectResult(episodes=count, successes=succ, env_steps=steps, seconds=time.time() - t0)
+    return CollectResult(episodes=count, successes=succ, env_steps=steps, seconds=time.time() - t0,
+                         skipped=len(skipped))

@@ -14,13 +14,10 @@ never run again, so a killed collection continues where it stopped without dupli
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
-
-import h5py
 
 from wmpo.sim.expert_noise import ExpertNoise
 
@@ -57,14 +54,8 @@ def stored_seeds(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.exists():
         return []
-    seeds = []
     with TrajectoryStore(path, "r") as store:
-        for name in store._names:
-            with h5py.File(store._episode_file(name), "r", locking=False) as f:
-                meta = json.loads(f[f"data/{name}"].attrs.get("meta", "{}"))
-            if meta.get("seed") is not None:
-                seeds.append(int(meta["seed"]))
-    return seeds
+        return store.stored_seeds()
 
 
 def corpus_counts(folder: str | Path, tasks: Sequence[str]) -> dict[str, dict[str, int]]:
@@ -74,14 +65,11 @@ def corpus_counts(folder: str | Path, tasks: Sequence[str]) -> dict[str, dict[st
     out = {}
     for task in tasks:
         path = corpus_store_path(folder, task)
-        n = succ = 0
+        succ: list[bool] = []
         if path.exists():
             with TrajectoryStore(path, "r") as store:
-                for name in store._names:
-                    with h5py.File(store._episode_file(name), "r", locking=False) as f:
-                        succ += int(bool(f[f"data/{name}"].attrs["success"]))
-                    n += 1
-        out[task] = {"episodes": n, "successes": succ}
+                succ = store.successes()
+        out[task] = {"episodes": len(succ), "successes": int(sum(succ))}
     return out
 
 
