@@ -57,7 +57,10 @@ def copy_bandwidth(device: str, dtype: torch.dtype, bench) -> float:
 
 
 def cases(device: str, quick: bool, dtype: torch.dtype, trajectories: list[int]):
-    """(op name, shape label, bytes moved, {impl name: callable}) for every op and shape."""
+    """(op name, shape label, bytes moved, {impl name: callable}) for every op and shape.
+
+    In-place ops (flow_step) also give "reset": restores their input, so that the reference and the
+    fused result are computed from the same input into separate tensors (see op_errors)."""
     dev = torch.device(device)
     D = 1152
     frames, tpf = (4, 16) if quick else (12, 256)
@@ -90,8 +93,9 @@ def cases(device: str, quick: bool, dtype: torch.dtype, trajectories: list[int])
         n_pred = n // frames * (frames - c)
         t2 = t * 0.999
         out.append(("flow_step", lab2, 3 * n_pred * es, {
-            "ref": lambda: ops.flow_step_ref(xs, nz, t, t2, num_context=c),
-            "fused": lambda be=None: ops.flow_step(xs, nz, t, t2, num_context=c, backend=be)}))
+            "ref": lambda xs=xs, nz=nz, t=t, t2=t2, c=c: ops.flow_step_ref(xs, nz, t, t2, num_context=c),
+            "fused": lambda be=None, xs=xs, nz=nz, t=t, t2=t2, c=c: ops.flow_step(xs, nz, t, t2, num_context=c, backend=be),
+            "reset": lambda xs=xs, x0=x0: xs.copy_(x0)}))
     N = 512 if quick else 64 * 8 * 56
     logits = torch.randn(N, 256, device=dev, dtype=dtype)
     tokens = torch.randint(0, 256, (N,), device=dev)
@@ -99,6 +103,26 @@ def cases(device: str, quick: bool, dtype: torch.dtype, trajectories: list[int])
         "ref": lambda: ops.action_logprob_ref(logits, tokens, temperature=1.6),
         "fused": lambda be=None: ops.action_logprob(logits, tokens, temperature=1.6, backend=be)}))
     return out
+
+
+def _snapshot(out):
+    """The outputs as fresh tensors (an in-place op returns its input, which the next call changes)."""
+    return tuple(o.detach().clone() for o in _tup(out))
+
+
+def op_errors(impls: dict, runs: dict) -> dict:
+    """Max abs error of every run against the eager reference, each computed from the same inputs:
+    in-place ops are reset before each call and their outputs copied, so the two sides never alias."""
+    reset = impls.get("reset", lambda: None)
+    reset()
+    want = _snapshot(impls["ref"]())
+    errs = {}
+    for name, fn in runs.items():
+        reset()
+        got = _snapshot(fn())
+        errs[name] = max((g.float() - w.float()).abs().max().item() for g, w in zip(got, want))
+    reset()
+    return errs
 
 
 def git_sha() -> str:
@@ -131,11 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         for be in backends:
             runs[be] = (lambda f=impls["fused"], be=be: f(be=be))
         res = {}
-        want = impls["ref"]()
         for name, fn in runs.items():
             try:
-                got = fn()
-                err = max((g.float() - w.float()).abs().max().item() for g, w in zip(_tup(got), _tup(want)))
+                err = op_errors(impls, {name: fn})[name]
                 ms = bench(fn)
             except Exception as e:  # noqa: BLE001 - report and go on
                 print(f"  {op} {name}: FAILED {type(e).__name__}: {e}")

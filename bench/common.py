@@ -9,8 +9,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# dense bf16 peak FLOP/s by device-name substring (no sparsity)
-PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12, "4090": 165e12}
+# dense bf16 peak FLOP/s by device-name substring (no sparsity), most specific first: an H100 PCIe
+# (756) or NVL (835) must not match the SXM entry (989) that the plain "H100" names.
+PEAK_BF16 = (
+    ("H200", 989e12), ("GH200", 989e12), ("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12),
+    ("H800 PCIe", 756e12), ("H800", 989e12), ("A100", 312e12), ("L40S", 362e12), ("A10", 125e12), ("4090", 165e12),
+)
+
+
+def bf16_peak_flops(name: str) -> float | None:
+    """Dense bf16 peak FLOP/s of a CUDA device by its name (torch.cuda.get_device_name), None if unknown."""
+    return next((v for k, v in PEAK_BF16 if k in name), None)
 
 
 def sync(device: torch.device) -> None:
@@ -22,8 +31,7 @@ def peak_flops(device: torch.device) -> float | None:
     """Dense bf16 peak of a known CUDA device, else None (no MFU on CPU)."""
     if device.type != "cuda":
         return None
-    name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+    return bf16_peak_flops(torch.cuda.get_device_name(device))
 
 
 def git_sha() -> str:

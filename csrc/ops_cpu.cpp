@@ -1,6 +1,8 @@
 // wmpo fused ops: schemas (namespace wmpo_C) and the CPU kernels.
 // Every kernel reads bf16/fp16/fp32, accumulates in fp32, writes the input dtype.
-// All floating inputs of one call share one dtype (wmpo/ops.py routes mixed dtypes elsewhere).
+// AdaLN ops: rows (x / residual and both outputs) in TX, modulation and y in TM, where TM == TX or
+// TX = fp32 with TM = bf16/fp16 (autocast: fp32 residual stream, bf16 linear outputs); see
+// dispatch_adaln in adaln_dispatch.h. Other ops: all floating inputs of one call share one dtype.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -13,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 #include <vector>
+
+#include "adaln_dispatch.h"
 
 namespace wmpo {
 namespace {
@@ -41,8 +45,8 @@ inline int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::m
 
 // ---------------------------------------------------------------- adaln_modulate (+ gated residual)
 
-template <typename T>
-void adaln_rows(const T* x, const T* res, const T* yv, const T* gate, const T* shift, const T* scale,
+template <typename T, typename TM>
+void adaln_rows(const T* x, const T* res, const TM* yv, const TM* gate, const TM* shift, const TM* scale,
                 T* out, T* h, int64_t R, int64_t D, int64_t tpf, float eps) {
   // gated mode when res != nullptr: out = res + gate[f]*y (rounded to T), then h = LN(out)*(1+scale)+shift.
   at::parallel_for(0, R, row_grain(D), [&](int64_t b, int64_t e) {
@@ -51,8 +55,8 @@ void adaln_rows(const T* x, const T* res, const T* yv, const T* gate, const T* s
       const int64_t f = r / tpf;
       if (res) {
         const T* rr = res + r * D;
-        const T* yr = yv + r * D;
-        const T* g = gate + f * D;
+        const TM* yr = yv + r * D;
+        const TM* g = gate + f * D;
         T* o = out + r * D;
         for (int64_t d = 0; d < D; ++d) {
           T v = static_cast<T>(static_cast<float>(rr[d]) + static_cast<float>(g[d]) * static_cast<float>(yr[d]));
@@ -66,8 +70,8 @@ void adaln_rows(const T* x, const T* res, const T* yv, const T* gate, const T* s
       const float mean = sum8(buf.data(), D) / static_cast<float>(D);
       const float var = sumsq_centered8(buf.data(), D, mean) / static_cast<float>(D);
       const float rstd = 1.0f / std::sqrt(var + eps);
-      const T* sh = shift + f * D;
-      const T* sc = scale + f * D;
+      const TM* sh = shift + f * D;
+      const TM* sc = scale + f * D;
       T* hr = h + r * D;
 #pragma omp simd
       for (int64_t d = 0; d < D; ++d)
@@ -76,23 +80,24 @@ void adaln_rows(const T* x, const T* res, const T* yv, const T* gate, const T* s
   });
 }
 
-void check_rows(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf) {
+void check_rows(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf, bool mixed = false) {
   TORCH_CHECK(x.dim() == 2 && shift.dim() == 2 && scale.dim() == 2, "wmpo_C: x, shift, scale must be 2-D");
   TORCH_CHECK(tpf > 0 && x.size(0) % tpf == 0, "wmpo_C: rows must be a multiple of tokens_per_frame");
   TORCH_CHECK(shift.size(0) == x.size(0) / tpf && scale.sizes() == shift.sizes() && shift.size(1) == x.size(1),
               "wmpo_C: shift/scale must be [R / tokens_per_frame, D]");
-  TORCH_CHECK(shift.scalar_type() == x.scalar_type() && scale.scalar_type() == x.scalar_type(),
-              "wmpo_C: all inputs must share one dtype");
+  TORCH_CHECK(scale.scalar_type() == shift.scalar_type(), "wmpo_C: shift and scale must share one dtype");
+  TORCH_CHECK(mixed ? adaln_dtypes_supported(x.scalar_type(), shift.scalar_type()) : shift.scalar_type() == x.scalar_type(),
+              "wmpo_C: x in ", x.scalar_type(), " with modulation in ", shift.scalar_type(),
+              " is not supported (one dtype, or fp32 x with bf16/fp16 modulation)");
 }
 
 Tensor adaln_modulate_cpu(const Tensor& x_, const Tensor& shift_, const Tensor& scale_, int64_t tpf, double eps) {
-  check_rows(x_, shift_, scale_, tpf);
+  check_rows(x_, shift_, scale_, tpf, /*mixed=*/true);
   Tensor x = x_.contiguous(), shift = shift_.contiguous(), scale = scale_.contiguous();
   Tensor y = at::empty_like(x);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "adaln_modulate_cpu", [&] {
-    adaln_rows<scalar_t>(x.data_ptr<scalar_t>(), nullptr, nullptr, nullptr, shift.data_ptr<scalar_t>(),
-                         scale.data_ptr<scalar_t>(), nullptr, y.data_ptr<scalar_t>(), x.size(0), x.size(1), tpf,
-                         static_cast<float>(eps));
+  dispatch_adaln(x.scalar_type(), shift.scalar_type(), "adaln_modulate_cpu", [&]<typename TX, typename TM>() {
+    adaln_rows<TX, TM>(x.data_ptr<TX>(), nullptr, nullptr, nullptr, shift.data_ptr<TM>(), scale.data_ptr<TM>(),
+                       nullptr, y.data_ptr<TX>(), x.size(0), x.size(1), tpf, static_cast<float>(eps));
   });
   return y;
 }
@@ -100,17 +105,17 @@ Tensor adaln_modulate_cpu(const Tensor& x_, const Tensor& shift_, const Tensor& 
 std::tuple<Tensor, Tensor> gated_residual_adaln_cpu(const Tensor& res_, const Tensor& y_, const Tensor& gate_,
                                                     const Tensor& shift_, const Tensor& scale_, int64_t tpf,
                                                     double eps) {
-  check_rows(res_, shift_, scale_, tpf);
+  check_rows(res_, shift_, scale_, tpf, /*mixed=*/true);
   TORCH_CHECK(y_.sizes() == res_.sizes() && gate_.sizes() == shift_.sizes(), "wmpo_C: y/gate shape mismatch");
-  TORCH_CHECK(y_.scalar_type() == res_.scalar_type() && gate_.scalar_type() == res_.scalar_type(),
-              "wmpo_C: all inputs must share one dtype");
+  TORCH_CHECK(y_.scalar_type() == shift_.scalar_type() && gate_.scalar_type() == shift_.scalar_type(),
+              "wmpo_C: y, gate, shift and scale must share one dtype");
   Tensor res = res_.contiguous(), yv = y_.contiguous(), gate = gate_.contiguous();
   Tensor shift = shift_.contiguous(), scale = scale_.contiguous();
   Tensor out = at::empty_like(res), h = at::empty_like(res);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, res.scalar_type(), "gated_residual_adaln_cpu", [&] {
-    adaln_rows<scalar_t>(nullptr, res.data_ptr<scalar_t>(), yv.data_ptr<scalar_t>(), gate.data_ptr<scalar_t>(),
-                         shift.data_ptr<scalar_t>(), scale.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(),
-                         h.data_ptr<scalar_t>(), res.size(0), res.size(1), tpf, static_cast<float>(eps));
+  dispatch_adaln(res.scalar_type(), shift.scalar_type(), "gated_residual_adaln_cpu", [&]<typename TX, typename TM>() {
+    adaln_rows<TX, TM>(nullptr, res.data_ptr<TX>(), yv.data_ptr<TM>(), gate.data_ptr<TM>(), shift.data_ptr<TM>(),
+                       scale.data_ptr<TM>(), out.data_ptr<TX>(), h.data_ptr<TX>(), res.size(0), res.size(1), tpf,
+                       static_cast<float>(eps));
   });
   return {out, h};
 }
@@ -296,15 +301,20 @@ WMPO_CPU_CLONES void softmax_row_stats(const float* z, int64_t V, float* out) {
   float m = -INFINITY;
 #pragma omp simd reduction(max : m)
   for (int64_t j = 0; j < V; ++j) m = std::max(m, z[j]);
-  float se = 0, spz = 0;
-#pragma omp simd reduction(+ : se, spz)
+  float se = 0, spz = 0, nans = 0;
+#pragma omp simd reduction(+ : se, spz, nans)
   for (int64_t j = 0; j < V; ++j) {
-    const float p = exp_f32(z[j] - m);
+    const bool live = z[j] > -INFINITY;  // masked bins: p = 0, and 0 * -inf must not reach the sum
+    const float p = live ? exp_f32(z[j] - m) : 0.0f;
     se += p;
-    spz += p * z[j];
+    spz += live ? p * z[j] : 0.0f;
+    nans += z[j] != z[j] ? 1.0f : 0.0f;  // max() and the comparison above skip NaN: count it here
   }
-  out[0] = m + std::log(se);
-  out[1] = spz / se;
+  const float lse = m + std::log(se);
+  // false for a +inf or NaN logit or an all-masked row
+  const bool finite = std::fabs(lse) < INFINITY && nans == 0.0f;
+  out[0] = finite ? lse : NAN;
+  out[1] = finite ? spz / se : NAN;
 }
 
 // g[j] = (1/temp) * (-a p_j - c p_j (log p_j + H)) (the one-hot term is added by the caller).
@@ -312,7 +322,8 @@ WMPO_CPU_CLONES void logprob_row_grad(const float* z, int64_t V, float lse, floa
                                       float* g) {
 #pragma omp simd
   for (int64_t j = 0; j < V; ++j) {
-    const float lpj = z[j] - lse, p = exp_f32(lpj);
+    const bool live = z[j] > -INFINITY;  // masked bins: p = 0, gradient 0
+    const float lpj = live ? z[j] - lse : 0.0f, p = live ? exp_f32(lpj) : 0.0f;
     g[j] = (-a * p - c * p * (lpj + H)) * inv_t;
   }
 }

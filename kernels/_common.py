@@ -1,8 +1,10 @@
 """Launch-size helpers shared by the Triton launchers (not a kernel)."""
 from __future__ import annotations
 
+import contextlib
 import os
 
+import torch
 import triton
 
 
@@ -24,3 +26,10 @@ def flat_block(n: int, device) -> int:
     if interpreting(device):
         return max(16, min(triton.next_power_of_2(max(1, triton.cdiv(n, 4))), 1 << 20))
     return 2048
+
+
+def on_device(t: torch.Tensor):
+    """Context in which a launch goes to `t`'s GPU (Triton launches on the current device), or a no-op."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()

@@ -2,6 +2,7 @@
 
 A program handles BLOCK_R rows of V (256) logits in registers: max, sum of exp, gather by
 comparison; it writes two floats per row and never builds anything larger than the logits.
+Masked bins (-inf) count as probability 0; a row whose log-sum-exp is not finite gives NaN.
 """
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import rows_per_program
+from ._common import rows_per_program, on_device
 
 
 @triton.jit
@@ -27,12 +28,14 @@ def _action_logprob_kernel(l_ptr, tok_ptr, logp_ptr, ent_ptr, N, V, inv_t,
     se = tl.sum(e, axis=1)
     se = tl.where(rm, se, 1.0)
     lse = m + tl.log(se)
-    spz = tl.sum(e * tl.where(mask, z, 0.0), axis=1) / se
+    # masked bins (-inf) have p = 0 and add 0 to sum p z (0 * -inf would be NaN)
+    spz = tl.sum(tl.where(e > 0.0, e * z, 0.0), axis=1) / se
     tok = tl.load(tok_ptr + rows, mask=rm, other=0)
     zt = tl.sum(tl.where(cols[None, :] == tok[:, None], z, 0.0), axis=1)
     ok = (tok >= 0) & (tok < V)
-    tl.store(logp_ptr + rows, tl.where(ok, zt - lse, float("nan")), mask=rm)
-    tl.store(ent_ptr + rows, lse - spz, mask=rm)
+    finite = tl.abs(lse) < float("inf")  # False for +inf / NaN logits or an all-masked row
+    tl.store(logp_ptr + rows, tl.where(ok & finite, zt - lse, float("nan")), mask=rm)
+    tl.store(ent_ptr + rows, tl.where(finite, lse - spz, float("nan")), mask=rm)
 
 
 def action_logprob(logits, tokens, temperature: float):
@@ -46,6 +49,7 @@ def action_logprob(logits, tokens, temperature: float):
         return logp, ent
     block_v = triton.next_power_of_2(V)
     block_r = rows_per_program(N, block_v, logits.device)
-    _action_logprob_kernel[(triton.cdiv(N, block_r),)](logits, tokens, logp, ent, N, V, 1.0 / temperature,
-                                                       BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
+    with on_device(logits):
+        _action_logprob_kernel[(triton.cdiv(N, block_r),)](logits, tokens, logp, ent, N, V, 1.0 / temperature,
+                                                           BLOCK_R=block_r, BLOCK_V=block_v, num_warps=4)
     return logp, ent

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import rows_per_program
+from ._common import rows_per_program, on_device
 
 
 @triton.jit
@@ -40,6 +40,7 @@ def adaln_modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, to
     block_d = triton.next_power_of_2(D)
     block_r = rows_per_program(R, block_d, x.device)
     grid = (triton.cdiv(R, block_r),)
-    _adaln_modulate_kernel[grid](x, shift, scale, y, R, D, tokens_per_frame, eps,
-                                 BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8)
+    with on_device(x):
+        _adaln_modulate_kernel[grid](x, shift, scale, y, R, D, tokens_per_frame, eps,
+                                     BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8)
     return y

@@ -9,14 +9,17 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block
+from ._common import flat_block, on_device
 
 
 @triton.jit
 def _flow_step_kernel(x_ptr, v_ptr, tnow_ptr, tnext_ptr, tnow_val, tnext_val, tnow_stride, tnext_stride,
                       N_pred, per_b, TS, ctx_off,
-                      HAS_TNOW: tl.constexpr, HAS_TNEXT: tl.constexpr, BLOCK: tl.constexpr):
-    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+                      HAS_TNOW: tl.constexpr, HAS_TNEXT: tl.constexpr, BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    pid = tl.program_id(0)
+    if IDX64:  # 64-bit index math (and its divisions) only for tensors past 2^31 elements
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < N_pred
     b = offs // per_b
     addr = b * TS + ctx_off + offs % per_b
@@ -45,8 +48,10 @@ def flow_step_(x, v, t_now, t_next, t_now_value: float, t_next_value: float, num
     tn = t_now.to(torch.float32).reshape(-1).contiguous() if t_now is not None else x
     tx = t_next.to(torch.float32).reshape(-1).contiguous() if t_next is not None else x
     block = flat_block(n_pred, x.device)
-    _flow_step_kernel[(triton.cdiv(n_pred, block),)](
-        x, v, tn, tx, float(t_now_value), float(t_next_value),
-        0 if t_now is None or tn.numel() == 1 else 1, 0 if t_next is None or tx.numel() == 1 else 1,
-        n_pred, per_b, T * S, num_context * S,
-        HAS_TNOW=t_now is not None, HAS_TNEXT=t_next is not None, BLOCK=block)
+    with on_device(x):
+        _flow_step_kernel[(triton.cdiv(n_pred, block),)](
+            x, v, tn, tx, float(t_now_value), float(t_next_value),
+            0 if t_now is None or tn.numel() == 1 else 1, 0 if t_next is None or tx.numel() == 1 else 1,
+            n_pred, per_b, T * S, num_context * S,
+            HAS_TNOW=t_now is not None, HAS_TNEXT=t_next is not None, BLOCK=block,
+            IDX64=x.numel() + block >= 2**31)

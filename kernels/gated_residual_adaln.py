@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import rows_per_program
+from ._common import rows_per_program, on_device
 
 
 @triton.jit
@@ -45,6 +45,7 @@ def gated_residual_adaln(residual, y, gate, shift, scale, tokens_per_frame: int,
     block_d = triton.next_power_of_2(D)
     block_r = rows_per_program(R, block_d, residual.device)
     grid = (triton.cdiv(R, block_r),)
-    _gated_residual_adaln_kernel[grid](residual, y, gate, shift, scale, out, h, R, D, tokens_per_frame, eps,
-                                       BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8)
+    with on_device(residual):
+        _gated_residual_adaln_kernel[grid](residual, y, gate, shift, scale, out, h, R, D, tokens_per_frame, eps,
+                                           BLOCK_R=block_r, BLOCK_D=block_d, num_warps=4 if block_d <= 1024 else 8)
     return out, h

@@ -9,14 +9,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block
+from ._common import flat_block, on_device
 
 
 @triton.jit
 def _noisy_context_kernel(x0_ptr, noise_ptr, t_ptr, xt_ptr, tf_ptr, N, S, T, num_context, t_context,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, IDX64: tl.constexpr):
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    if IDX64:  # 64-bit index math (and its divisions) only for tensors past 2^31 elements
+        pid = pid.to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
     m = offs < N
     row = offs // S
     b = row // T
@@ -25,7 +27,7 @@ def _noisy_context_kernel(x0_ptr, noise_ptr, t_ptr, xt_ptr, tf_ptr, N, S, T, num
     n = tl.load(noise_ptr + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(xt_ptr + offs, ((1.0 - w) * a + w * n).to(xt_ptr.dtype.element_ty), mask=m)
     # per-frame times: element i of [B*T] handled by program i // BLOCK
-    fr = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    fr = pid * BLOCK + tl.arange(0, BLOCK)
     fm = fr < (N // S)
     fw = tl.where((fr % T) < num_context, t_context, tl.load(t_ptr + fr // T, mask=fm, other=0.0).to(tl.float32))
     tl.store(tf_ptr + fr, fw, mask=fm)
@@ -44,5 +46,7 @@ def noisy_context(x0, noise, t, num_context: int, t_context: float):
     S = N // (B * T)
     block = flat_block(N, x0.device)  # programs * block >= N >= B * T, so every tf entry is written
     grid = (triton.cdiv(N, block),)
-    _noisy_context_kernel[grid](x0, noise, t, xt, tf, N, S, T, num_context, t_context, BLOCK=block)
+    with on_device(x0):
+        _noisy_context_kernel[grid](x0, noise, t, xt, tf, N, S, T, num_context, t_context, BLOCK=block,
+                                    IDX64=N + block >= 2**31)
     return xt, tf

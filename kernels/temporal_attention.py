@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ._common import on_device
+
 
 @triton.jit
 def _round_to_bf16(x):
@@ -225,13 +227,14 @@ def frame_causal_attention_triton(
             import warnings
 
             warnings.warn(f"wmpo temporal attention: the tl.dot kernel failed ({e!r:.300}); using the loop kernel", RuntimeWarning)
-    _frame_causal_attn_loop_kernel[grid](
-        *common,
-        T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
-        BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
-        EMULATE_BF16_STORE=emulate and out.dtype == torch.bfloat16,
-        num_warps=num_warps,
-    )
+    with on_device(common[0]):
+        _frame_causal_attn_loop_kernel[grid](
+            *common,
+            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+            BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
+            EMULATE_BF16_STORE=emulate and out.dtype == torch.bfloat16,
+            num_warps=num_warps,
+        )
     return out
 
 
@@ -239,12 +242,13 @@ _DOT_BROKEN: list[str] = []  # set after the first failed tl.dot launch on this 
 
 
 def _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, dtype, emulate, num_warps):
-    _frame_causal_attn_dot_kernel[grid](
-        *common,
-        T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
-        BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
-        BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
-        LOWP=dtype in (torch.bfloat16, torch.float16), IS_BF16=dtype == torch.bfloat16,
-        EMULATE=emulate,
-        num_warps=num_warps,
-    )
+    with on_device(common[0]):
+        _frame_causal_attn_dot_kernel[grid](
+            *common,
+            T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
+            BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
+            BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
+            LOWP=dtype in (torch.bfloat16, torch.float16), IS_BF16=dtype == torch.bfloat16,
+            EMULATE=emulate,
+            num_warps=num_warps,
+        )

@@ -16,6 +16,8 @@ _EXPORTS = {
     "export_vae_decoder": "onnx_export",
     "export_policy_logits": "onnx_export",
     "compile_module": "compiled",
+    "compile_with_fallback": "compiled",
+    "CompiledDenoiser": "compiled",
     "CUDAGraphRunner": "compiled",
     "tensorrt_available": "tensorrt",
 }

@@ -2,6 +2,10 @@
 
 - `compile_module(module, mode)`: torch.compile with a named mode; on the CPU the CUDA-graph
   modes fall back to their no-graph equivalents (one-time warning).
+- `compile_with_fallback(fn, name=...)`: torch.compile whose (lazy) compilation failure at the first
+  call warns once and runs `fn` eagerly from then on, instead of ending the run.
+- `CompiledDenoiser(world_model)`: the world model with only its denoiser step (forward_cached,
+  forward, build_context_cache) compiled with fallback; the rollout engine uses it for compile_chunk.
 - `CUDAGraphRunner(fn, *example_inputs)`: captures `fn` once into a CUDA graph with static input
   and output buffers; each call copies the new inputs into the static buffers and replays. With no
   example inputs, `fn` is a zero-argument callable that mutates preallocated state in place (the
@@ -136,3 +140,66 @@ class CUDAGraphRunner:
         if self.clone_outputs:
             return tree_map(lambda t: t.clone() if isinstance(t, torch.Tensor) else t, self.static_outputs)
         return self.static_outputs
+
+
+class compile_with_fallback:  # noqa: N801 - used like a function
+    """`fn` under torch.compile; if compiling fails (torch.compile is lazy: at the first call), warn once
+    and run `fn` eagerly for this and every later call. Errors of later calls are not caught.
+
+    kwargs go to compile_module (mode, fullgraph, dynamic, device); `backend` to torch.compile.
+    """
+
+    def __init__(self, fn: Callable, *, name: str, mode: str | None = "default", backend: str | None = None,
+                 **kwargs: Any):
+        self.fn, self.name = fn, name
+        if backend is not None:
+            self.compiled = torch.compile(fn, backend=backend, fullgraph=kwargs.get("fullgraph", False),
+                                          dynamic=kwargs.get("dynamic", False))
+        else:
+            self.compiled = compile_module(fn, mode, **kwargs)
+        self.failed: str | None = None
+        self._checked = False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failed is not None:
+            return self.fn(*args, **kwargs)
+        if self._checked:
+            return self.compiled(*args, **kwargs)
+        try:
+            out = self.compiled(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - any compiler failure: dynamo, inductor, triton, C++ toolchain
+            self.failed = f"{type(e).__name__}: {e}"
+            warn_once(f"compile-fallback-{self.name}-{id(self)}", f"wmpo.accel: torch.compile of {self.name} failed "
+                      f"({self.failed[:500]}); running it eagerly")
+            return self.fn(*args, **kwargs)
+        self._checked = True
+        return out
+
+
+class CompiledDenoiser:
+    """A WorldModel whose denoiser step is compiled (with fallback): `forward_cached` (the cached step
+    the rollout runs N times per chunk), `forward` (uncached step) and `build_context_cache`. One
+    denoiser step is what gets compiled, not the chunk (which would unroll N steps x all blocks, plus
+    the policy, VAE and reward model). Every other attribute is the wrapped model's."""
+
+    def __init__(self, world_model: Any, *, mode: str | None = "default", backend: str | None = None):
+        self.world_model = world_model
+        kw = dict(mode=mode, backend=backend, dynamic=False)
+        self.forward_cached = compile_with_fallback(world_model.forward_cached, name="world model forward_cached", **kw)
+        self.build_context_cache = compile_with_fallback(world_model.build_context_cache,
+                                                         name="world model build_context_cache", **kw)
+        self._forward = compile_with_fallback(world_model.forward, name="world model forward", **kw)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._forward(*args, **kwargs)
+
+    @property
+    def compile_failures(self) -> dict[str, str]:
+        """{function: error} for each function that fell back to eager."""
+        fns = {"forward_cached": self.forward_cached, "build_context_cache": self.build_context_cache,
+               "forward": self._forward}
+        return {k: f.failed for k, f in fns.items() if f.failed is not None}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.world_model, name)
+

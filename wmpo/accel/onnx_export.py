@@ -225,15 +225,38 @@ class OnnxEngine:
             t = t.detach().to(self.device).contiguous()
             keep.append(t)
             binding.bind_input(meta.name, "cuda", self.device.index or 0, _torch_to_np_dtype(t.dtype), list(t.shape), t.data_ptr())
+        # outputs straight into torch tensors on the device (no device -> host -> device copy) when
+        # their shapes are known: static, or a dynamic leading batch axis equal to the inputs'
+        batch = int(args[0].shape[0]) if args and args[0].dim() else None
+        preset = []
         for meta in self.outputs:
-            binding.bind_output(meta.name, "cuda", self.device.index or 0)
+            shape = [batch if (i == 0 and not isinstance(d, int)) else d for i, d in enumerate(meta.shape)]
+            dtype = _ORT_TO_TORCH.get(getattr(meta, "type", ""))
+            if dtype is None or any(not isinstance(d, int) for d in shape):
+                preset = None
+                break
+            preset.append(torch.empty(shape, dtype=dtype, device=self.device))
+        idx = self.device.index or 0
+        if preset is not None:
+            for meta, out in zip(self.outputs, preset):
+                binding.bind_output(meta.name, "cuda", idx, _torch_to_np_dtype(out.dtype), list(out.shape), out.data_ptr())
+        else:
+            for meta in self.outputs:
+                binding.bind_output(meta.name, "cuda", idx)
         torch.cuda.current_stream(self.device).synchronize()
         self.session.run_with_iobinding(binding)
+        if preset is not None:
+            return preset
         outs = []
         for val in binding.get_outputs():
-            arr = val.numpy()  # device -> host copy; ORT's OrtValue has no zero-copy DLPack here
+            arr = val.numpy()  # device -> host copy: output shape unknown before the run
             outs.append(torch.from_numpy(np.ascontiguousarray(arr)).to(self.device))
         return outs
+
+
+_ORT_TO_TORCH = {"tensor(float)": torch.float32, "tensor(float16)": torch.float16, "tensor(double)": torch.float64,
+                 "tensor(int64)": torch.int64, "tensor(int32)": torch.int32, "tensor(bool)": torch.bool,
+                 "tensor(uint8)": torch.uint8}
 
 
 def _torch_to_np_dtype(dtype: torch.dtype):

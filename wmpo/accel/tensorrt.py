@@ -5,7 +5,7 @@ so this module has never been run. It follows the TensorRT 10 Python API (explic
 `build_serialized_network`, named I/O tensors, `execute_async_v3`). Treat it as a starting point;
 the verified engines are wmpo.accel.onnx_export.OnnxEngine and wmpo.accel.compiled.
 
-    build_engine("vae_dec.onnx", "vae_dec.plan", max_batch=64, fp16=True)
+    build_engine("vae_dec.onnx", "vae_dec.plan", max_batch=64)   # bf16 (fp16 can overflow in the VAE)
     dec = TensorRTEngine("vae_dec.plan")
     frames = dec(latents)          # CUDA torch tensors in and out
 """
@@ -42,11 +42,14 @@ def build_engine(
     min_batch: int = 1,
     opt_batch: int | None = None,
     max_batch: int = 64,
-    fp16: bool = True,
-    bf16: bool = False,
+    fp16: bool = False,
+    bf16: bool = True,
     workspace_gb: float = 4.0,
 ) -> Path:
-    """UNVERIFIED. Parse `onnx_path`, build a serialized engine with a batch profile, write `engine_path`."""
+    """UNVERIFIED. Parse `onnx_path`, build a serialized engine with a batch profile, write `engine_path`.
+
+    Precision: bf16 by default (fp32 with bf16=False). fp16 is off by default: the VAE decoder's
+    activations overflow fp16's range; enable it only for models known to fit it."""
     if not 1 <= min_batch <= max_batch:
         raise ValueError(f"min_batch/max_batch: expected 1 <= min_batch <= max_batch, got {min_batch}, {max_batch}")
     opt_batch = max_batch if opt_batch is None else opt_batch

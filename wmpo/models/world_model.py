@@ -13,6 +13,9 @@ x = x + (gate_offset + alpha) * Block(LN(x) * (1 + gamma) + beta)  (paper: gate_
 Context KV cache: context frames never attend to predicted frames, so their hidden states, and the
 temporal keys/values they produce, do not depend on the predicted frames. `build_context_cache` runs the
 context frames once; `forward_cached` runs only the K predicted frames, reading the cached context K/V.
+The cache holds only K and V (not the qkv projection they are sliced from), in per-block buffers with
+room for the K predicted frames: without autograd, each denoising step writes its frames' K/V into the
+buffer in place instead of concatenating the cache again for every block at every step.
 """
 from __future__ import annotations
 
@@ -178,8 +181,12 @@ class WorldModel(nn.Module):
         emb = emb + self.a_mlp(actions.reshape(-1, actions.shape[-1]).to(dtype))
         return self.modulation(F.silu(emb))
 
-    def _attn(self, blk: _Block, h: torch.Tensor, B: int, T: int, past: tuple | None, keep_kv: bool):
-        """h [B*T*N, D] -> (out [B*T*N, D], (k, v) of this call's frames when keep_kv and temporal)."""
+    def _attn(self, blk: _Block, h: torch.Tensor, B: int, T: int, past: tuple | None, keep_kv: bool,
+              past_len: int = 0, reserve: int = 0):
+        """h [B*T*N, D] -> (out [B*T*N, D], K/V cache buffers of this call's frames when keep_kv and temporal).
+
+        past: (k_buf, v_buf) [B*N, H, >= past_len, hd] whose first past_len frames are the cached context.
+        keep_kv: return new buffers [B*N, H, T + reserve, hd] holding only this call's K and V."""
         N, D, H = self.cfg.tokens_per_frame, self.cfg.hidden, blk.heads
         hd = D // H
         qkv = blk.qkv(h)
@@ -191,18 +198,28 @@ class WorldModel(nn.Module):
         else:
             qkv = qkv.reshape(B, T, N, 3, H, hd).permute(3, 0, 2, 4, 1, 5).reshape(3, B * N, H, T, hd)
             q, k, v = qkv[0], qkv[1], qkv[2]
-            if keep_kv:
-                kv_out = (k, v)
+            if keep_kv:  # K and V only, copied out of the qkv buffer (which would otherwise stay alive)
+                kb = k.new_empty(B * N, H, T + reserve, hd)
+                vb = v.new_empty(B * N, H, T + reserve, hd)
+                kb[:, :, :T].copy_(k)
+                vb[:, :, :T].copy_(v)
+                kv_out = (kb, vb)
             nc = 0
             if past is not None:
-                k = torch.cat([past[0].to(k.dtype), k], dim=2)
-                v = torch.cat([past[1].to(v.dtype), v], dim=2)
-                nc = past[0].shape[2]
+                nc = past_len
+                kb, vb = past
+                if not torch.is_grad_enabled() and kb.shape[2] >= nc + T and kb.dtype == k.dtype:
+                    kb[:, :, nc:nc + T].copy_(k)  # this step's frames, in place after the cached context
+                    vb[:, :, nc:nc + T].copy_(v)
+                    k, v = kb[:, :, :nc + T], vb[:, :, :nc + T]
+                else:
+                    k = torch.cat([kb[:, :, :nc].to(k.dtype), k], dim=2)
+                    v = torch.cat([vb[:, :, :nc].to(v.dtype), v], dim=2)
             o = self.attention(q, k, v, nc)  # [B*N, H, T, hd]
             o = o.reshape(B, N, H, T, hd).permute(0, 3, 1, 2, 4).reshape(B * T * N, D)
         return blk.proj(o), kv_out
 
-    def _run(self, x_t, t_frames, actions, t0: int, past: list | None, keep_kv: bool):
+    def _run(self, x_t, t_frames, actions, t0: int, past: list | None, keep_kv: bool, reserve: int = 0):
         B, T = x_t.shape[:2]
         N, D = self.cfg.tokens_per_frame, self.cfg.hidden
         x = self._embed(x_t.to(self.patch_embed.weight.dtype), t0)
@@ -221,7 +238,7 @@ class WorldModel(nn.Module):
             if blk.kind == "temporal":
                 p_kv = past[ti] if past is not None else None
                 ti += 1
-            y, kv = self._attn(blk, h, B, T, p_kv, keep_kv)
+            y, kv = self._attn(blk, h, B, T, p_kv, keep_kv, past_len=t0, reserve=reserve)
             if kv is not None:
                 kvs.append(kv)
             x, h = _ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
@@ -245,8 +262,10 @@ class WorldModel(nn.Module):
         return self._run(x_t, t_frames, actions, 0, None, False)[0]
 
     def build_context_cache(self, context_latents: torch.Tensor, context_actions: torch.Tensor,
-                            t_context: float | torch.Tensor | None = None) -> dict[str, Any]:
-        """Run the c context frames once (at flow time t_context); keep every temporal block's K/V."""
+                            t_context: float | torch.Tensor | None = None, reserve: int | None = None) -> dict[str, Any]:
+        """Run the c context frames once (at flow time t_context); keep every temporal block's K/V.
+
+        reserve: predicted frames the buffers leave room for (default K = chunk_len)."""
         c = self.cfg.num_context
         check_tensor("context_latents", context_latents, ndim=5, floating=True,
                      shape=(None, c, self.cfg.latent_channels, self.cfg.latent_size, self.cfg.latent_size))
@@ -254,7 +273,8 @@ class WorldModel(nn.Module):
         check_tensor("context_actions", context_actions, shape=(B, c, self.cfg.action_dim), floating=True)
         tc = self.cfg.t_context if t_context is None else t_context
         t_frames = torch.as_tensor(tc, dtype=torch.float32, device=context_latents.device).expand(B, c)
-        _, kvs = self._run(context_latents, t_frames, context_actions, 0, None, True)
+        reserve = self.cfg.chunk_len if reserve is None else int(reserve)
+        _, kvs = self._run(context_latents, t_frames, context_actions, 0, None, True, reserve=reserve)
         return {"kv": kvs, "num_context": c, "batch": B}
 
     def forward_cached(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:

@@ -9,7 +9,7 @@ Exact semantics (shapes contiguous, last dim D): see docs/ops.md. Every public o
 from __future__ import annotations
 
 from wmpo.ops.action_logprob import NUM_BINS, action_logprob, action_logprob_ref
-from wmpo.ops.adaln_modulate import adaln_modulate, adaln_modulate_ref
+from wmpo.ops.adaln_modulate import adaln_fusable_dtypes, adaln_modulate, adaln_modulate_ref
 from wmpo.ops.dispatch import (
     BACKENDS,
     HAS_EXTENSION,
@@ -24,7 +24,8 @@ from wmpo.ops.gated_residual_adaln import gated_residual_adaln, gated_residual_a
 from wmpo.ops.noisy_context import noisy_context, noisy_context_ref
 
 __all__ = [
-    "BACKENDS", "HAS_EXTENSION", "NUM_BINS", "action_logprob", "action_logprob_ref", "adaln_modulate", "adaln_modulate_ref",
+    "BACKENDS", "HAS_EXTENSION", "NUM_BINS", "action_logprob", "action_logprob_ref", "adaln_fusable_dtypes", "adaln_modulate",
+    "adaln_modulate_ref",
     "extension_has_cuda", "flow_step", "flow_step_ref", "frame_causal_attention", "frame_causal_attention_ref",
     "gated_residual_adaln", "gated_residual_adaln_ref", "noisy_context", "noisy_context_ref", "reference_ops",
     "resolve_backend", "triton_usable",

@@ -2,6 +2,7 @@
 more than [tokens, 256]. Reference, custom op + fake, backward, API."""
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -14,13 +15,20 @@ NUM_BINS = 256
 
 
 def action_logprob_ref(logits, tokens, *, temperature: float = 1.0):
-    """(logp, entropy) per token of softmax(logits / temperature). logits [..., 256], tokens [...] int64."""
+    """(logp, entropy) per token of softmax(logits / temperature). logits [..., 256], tokens [...] int64.
+
+    Masked bins (-inf logits) have probability 0 and add nothing to the entropy (finite). A row whose
+    log-sum-exp is not finite (a +inf or NaN logit, or every bin masked) gives NaN logp and entropy,
+    in every backend.
+    """
     z = logits.float() / temperature
     lse = torch.logsumexp(z, dim=-1)
     logp = z.gather(-1, tokens.unsqueeze(-1)).squeeze(-1) - lse
     p = torch.softmax(z, dim=-1)
-    ent = lse - (p * z).sum(-1)
-    return logp, ent
+    ent = lse - (p * torch.where(p > 0, z, torch.zeros_like(z))).sum(-1)
+    bad = ~torch.isfinite(lse)
+    nan = torch.full_like(lse, float("nan"))
+    return torch.where(bad, nan, logp), torch.where(bad, nan, ent)
 
 
 def action_logprob_backward_ref(g_logp, g_ent, logits, tokens, temperature):
@@ -29,9 +37,11 @@ def action_logprob_backward_ref(g_logp, g_ent, logits, tokens, temperature):
     lse = torch.logsumexp(z, dim=-1, keepdim=True)
     logp_all = z - lse
     p = logp_all.exp()
+    logp_all = torch.where(p > 0, logp_all, torch.zeros_like(logp_all))  # masked bins: p log p = 0
     ent = -(p * logp_all).sum(-1, keepdim=True)
     dz = -g_logp.float().unsqueeze(-1) * p - g_ent.float().unsqueeze(-1) * p * (logp_all + ent)
     dz = dz.scatter_add(-1, tokens.unsqueeze(-1), g_logp.float().unsqueeze(-1))
+    dz = torch.where(torch.isfinite(lse), dz, torch.full_like(dz, float("nan")))
     return (dz / temperature).to(logits.dtype)
 
 
@@ -99,8 +109,9 @@ def action_logprob(logits: Tensor, tokens: Tensor, *, temperature: float = 1.0,
         raise ValueError(f"logits: expected shape [..., {NUM_BINS}], got {tuple(logits.shape)}")
     check_tensor("tokens", tokens, dtype=(torch.int64, torch.int32), shape=tuple(logits.shape[:-1]))
     check_same_device(logits=logits, tokens=tokens)
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0:
-        raise ValueError(f"temperature: expected a positive float, got {temperature!r}")
+    if (not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not temperature > 0
+            or not math.isfinite(temperature)):
+        raise ValueError(f"temperature: expected a positive finite float, got {temperature!r}")
     if tokens.device.type == "cpu" and tokens.numel() and not torch.compiler.is_compiling():
         lo, hi = int(tokens.min()), int(tokens.max())
         if lo < 0 or hi >= NUM_BINS:

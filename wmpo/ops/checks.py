@@ -1,6 +1,9 @@
 """Argument checks shared by the ops: each names the argument, what was expected and what was received."""
 from __future__ import annotations
 
+import math
+
+import torch
 from torch import Tensor
 
 from wmpo.utils.checks import check_same_device, check_tensor
@@ -32,6 +35,11 @@ def check_frames(name, x):
         raise ValueError(f"{name}: expected [B, T, ...] (at least 2 dims), got shape {tuple(x.shape)}")
 
 
+def check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps: expected a finite float >= 0, got {eps!r}")
+
+
 def check_num_context(num_context, T):
     if isinstance(num_context, bool) or not isinstance(num_context, int) or not 0 <= num_context <= T:
         raise ValueError(f"num_context: expected an int in [0, {T}], got {num_context!r}")
@@ -44,7 +52,11 @@ def split_time(name, t, B, x):
         if t.dim() > 1 or t.numel() not in (1, B):
             raise ValueError(f"{name}: expected a float, a 0-d tensor or shape ({B},), got shape {tuple(t.shape)}")
         check_same_device(x=x, **{name: t})
+        if t.device.type == "cpu" and not torch.compiler.is_compiling() and not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name}: expected finite times, got {t.tolist()}")
         return (t.reshape(()) if t.numel() == 1 else t), 0.0
     if isinstance(t, (int, float)) and not isinstance(t, bool):
+        if not math.isfinite(t):
+            raise ValueError(f"{name}: expected a finite float, got {t!r}")
         return None, float(t)
     raise ValueError(f"{name}: expected a float or a tensor, got {type(t).__name__}")

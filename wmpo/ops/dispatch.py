@@ -133,7 +133,7 @@ def _resolve(want: str, dev: str, _interp: bool) -> str:
 
 
 def pick(backend: str, *tensors: Tensor) -> str:
-    """Backend for one call; mixed floating dtypes always run the reference."""
+    """Backend for one call; mixed floating dtypes run the reference (the AdaLN ops use their own pick)."""
     be = resolve_backend(tensors[0].device, backend or None)
     if be != "ref":
         dts = {t.dtype for t in tensors if t is not None and t.is_floating_point()}

@@ -53,6 +53,10 @@ def flow_step(x: Tensor, v: Tensor, t_now, t_next, *, num_context: int, backend:
     check_tensor("v", v, floating=True, shape=tuple(x.shape))
     check_same_device(x=x, v=v)
     check_num_context(num_context, x.shape[1])
+    if torch.is_grad_enabled() and x.requires_grad:
+        what = "a leaf Variable that requires grad" if x.is_leaf else "a tensor that requires grad"
+        raise RuntimeError(f"flow_step: x is {what} and flow_step updates it in place without a backward "
+                           "(a sampler step); call it under torch.no_grad() or on x.detach()")
     tn, tnv = split_time("t_now", t_now, x.shape[0], x)
     tx, txv = split_time("t_next", t_next, x.shape[0], x)
     if dispatch.reference_forced() and not backend:

@@ -131,6 +131,8 @@ def frame_causal_attention(q, k, v, *, num_cached: int = 0, scale: float | None 
     if isinstance(num_cached, bool) or not isinstance(num_cached, int) or num_cached < 0:
         raise ValueError(f"num_cached: expected an int >= 0, got {num_cached!r}")
     N, H, T_q, hd = q.shape
+    if hd < 1:
+        raise ValueError(f"q: expected a head dim (last dim) >= 1, got shape {tuple(q.shape)}")
     check_tensor("k", k, shape=(N, H, num_cached + T_q, hd))
     check_tensor("v", v, shape=(N, H, num_cached + T_q, hd))
     if scale is None:

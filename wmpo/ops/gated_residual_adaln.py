@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from wmpo.ops import dispatch
-from wmpo.ops.adaln_modulate import adaln_modulate_backward_op, adaln_modulate_ref
-from wmpo.ops.checks import check_rows
+from wmpo.ops.adaln_modulate import adaln_modulate_backward_op, adaln_modulate_ref, as_dtype, pick_adaln
+from wmpo.ops.checks import check_eps, check_rows
 
 
 def gated_residual_adaln_ref(residual, y, gate, shift, scale, *, tokens_per_frame: int, eps: float = 1e-6):
@@ -22,7 +22,9 @@ def gated_residual_adaln_ref(residual, y, gate, shift, scale, *, tokens_per_fram
 
 def _impl(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor,
           tokens_per_frame: int, eps: float, backend: str) -> tuple[Tensor, Tensor]:
-    be = dispatch.pick(backend, residual, y, gate, shift, scale)
+    be = pick_adaln(backend, residual, y.dtype)
+    if be != "ref":
+        gate, shift, scale = as_dtype(y.dtype, gate, shift, scale)
     if be == "triton":
         return dispatch.kernel("gated_residual_adaln").gated_residual_adaln(residual, y, gate, shift, scale, tokens_per_frame, eps)
     if be in ("cpp", "cuda"):
@@ -39,7 +41,8 @@ def _op(residual: Tensor, y: Tensor, gate: Tensor, shift: Tensor, scale: Tensor,
 
 @_op.register_fake
 def _(residual, y, gate, shift, scale, tokens_per_frame, eps, backend):
-    return torch.empty_like(residual), torch.empty_like(residual)
+    cf = torch.contiguous_format
+    return torch.empty_like(residual, memory_format=cf), torch.empty_like(residual, memory_format=cf)
 
 
 def _setup(ctx, inputs, output):
@@ -72,6 +75,7 @@ def gated_residual_adaln(residual: Tensor, y: Tensor, gate: Tensor, shift: Tenso
     """(out, h): out = residual + gate[f] * y; h = layer_norm(out) * (1 + scale[f]) + shift[f]."""
     check_rows(residual, shift, scale, tokens_per_frame, xname="residual", extra_rows=(("y", y),),
                extra_frames=(("gate", gate),))
+    check_eps(eps)
     if dispatch.reference_forced() and not backend:
         return gated_residual_adaln_ref(residual, y, gate, shift, scale, tokens_per_frame=tokens_per_frame, eps=eps)
     op = _impl if dispatch.eager_direct(residual, y, gate, shift, scale) else _op

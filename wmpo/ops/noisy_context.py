@@ -50,6 +50,8 @@ def noisy_context(x0: Tensor, noise: Tensor, t: Tensor, *, num_context: int, t_c
     check_tensor("t", t, floating=True, shape=(x0.shape[0],))
     check_same_device(x0=x0, noise=noise, t=t)
     check_num_context(num_context, x0.shape[1])
+    if isinstance(t_context, bool) or not isinstance(t_context, (int, float)) or not 0.0 <= t_context <= 1.0:
+        raise ValueError(f"t_context: expected a float in [0, 1] (flow time of the context frames), got {t_context!r}")
     if dispatch.reference_forced() and not backend:
         return noisy_context_ref(x0, noise, t, num_context=num_context, t_context=float(t_context))
     op = _impl if dispatch.eager_direct(x0, noise, t) else _op

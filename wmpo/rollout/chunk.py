@@ -10,8 +10,9 @@ Per chunk (all on the device, static shapes, no host sync):
 """
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -53,16 +54,28 @@ class PhaseTimer:
 class ChunkRunner:
     """Runs `chunk` on a slot state per the rollout config (eager / compiled / CUDA graph)."""
 
-    def __init__(self, wm_env: Any, policy: Any, success_detector: Any, tokenizer: Any, cfg: Any, device: torch.device):
+    def __init__(self, wm_env: Any, policy: Any, success_detector: Any, tokenizer: Any, cfg: Any, device: torch.device,
+                 compile_denoiser: Callable[[], None] | None = None):
+        """compile_denoiser: called before a compiled chunk runs (the engine compiles the world model's
+        denoiser step once, not the chunk)."""
         self.wm_env, self.policy, self.detector, self.tokenizer = wm_env, policy, success_detector, tokenizer
         self.cfg = cfg
         self.device = device
+        self.compile_denoiser = compile_denoiser
         self.K = int(policy.chunk_len)
         self._fn = None  # compiled / graph-captured chunk, keyed by state identity
         self._key = None
         self._graph = None
         self._warm = 0
         self._graph_failed = False
+
+    @property
+    def graph_captured(self) -> bool:
+        return self._graph is not None
+
+    @property
+    def graph_failed(self) -> bool:
+        return self._graph_failed
 
     def invalidate(self) -> None:
         """Forget the compiled / captured chunk (after the env reallocated its buffers)."""
@@ -71,6 +84,17 @@ class ChunkRunner:
     # ------------------------------------------------------------------ the chunk
     def chunk(self, st: SlotState, temperature: float, max_chunks: int, max_steps: int, timer: PhaseTimer) -> None:
         """One chunk for all slots, in place on `st`. Device ops only: capturable as a CUDA graph."""
+        with self._autocast():
+            self._chunk_ops(st, temperature, max_chunks, max_steps, timer)
+
+    def _autocast(self):
+        """bf16 autocast for the chunk on CUDA (cfg.inference_dtype), else a no-op context."""
+        on = self.device.type == "cuda" and self.cfg.inference_dtype == "bf16"
+        # no autocast weight-cast cache: a captured CUDA graph must not point at cached casts freed on exit
+        return (torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=False) if on
+                else contextlib.nullcontext())
+
+    def _chunk_ops(self, st: SlotState, temperature: float, max_chunks: int, max_steps: int, timer: PhaseTimer) -> None:
         S = st.num_slots
         ar = torch.arange(S, device=self.device)
         tokens, logp = self.policy.sample(st.cur_in, st.instr, temperature)
@@ -138,7 +162,9 @@ class ChunkRunner:
         cuda = self.device.type == "cuda"
         use_graph = cfg.cuda_graph and cuda and not timer.enabled and not self._graph_failed
         use_compile = cfg.compile_chunk and (cuda or cfg.compile_on_cpu) and not timer.enabled
-        if not (use_graph or use_compile):
+        if use_compile and self.compile_denoiser is not None:
+            self.compile_denoiser()  # the denoiser step is compiled, not the chunk
+        if not use_graph:
             self.chunk(st, temperature, max_chunks, max_steps, timer)
             return
         key = (id(st), float(temperature), max_chunks, max_steps)
@@ -146,16 +172,7 @@ class ChunkRunner:
             self._key, self._fn, self._graph = key, None, None
             self._warm = 0
         if self._fn is None:
-            fn = lambda: self.chunk(st, temperature, max_chunks, max_steps, PhaseTimer(False, self.device))  # noqa: E731
-            if use_compile:
-                try:
-                    fn = torch.compile(fn, mode=cfg.compile_mode, dynamic=False)
-                except Exception as e:  # pragma: no cover - depends on the backend
-                    warn_once("rollout-compile", f"wmpo.rollout: torch.compile of the chunk failed ({e}); running eager")
-            self._fn = fn
-        if not use_graph:
-            self._fn()
-            return
+            self._fn = lambda: self.chunk(st, temperature, max_chunks, max_steps, PhaseTimer(False, self.device))  # noqa: E731
         if self._graph is None and self._warm < cfg.graph_warmup:
             self._warm += 1
             self._fn()

@@ -12,6 +12,7 @@ Host syncs: exactly one per chunk in `sample_groups` (a named `SyncRecord`), one
 from __future__ import annotations
 
 import math
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,7 @@ from wmpo.rollout.slots import SlotPool, SlotState
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.device import module_device
 from wmpo.utils.frames import model_to_uint8, uint8_to_model
+from wmpo.utils.logging import warn_once
 
 
 @dataclass
@@ -43,9 +45,10 @@ class RolloutConfig:
     """capture one whole chunk (policy + world model + decode + reward + bookkeeping) in a CUDA graph
     (CUDA only; components must keep their state in static buffers); falls back to eager with a warning"""
     compile_chunk: bool = False
-    """torch.compile the chunk function (CUDA; on CPU it stays eager unless compile_on_cpu)"""
-    compile_mode: str = "max-autotune-no-cudagraphs"
-    """torch.compile mode for compile_chunk"""
+    """torch.compile the world model's denoiser step (wmpo.accel.CompiledDenoiser), not the whole
+    chunk; a compilation failure warns once and runs eager (CUDA; on CPU only with compile_on_cpu)"""
+    compile_mode: str = "default"
+    """torch.compile mode for compile_chunk ("max-autotune-no-cudagraphs" tunes for minutes)"""
     compile_on_cpu: bool = False
     """allow compile_chunk on the CPU (slow to compile; for testing)"""
     graph_warmup: int = 2
@@ -55,6 +58,16 @@ class RolloutConfig:
     reward / host) into stats['time']; perturbs throughput, for benchmarks only"""
     output_device: str | None = None
     """where finished trajectories are stored (None: the engine's device)"""
+    inference_dtype: str = "bf16"
+    """on CUDA, the chunk (policy, world model, VAE, reward) runs under bf16 autocast ("bf16", about 10x
+    faster than fp32 with TF32 off) or in the models' own dtype ("fp32"); no effect on the CPU"""
+    memory_plan: bool | None = None
+    """print the device-memory plan (wmpo.accel.memory_plan) at the start of a rollout and bound the
+    VAE decode batch by it when the env has none; None: on CUDA devices only"""
+
+    def __post_init__(self) -> None:
+        if self.inference_dtype not in ("bf16", "fp32"):
+            raise ValueError(f"inference_dtype: expected 'bf16' or 'fp32', got {self.inference_dtype!r}")
 
 
 class ImaginationEngine:
@@ -76,8 +89,22 @@ class ImaginationEngine:
         self.device = torch.device(dev)
         self.K = int(policy.chunk_len)
         self.D = int(policy.action_dim)
-        self.runner = ChunkRunner(wm_env, policy, success_detector, tokenizer, self.cfg, self.device)
+        self.runner = ChunkRunner(wm_env, policy, success_detector, tokenizer, self.cfg, self.device,
+                                  compile_denoiser=self._compile_denoiser)
         self.slots = SlotPool(self.device, self.K, self.D)
+        self._denoiser_compiled = False
+        self._planned: set[tuple[int, int]] = set()
+        self.last_memory_plan = None
+
+    @property
+    def graph_captured(self) -> bool:
+        """True once the chunk runs as a replayed CUDA graph (cfg.cuda_graph, after graph_warmup chunks)."""
+        return self.runner.graph_captured
+
+    @property
+    def graph_failed(self) -> bool:
+        """True when CUDA-graph capture failed and the chunk runs eager (warned once)."""
+        return self.runner.graph_failed
 
     # ------------------------------------------------------------------ inputs
     def prepare_pool(self, initial_frames: torch.Tensor, instructions: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -128,6 +155,50 @@ class ImaginationEngine:
             self.detector.reset_slots(mask, first_in)
         st.reset_rows(mask, first_u8, first_in, instr, traj)
 
+    # ------------------------------------------------------------------ device memory, compilation
+    def plan_memory(self, slots: int, horizon_chunks: int):
+        """-> wmpo.accel.memory_plan.MemoryPlan of this engine's env and models (None: not a WorldModelEnv)."""
+        if not (hasattr(self.wm_env, "wm") and hasattr(self.wm_env, "vae")):
+            return None
+        from wmpo.accel.memory_plan import plan_for_env
+
+        extra = {"policy": self.policy}
+        if self.detector is not None and isinstance(getattr(self.detector, "model", None), torch.nn.Module):
+            extra["reward"] = self.detector.model
+        dtype = "bf16" if self.cfg.inference_dtype == "bf16" else "fp32"
+        return plan_for_env(self.wm_env, slots=slots, horizon_chunks=horizon_chunks, extra_models=extra, dtype=dtype)
+
+    def _apply_memory_plan(self, slots: int, horizon_chunks: int) -> None:
+        """Once per (slots, horizon): print the plan and bound the VAE decode batch (if the env has none)."""
+        want = self.cfg.memory_plan if self.cfg.memory_plan is not None else self.device.type == "cuda"
+        if not want or (slots, horizon_chunks) in self._planned:
+            return
+        self._planned.add((slots, horizon_chunks))
+        plan = self.plan_memory(slots, horizon_chunks)
+        if plan is None:
+            return
+        self.last_memory_plan = plan
+        print(f"[wmpo.rollout] {slots} slots, {horizon_chunks} chunks: " + plan.table(), file=sys.stderr, flush=True)
+        if not plan.fits:
+            warn_once(f"rollout-memory-{slots}", f"wmpo.rollout: the memory plan for {slots} slots does not fit "
+                      f"({plan.peak / 1e9:.1f} GB > {plan.budget / 1e9:.1f} GB); lower RolloutConfig.num_slots")
+        if getattr(self.wm_env, "vae_max_batch", 0) is None and plan.vae_decode_batch >= 1:
+            self.wm_env.vae_max_batch = plan.vae_decode_batch
+
+    def _compile_denoiser(self) -> None:
+        """Once: the env's world model -> CompiledDenoiser (its denoiser step compiled, eager fallback)."""
+        if self._denoiser_compiled:
+            return
+        self._denoiser_compiled = True
+        wm = getattr(self.wm_env, "wm", None)
+        if wm is None or not hasattr(wm, "forward_cached"):
+            warn_once("rollout-compile-no-denoiser", "wmpo.rollout: compile_chunk: the world-model env has no "
+                      "denoiser (.wm with forward_cached) to compile; running eager")
+            return
+        from wmpo.accel.compiled import CompiledDenoiser
+
+        self.wm_env.wm = CompiledDenoiser(wm, mode=self.cfg.compile_mode)
+
     # ------------------------------------------------------------------ public API
     @torch.no_grad()
     def sample_groups(
@@ -161,6 +232,7 @@ class ImaginationEngine:
         need_groups = B // G
         max_groups = int(max_groups or max(need_groups, math.ceil(cfg.max_groups_factor * need_groups)))
         self.check_detector(int(cfg.num_slots), "RolloutConfig.num_slots")
+        self._apply_memory_plan(int(cfg.num_slots), math.ceil(max_steps / self.K))
 
         pool, instr_pool = self.prepare_pool(initial_frames, instructions)
         gen = generator
@@ -194,6 +266,7 @@ class ImaginationEngine:
         temperature = cfg.temperature if temperature is None else float(temperature)
         max_steps = int(max_steps or cfg.max_steps)
         T = math.ceil(max_steps / self.K)
+        self._apply_memory_plan(len(initial_frames), T)
         t_wall = time.perf_counter()
         timer = PhaseTimer(cfg.profile, self.device)
         pool, instr = self.prepare_pool(initial_frames, instructions)

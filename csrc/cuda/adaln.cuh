@@ -1,0 +1,117 @@
+// The AdaLN forward kernel shared by adaln_modulate and gated_residual_adaln, its launcher and
+// input checks. Rows (x, out, h) in T; y, gate, shift, scale in TM (adaln_dispatch.h).
+#pragma once
+
+#include "adaln_dispatch.h"
+#include "cuda/common.cuh"
+
+namespace wmpo {
+namespace {
+
+// One block per row. GATED: out = res + gate[f]*y (rounded to T, stored), h = LN(out)*(1+scale[f])+shift[f].
+// Otherwise h = LN(x)*(1+scale[f])+shift[f]. The row is staged in shared memory as fp32 (D floats).
+// Rows (x, out, h) are T; y, gate, shift, scale are TM (T, or bf16/fp16 with fp32 rows).
+template <typename T, typename TM, int VEC, bool GATED>
+__global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
+    const T* __restrict__ x, const TM* __restrict__ yv, const TM* __restrict__ gate, const TM* __restrict__ shift,
+    const TM* __restrict__ scale, T* __restrict__ out, T* __restrict__ h, int64_t D, int64_t tpf, float eps) {
+  extern __shared__ float buf[];
+  __shared__ float red[32];
+  using P = Pack<T, VEC>;
+  using PM = Pack<TM, VEC>;
+  const int64_t r = blockIdx.x;
+  const int64_t ro = r * D, fo = (r / tpf) * D;
+  const int64_t nv = D / VEC;
+  float s = 0.f;
+  for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
+    const P a = reinterpret_cast<const P*>(x + ro)[i];
+    if (GATED) {
+      const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
+      const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
+      P o;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        o.v[k] = static_cast<T>(to_f(a.v[k]) + to_f(g.v[k]) * to_f(b.v[k]));
+        const float f = to_f(o.v[k]);
+        buf[i * VEC + k] = f;
+        s += f;
+      }
+      reinterpret_cast<P*>(out + ro)[i] = o;
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float f = to_f(a.v[k]);
+        buf[i * VEC + k] = f;
+        s += f;
+      }
+    }
+  }
+  const float mean = block_sum<kLnThreads>(s, red) / static_cast<float>(D);
+  float q = 0.f;
+  for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      const float c = buf[i * VEC + k] - mean;  // written by this same thread above
+      q += c * c;
+    }
+  }
+  const float rstd = rsqrtf(block_sum<kLnThreads>(q, red) / static_cast<float>(D) + eps);
+  for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
+    const PM sh = reinterpret_cast<const PM*>(shift + fo)[i];
+    const PM sc = reinterpret_cast<const PM*>(scale + fo)[i];
+    P o;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k)
+      o.v[k] = static_cast<T>((buf[i * VEC + k] - mean) * rstd * (1.f + to_f(sc.v[k])) + to_f(sh.v[k]));
+    reinterpret_cast<P*>(h + ro)[i] = o;
+  }
+}
+
+// Elements per vector access: 16 bytes of the wider of the two dtypes, halved until D and every
+// pointer (each with its own element size) allow it.
+template <typename T, typename TM>
+int pick_vec(int64_t D, std::initializer_list<const void*> row_ptrs, std::initializer_list<const void*> mod_ptrs) {
+  constexpr int full = 16 / (sizeof(T) > sizeof(TM) ? sizeof(T) : sizeof(TM));
+  for (int vec : {full, full / 2 > 0 ? full / 2 : 1, 1}) {
+    if (vec < 1 || D % vec != 0) continue;
+    bool ok = true;
+    for (const void* p : row_ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % (vec * sizeof(T)) == 0);
+    for (const void* p : mod_ptrs) ok = ok && (reinterpret_cast<uintptr_t>(p) % (vec * sizeof(TM)) == 0);
+    if (ok) return vec;
+  }
+  return 1;
+}
+
+template <typename T, typename TM, bool GATED>
+void launch_adaln_fwd(const T* x, const TM* yv, const TM* gate, const TM* shift, const TM* scale, T* out, T* h,
+                      int64_t R, int64_t D, int64_t tpf, float eps) {
+  if (R == 0 || D == 0) return;
+  const int vec = pick_vec<T, TM>(D, {x, out, h}, {yv, gate, shift, scale});
+  const size_t smem = static_cast<size_t>(D) * sizeof(float);
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<static_cast<unsigned>(R), kLnThreads, smem, stream>>>(x, yv, gate, shift, scale, out, h, D, tpf, eps);
+  };
+  constexpr int full = 16 / (sizeof(T) > sizeof(TM) ? sizeof(T) : sizeof(TM));
+  constexpr int half = full / 2 >= 1 ? full / 2 : 1;
+  if (vec == full) go(adaln_fwd_kernel<T, TM, full, GATED>);
+  else if (vec == half) go(adaln_fwd_kernel<T, TM, half, GATED>);
+  else go(adaln_fwd_kernel<T, TM, 1, GATED>);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void check_rows_cuda(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf, bool mixed = false) {
+  TORCH_CHECK(x.dim() == 2 && shift.dim() == 2 && scale.dim() == 2, "wmpo_C: x, shift, scale must be 2-D");
+  TORCH_CHECK(tpf > 0 && x.size(0) % tpf == 0, "wmpo_C: rows must be a multiple of tokens_per_frame");
+  TORCH_CHECK(shift.size(0) == x.size(0) / tpf && scale.sizes() == shift.sizes() && shift.size(1) == x.size(1),
+              "wmpo_C: shift/scale must be [R / tokens_per_frame, D]");
+  TORCH_CHECK(scale.scalar_type() == shift.scalar_type(), "wmpo_C: shift and scale must share one dtype");
+  TORCH_CHECK(mixed ? adaln_dtypes_supported(x.scalar_type(), shift.scalar_type()) : shift.scalar_type() == x.scalar_type(),
+              "wmpo_C: x in ", x.scalar_type(), " with modulation in ", shift.scalar_type(),
+              " is not supported (one dtype, or fp32 x with bf16/fp16 modulation)");
+  TORCH_CHECK(x.is_cuda() && shift.device() == x.device() && scale.device() == x.device(), "wmpo_C: device mismatch");
+}
+
+}  // namespace
+}  // namespace wmpo
