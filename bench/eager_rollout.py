@@ -56,7 +56,7 @@ def rollout_eager_reference(
             frames_in = uint8_to_model(torch.from_numpy(cur).to(engine.device))
             timer.lap("host")
             tokens, logp = engine.policy.sample(frames_in, instr, temperature)
-            actions = engine.tokenizer.detokenize(tokens).float()
+            actions = engine.runner.to_wm_actions(tokens).float()
             obs_l.append(torch.from_numpy(cur))
             tok_l.append(tokens.cpu())
             logp_l.append(logp.float().cpu())

@@ -53,13 +53,14 @@ def build_models(cfg: Any, device: torch.device, dtype: torch.dtype | None) -> d
 
     vae = FrameVAE(cfg.vae_train.vae)
     wm = WorldModel(cfg.world_model)
+    D = cfg.world_model.action_dim
+    wm.set_action_stats({"q01": -np.ones(D), "q99": np.ones(D)})  # = the tokenizer's
     policy = VLAPolicy(cfg.policy_train.policy)
     reward = RewardModel(cfg.reward_train.reward)
     for m in (vae, wm, policy, reward):
         m.to(device).eval()
         if dtype is not None:
             m.to(dtype)
-    D = cfg.world_model.action_dim
     return {"vae": vae, "world_model": wm, "policy": policy, "reward": reward, "tokenizer": ActionTokenizer(-np.ones(D), np.ones(D)),
             "config": cfg}
 

@@ -110,3 +110,91 @@ def test_dpo_on_vla_policy_two_pass_matches_direct():
             assert p.grad is None or p.grad.abs().max() == 0
         else:
             assert torch.allclose(a, p.grad, atol=1e-6, rtol=1e-3)
+
+
+def test_trajectory_logp_counts_only_the_actions_that_ran():
+    """A success mid-chunk (and the padding of a last partial chunk): the never-run actions carry no likelihood."""
+    from wmpo.rl.grpo import executed_token_mask
+    from wmpo.utils.frames import uint8_to_model
+
+    torch.manual_seed(0)
+    pol = TinyPolicy()  # K = 2
+    batch = make_batch(pol, [1, 0, 1], [0, 0, 0], lengths=[3, 2, 2], temperature=1.0)
+    batch.length = torch.tensor([5, 4, 3])  # trajectory 0 solved at step 4 (chunk 2, step 0), 2 at step 2
+    tr = DPOTrainer(pol, DPOConfig())
+    got = tr.trajectory_logp(pol, batch)
+    rows, steps = batch.chunk_mask.nonzero(as_tuple=True)
+    with torch.no_grad():
+        lp, _ = pol.log_prob(uint8_to_model(batch.obs[rows, steps]), batch.instr[rows], batch.tokens[rows, steps], 1.0)
+    keep = executed_token_mask(batch.length[rows], steps, 2)[:, :, None]
+    want = torch.zeros(3).index_add(0, rows, (lp * keep).sum((1, 2)))
+    torch.testing.assert_close(got, want)
+    assert not torch.allclose(got, torch.zeros(3).index_add(0, rows, lp.sum((1, 2))))  # the unmasked sum differs
+    # whatever was written for the never-run steps, the trajectory log-prob is the same
+    other = batch.index(slice(None))
+    other.tokens = batch.tokens.clone()
+    other.tokens[0, 2, 1] = (other.tokens[0, 2, 1] + 5) % 256
+    other.tokens[2, 1, 1] = (other.tokens[2, 1, 1] + 9) % 256
+    torch.testing.assert_close(tr.trajectory_logp(pol, other), got)
+
+
+def _solved_square_state(image_size):
+    """A square state with the nut already around the peg: an episode from it is solved at its first step."""
+    from wmpo.sim import make_env
+
+    env = make_env("square", image_size=image_size)
+    try:
+        env.reset(3)
+        raw = env.raw
+        nut = next(n for n in raw.nuts if n.name == "SquareNut")
+        adr = raw.sim.model.get_joint_qpos_addr(nut.joints[0])[0]
+        peg = raw.sim.data.body_xpos[raw.peg1_body_id]
+        raw.sim.data.qpos[adr : adr + 3] = [peg[0], peg[1], 0.83]
+        raw.sim.forward()
+        assert env.is_success()
+        solved = env.get_state()
+        env.reset(4)
+        return env.get_state(), solved
+    finally:
+        env.close()
+
+
+def test_base_rollout_groups_follow_the_start_not_the_store_order(tmp_path):
+    """2 workers, unequal lengths: the store holds episodes in finishing order; DPO groups must come from
+    the recorded start index (issue: store index // G mixed initial states)."""
+    import numpy as np
+
+    from wmpo.data.store import TrajectoryStore
+    from wmpo.models.tokenizer import ActionTokenizer
+    from wmpo.data.batch import episodes_to_batch
+    from wmpo.data.groups import groups_from_start_index
+    from wmpo.sim.collect import collect
+
+    G, size = 3, 32
+    normal, solved = _solved_square_state(size)
+    init = np.repeat(np.stack([normal, solved]), G, axis=0)  # starts 0-2: state A (runs 4 steps), 3-5: B (1 step)
+    path = tmp_path / "base.h5"
+    collect(lambda frames, instr: np.zeros((len(frames), 2, 7)), "square", path, init_states=init, num_workers=2,
+            image_size=size, max_steps=4, show_progress=False)
+    with TrajectoryStore(path) as store:
+        eps = [store.load(i) for i in range(len(store))]
+    starts = [ep.meta["start_index"] for ep in eps]
+    assert sorted(starts) == list(range(6)) and starts != sorted(starts)  # finishing order is not start order
+    for ep in eps:  # state A fails at the horizon, state B is solved by its first action (finish_step = T = 1)
+        solved_start = ep.meta["start_index"] >= G
+        assert ep.success == solved_start and len(ep) == (1 if solved_start else 4) and ep.finish_step == len(ep)
+    groups = groups_from_start_index(eps, G)
+    assert groups == [s // G for s in starts]
+    assert groups != [i // G for i in range(len(eps))]  # what the store position said
+    for g in set(groups):  # one group = one initial state
+        assert len({eps[i].states[0].tobytes() for i in range(len(eps)) if groups[i] == g}) == 1
+    # no "same-state" pair mixes states: every group here is uniform, so there is none
+    tok = ActionTokenizer(-np.ones(7), np.ones(7))
+    batch = episodes_to_batch(eps, tok, TinyPolicy(chunk_len=2, action_dim=7), groups)
+    assert len(build_preference_pairs(batch.success, batch.group, cross_group=False)) == 0
+    by_store_order = torch.tensor([i // G for i in range(len(eps))])
+    assert len(build_preference_pairs(batch.success, by_store_order, cross_group=False)) > 0  # the old bug
+    assert batch.length.tolist() == [len(ep) for ep in eps]
+    eps[0].meta.pop("start_index")
+    with pytest.raises(ValueError, match=r"episodes\[0\]: expected meta\['start_index'\]"):
+        groups_from_start_index(eps, G)

@@ -11,7 +11,7 @@ from torch import nn
 from wmpo.models.protocol import Policy
 from wmpo.data.batch import TrajectoryBatch
 from wmpo.data.groups import assemble_batch, dynamic_sampling_filter, group_advantages
-from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, grpo_loss
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, executed_token_mask, grpo_loss
 from wmpo.utils.frames import uint8_to_model
 
 
@@ -160,6 +160,36 @@ def test_grpo_loss_mask_and_gradient():
     assert st["ratio_max"] == pytest.approx(math.exp(0.1), abs=1e-6)
 
 
+def test_executed_token_mask_hand_computed():
+    # K = 2; chunk s holds steps 2s, 2s+1; a trajectory of length L ran steps 0 .. L-1
+    length = torch.tensor([5, 4, 8, 5])
+    steps = torch.tensor([2, 1, 3, 3])
+    m = executed_token_mask(length, steps, 2)
+    assert m.tolist() == [[True, False], [True, True], [True, True], [False, False]]
+    with pytest.raises(ValueError, match="steps"):
+        executed_token_mask(length, steps[:2], 2)
+
+
+def test_grpo_loss_drops_tokens_after_the_success_step():
+    # one chunk of K=4 steps (D=1); the task is solved by step 1, so steps 2, 3 never ran
+    old = torch.zeros(1, 4, 1)
+    new = torch.log(torch.tensor([1.1, 0.9, 3.0, 0.1])).view(1, 4, 1).requires_grad_(True)
+    adv = torch.tensor([1.0])
+    keep = executed_token_mask(torch.tensor([2]), torch.tensor([0]), 4)[:, :, None]
+    loss, st = grpo_loss(new, old, adv, keep, 0.2, 0.28)
+    # token-mean over the 2 kept tokens only: -(1.1 + 0.9) / 2
+    assert loss.item() == pytest.approx(-1.0, abs=1e-6)
+    assert st["num_ratios"] == 2 and st["ratio_max"] == pytest.approx(1.1) and st["clip_frac"] == 0.0
+    loss.backward()
+    assert new.grad[0, 2:].abs().sum() == 0 and (new.grad[0, :2] != 0).all()
+    # without the mask the never-run step 2 (ratio 3, clipped at 1.28) would dilute and shift the loss
+    full, _ = grpo_loss(new.detach(), old, adv, None, 0.2, 0.28)
+    assert full.item() == pytest.approx(-(1.1 + 0.9 + 1.28 + 0.1) / 4, abs=1e-6)
+    # chunk ratio: exp(sum of the kept tokens' log-ratios) = 1.1 * 0.9
+    chunk, st = grpo_loss(new.detach(), old, adv, keep, 0.2, 0.28, ratio_level="chunk")
+    assert chunk.item() == pytest.approx(-0.99, abs=1e-6) and st["num_ratios"] == 1
+
+
 def test_grpo_config_validation():
     with pytest.raises(ValueError, match="minibatch_size"):
         GRPOConfig(batch_size=64, minibatch_size=128)
@@ -249,6 +279,52 @@ def test_micro_batching_matches_whole_minibatch_gradient():
     assert torch.allclose(grads[0], grads[1], atol=1e-6, rtol=1e-4)
     assert torch.allclose(grads[0], grads[2], atol=1e-6, rtol=1e-4)
     assert grads[0].abs().sum() > 0
+
+
+def _direct_grpo_loss(pol, batch, temperature=1.6):
+    """grpo_loss over every valid chunk of the batch in one graph (the tested loss, written out)."""
+    rows, steps = batch.chunk_mask.nonzero(as_tuple=True)
+    logp, _ = pol.log_prob(uint8_to_model(batch.obs[rows, steps]), batch.instr[rows], batch.tokens[rows, steps], temperature)
+    keep = executed_token_mask(batch.length[rows], steps, pol.chunk_len)[:, :, None]
+    return grpo_loss(logp.float(), batch.old_logp[rows, steps], batch.advantage[rows], keep, 0.2, 0.28)[0]
+
+
+def test_update_trains_grpo_loss_and_ignores_actions_after_success():
+    """The trainer's gradient is that of grpo_loss with the executed-steps mask; tokens after a success
+    step (mid-chunk) get zero weight and do not count in the token mean."""
+    torch.manual_seed(0)
+    base = TinyPolicy()  # K = 2, D = 3
+    batch = make_batch(base, [1, 0, 1, 0], [0, 0, 1, 1], lengths=[3, 2, 2, 3])
+    batch.length = torch.tensor([5, 4, 3, 6])  # successes solved at steps 4 and 2: mid-chunk
+    grads, losses = [], []
+    for variant in ("as sampled", "other tokens after success"):
+        b = batch.index(slice(None))
+        if variant != "as sampled":  # actions that never ran: whatever they were, nothing changes
+            b.tokens = b.tokens.clone()
+            b.tokens[0, 2, 1] = (b.tokens[0, 2, 1] + 7) % 256
+            b.tokens[2, 1, 1] = (b.tokens[2, 1, 1] + 100) % 256
+        pol = TinyPolicy()
+        pol.load_state_dict(base.state_dict())
+        tr = GRPOTrainer(pol, _cfg(batch_size=4, minibatch_size=4, micro_batch_chunks=3, lr=0.0, max_grad_norm=0.0))
+        st = tr.update(b)
+        grads.append(torch.cat([p.grad.flatten() for p in pol.parameters()]))
+        losses.append(st["grpo/loss"])
+        # the same mini-batch through grpo_loss directly, one graph
+        ref = TinyPolicy()
+        ref.load_state_dict(base.state_dict())
+        direct = _direct_grpo_loss(ref, b)
+        direct.backward()
+        want = torch.cat([p.grad.flatten() for p in ref.parameters()])
+        torch.testing.assert_close(grads[-1], want, atol=1e-6, rtol=1e-4)
+        assert st["grpo/loss"] == pytest.approx(direct.item(), abs=1e-6)
+    assert torch.equal(grads[0], grads[1]) and losses[0] == losses[1]
+    # ratio 1 at theta_old: the loss is -(sum_i A_i * kept steps_i) / (sum_i kept steps_i), kept = length
+    A = b.advantage
+    assert losses[0] == pytest.approx(-(A * batch.length).sum().item() / batch.length.sum().item(), abs=1e-5)
+    # traj_mean: each trajectory's kept tokens averaged, then trajectories: -mean_i A_i
+    tr = GRPOTrainer(TinyPolicy(), _cfg(batch_size=4, minibatch_size=4, micro_batch_chunks=3, lr=0.0, loss_agg="traj_mean"))
+    st = tr.update(batch.index(slice(None)))
+    assert st["grpo/loss"] == pytest.approx(-A.mean().item(), abs=1e-5)
 
 
 def test_chunk_ratio_and_traj_mean_options_run():

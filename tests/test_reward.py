@@ -14,7 +14,8 @@ TINY = RewardConfig(image_size=32, patch_size=8, tubelet_size=2, hidden_size=64,
 
 
 def blob_episode(rng, success: bool, T: int = 16, size: int = 32, task: str = "stack") -> Episode:
-    """A red blob wanders; in a success a big green block appears in the last 3 frames (finish_step = T - 1)."""
+    """A red blob wanders; in a success a big green block appears in the last 3 frames. The episode ends at
+    its success frame, as collect writes it: finish_step = T (also for failures)."""
     frames = np.full((T + 1, size, size, 3), 40, np.uint8)
     pos = rng.integers(2, size - 10, size=2)
     for t in range(T + 1):
@@ -24,7 +25,7 @@ def blob_episode(rng, success: bool, T: int = 16, size: int = 32, task: str = "s
             frames[t, 18:30, 18:30] = (30, 220, 30)
     return Episode(
         frames=frames, actions=np.zeros((T, 7), np.float32), states=np.zeros((T + 1, 1)), rewards=np.zeros(T, np.float32),
-        dones=np.zeros(T, bool), success=success, finish_step=T - 1 if success else T, instruction="x", task=task,
+        dones=np.zeros(T, bool), success=success, finish_step=T, instruction="x", task=task,
     )
 
 
@@ -39,6 +40,12 @@ def test_clip_pools_follow_the_paper():
     eps = [blob_episode(rng, True, T=20), blob_episode(rng, False, T=10)]
     pos, neg = clip_pools(eps, 8)
     assert success_frame(eps[0]) == 20
+    # finish_step is the index of the first solved frame (collect ends episodes there, so it is T); an
+    # episode that went on after its success has its positive clip end at finish_step, not after it
+    later = blob_episode(rng, True, T=20)
+    later.finish_step = 14
+    assert success_frame(later) == 14
+    assert clip_pools([later], 8)[0].tolist() == [[0, 14]]
     assert pos.tolist() == [[0, 20]]
     assert sorted(e for i, e in neg if i == 0) == list(range(1, 13))  # entirely before the success frame
     assert sorted(e for i, e in neg if i == 1) == list(range(1, 11))  # any clip of a failure

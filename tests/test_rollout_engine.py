@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -401,6 +402,7 @@ def _real_engine(num_slots, steps=2, seed=0):
                              norm_groups=4, mid_attention=False)).eval()
     wm = WorldModel(WorldModelConfig(latent_channels=4, latent_size=8, patch=2, hidden=32, spatial_blocks=1,
                                      temporal_blocks=1, heads=2, num_context=2, chunk_len=4, action_dim=3)).eval()
+    wm.set_action_stats({"q01": -np.ones(3), "q99": np.ones(3)})
     pol = VLAPolicy(PolicyConfig(chunk_len=4, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
                                  vision_layers=1, instr_layers=1, fusion_layers=1, max_instr_len=16)).eval()
     rm = RewardModel(RewardConfig(clip_len=4, image_size=16, patch_size=8, tubelet_size=2, hidden_size=16,
@@ -441,3 +443,38 @@ def test_horizon_not_multiple_of_chunk():
     assert out.tokens.shape[1] == 3
     assert (out.length <= 5).all()
     assert int(out.length[1]) == 5 and int(out.chunk_mask[1].sum()) == 3  # never-succeeding state: to the horizon
+
+
+def test_engine_feeds_the_world_model_actions_in_its_own_normalization():
+    """Tokenizer and world model with different q01/q99: the env receives the policy's tokens decoded with
+    the tokenizer's statistics and normalized with the world model's (wmpo.rollout.action_map)."""
+    from wmpo.data.clips import normalize_actions
+
+    class RecordingEnv(TinyWorldModelEnv):
+        def __init__(self, stats):
+            super().__init__()
+            self.action_stats, self.K, self.A = stats, K, D
+            self.seen = []
+
+        def step(self, actions, decode=True):
+            self.seen.append(actions.clone())
+            return super().step(actions, decode)
+
+    tok = TinyTokenizer()  # q01 = -1, q99 = 1
+    wm_stats = {"q01": np.array([-2.0, 0.0, -1.0]), "q99": np.array([2.0, 1.0, 3.0])}
+    env = RecordingEnv(wm_stats)
+    eng = ImaginationEngine(env, TinyPolicy(), TinySuccess(), tok, RolloutConfig(num_slots=3, max_steps=6, group_size=1))
+    batch, _ = eng.rollout_fixed(make_pool(3), "lift", max_steps=6, seed=0, early_exit=False)
+    assert len(env.seen) == 3 and batch.chunk_mask.sum() >= 4
+    for s, acts in enumerate(env.seen):
+        live = batch.chunk_mask[:, s]  # finished trajectories keep zero-padded token rows
+        want = normalize_actions(tok.decode(batch.tokens[live, s]), wm_stats)
+        torch.testing.assert_close(acts[live], want, atol=1e-6, rtol=0)
+    assert not torch.allclose(env.seen[0], tok.detokenize(batch.tokens[:, 0]))  # not the tokenizer's own
+    # incompatible pairs are refused when the engine is built
+    with pytest.raises(ValueError, match="no action statistics"):
+        ImaginationEngine(RecordingEnv(None), TinyPolicy(), TinySuccess(), tok, RolloutConfig(num_slots=3))
+    bad = RecordingEnv(wm_stats)
+    bad.K = K + 1
+    with pytest.raises(ValueError, match=f"chunk_len {K}"):
+        ImaginationEngine(bad, TinyPolicy(), TinySuccess(), tok, RolloutConfig(num_slots=3))

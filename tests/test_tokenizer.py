@@ -69,6 +69,23 @@ def test_state_dict_and_errors():
     assert np.isfinite(c.normalize(np.array([[0.0, 0.5]]))).all()
 
 
+def test_constant_dimension_normalizes_to_zero_like_the_world_model():
+    from wmpo.data.clips import normalize_actions
+
+    q01, q99 = np.array([0.3, -1.0, 2.0]), np.array([0.3, 1.0, 2.0])  # dims 0 and 2 are constant
+    tok = ActionTokenizer(q01, q99)
+    x = np.array([[0.3, 0.5, 2.0], [0.3, -1.0, 2.0], [0.9, 1.0, -5.0]])
+    expected = np.array([[0.0, 0.5, 0.0], [0.0, -1.0, 0.0], [0.0, 1.0, 0.0]])
+    np.testing.assert_array_equal(tok.normalize(x), expected)
+    np.testing.assert_array_equal(tok.normalize(torch.tensor(x)).numpy(), expected)
+    # the world model's normalizer gives the same values
+    np.testing.assert_array_equal(normalize_actions(x, {"q01": q01, "q99": q99}).numpy(), expected.astype(np.float32))
+    # and back: a constant dimension decodes to its constant, whatever the token
+    back = tok.decode(np.array([[0, 128, 255], [255, 0, 17]]))
+    np.testing.assert_allclose(back[:, [0, 2]], [[0.3, 2.0], [0.3, 2.0]], atol=1e-7)
+    np.testing.assert_allclose(tok.unnormalize(torch.zeros(3)).numpy(), [0.3, 0.0, 2.0], atol=1e-7)
+
+
 def test_stats_from_episodes():
     class E:
         def __init__(self, a):

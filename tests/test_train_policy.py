@@ -38,7 +38,7 @@ def square_episode(rng: np.random.Generator, T: int = 12, size: int = 48, task: 
         pos = np.clip(pos + 2.0 * a[:2], 0, size - 8)
     return Episode(
         frames=np.stack(frames), actions=np.stack(actions), states=np.zeros((T + 1, 1)), rewards=np.zeros(T, np.float32),
-        dones=np.zeros(T, bool), success=True, finish_step=T - 1, instruction="move the red square to the centre", task=task,
+        dones=np.zeros(T, bool), success=True, finish_step=T, instruction="move the red square to the centre", task=task,
     )
 
 

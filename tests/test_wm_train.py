@@ -84,3 +84,98 @@ def test_fidelity_eval_outputs(tmp_path):
     assert len(res["psnr"]) == len(res["ssim"]) == 12  # 4 chunks x 3 frames
     assert all(torch.isfinite(torch.tensor(res["psnr"]))) and -1 <= res["ssim_mean"] <= 1
     assert len(res["videos"]) == 2 and all((tmp_path / f"episode_{i:03d}.mp4").stat().st_size > 0 for i in range(2))
+
+
+def test_checkpoint_keeps_action_stats_and_finetuning_reuses_them(tmp_path):
+    import json
+
+    import numpy as np
+
+    from wmpo.data.loader import same_action_stats
+    from wmpo.utils.checkpoint import save_checkpoint
+
+    eps, vae, mcfg = small_setup()
+    st = action_stats(eps)
+    r = train_world_model(WMTrainConfig(model=mcfg, steps=1, batch_size=2, ema_decay=0.0), None, tmp_path / "pre",
+                          vae=vae, episodes=eps, device="cpu")
+    assert r["action_stats_from"] == "data"
+    pre = tmp_path / "pre" / "world_model.pt"
+    wm = WorldModel.from_checkpoint(pre)
+    np.testing.assert_array_equal(wm.action_stats["q01"], st["q01"])
+    np.testing.assert_array_equal(wm.action_stats["q99"], st["q99"])
+    # fine-tuning data with other statistics: the checkpoint's are kept (not recomputed from the new data)
+    other = synthetic_episodes(4, 14, size=32, seed=1)
+    for e in other:
+        e.actions = e.actions * 3.0 + 0.5
+    assert not same_action_stats(action_stats(other), st)
+    r = train_world_model(WMTrainConfig(model=WorldModelConfig(), steps=1, batch_size=2, ema_decay=0.0), None,
+                          tmp_path / "ft", vae=vae, episodes=other, device="cpu", init_from=pre)
+    assert r["action_stats_from"] == "init_from"
+    assert same_action_stats(WorldModel.from_checkpoint(tmp_path / "ft" / "world_model.pt").action_stats, st)
+    assert same_action_stats(json.loads((tmp_path / "ft" / "action_stats.json").read_text()), st)
+    with pytest.raises(ValueError, match="action_stats: expected the statistics of init_from"):
+        train_world_model(WMTrainConfig(model=WorldModelConfig(), steps=1, batch_size=2, ema_decay=0.0), None,
+                          tmp_path / "ft2", vae=vae, episodes=other, action_stats=action_stats(other), device="cpu",
+                          init_from=pre)
+    # a checkpoint from before the stats were saved in it: action_stats.json beside it, else a clear error
+    old = load_checkpoint(pre)
+    del old["model"]["action_stats"]
+    save_checkpoint(tmp_path / "old" / "world_model.pt", old)
+    assert WorldModel.from_checkpoint(tmp_path / "old" / "world_model.pt").action_stats is None
+    with pytest.raises(ValueError, match="holds no action statistics"):
+        train_world_model(WMTrainConfig(model=WorldModelConfig(), steps=1, batch_size=2, ema_decay=0.0), None,
+                          tmp_path / "ft3", vae=vae, episodes=other, device="cpu", init_from=tmp_path / "old" / "world_model.pt")
+    (tmp_path / "old" / "action_stats.json").write_text((tmp_path / "pre" / "action_stats.json").read_text())
+    with pytest.warns(RuntimeWarning, match="action_stats.json"):
+        legacy = WorldModel.from_checkpoint(tmp_path / "old" / "world_model.pt")
+    assert same_action_stats(legacy.action_stats, st)
+
+
+def test_fidelity_eval_uses_the_world_models_own_stats(tmp_path):
+    import json
+
+    import numpy as np
+
+    from wmpo.cli.train import wm_eval_main
+    from wmpo.data.episode import Episode
+    from wmpo.data.loader import same_action_stats
+    from wmpo.data.store import TrajectoryStore
+    from wmpo.utils.checkpoint import save_checkpoint
+
+    eps, vae, mcfg = small_setup()
+    wm = WorldModel(mcfg).eval()
+    with torch.no_grad():  # the zero-initialized modulation ignores actions; let them matter
+        for layer in (wm.modulation, wm.final):
+            layer.weight.normal_(0.0, 0.2)
+    with pytest.raises(ValueError, match="action_stats: the world model has none"):
+        evaluate_world_model(vae, wm, eps[:2], steps=1, device="cpu")
+    st = action_stats(eps)
+    wm.set_action_stats(st)
+    own = evaluate_world_model(vae, wm, eps[:2], steps=1, device="cpu")
+    assert own["psnr"] == evaluate_world_model(vae, wm, eps[:2], st, steps=1, device="cpu")["psnr"]
+    shifted = {"q01": st["q01"] - 1.0, "q99": st["q99"]}
+    with pytest.raises(ValueError, match="world model's own"):
+        evaluate_world_model(vae, wm, eps[:2], shifted, steps=1, device="cpu")
+    # the CLI evaluates with the checkpoint's statistics, not those of the evaluated store
+    held_out = [Episode(frames=e.frames, actions=e.actions * 0.5, states=e.states, rewards=e.rewards, dones=e.dones,
+                        success=False, finish_step=len(e), instruction=e.instruction, task=e.task) for e in eps[:2]]
+    with TrajectoryStore(tmp_path / "held_out.h5", "w") as store:
+        for e in held_out:
+            store.append(e)
+        assert not np.array_equal(store.action_stats()["q99"], st["q99"])
+    save_checkpoint(tmp_path / "wm.pt", wm.state())
+    save_checkpoint(tmp_path / "vae.pt", vae.state())
+    assert wm_eval_main(["--store", str(tmp_path / "held_out.h5"), "--vae", str(tmp_path / "vae.pt"), "--world-model",
+                         str(tmp_path / "wm.pt"), "--out", str(tmp_path / "eval"), "--steps", "1", "--device", "cpu"]) == 0
+    got = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    loaded = WorldModel.from_checkpoint(tmp_path / "wm.pt").eval()
+    assert same_action_stats(loaded.action_stats, st)
+    want = evaluate_world_model(vae, loaded, held_out, steps=1, device="cpu")
+    assert got["psnr"] == pytest.approx(want["psnr"], abs=1e-6)
+    # with the store's own statistics (what wm-eval did before) the action inputs, hence the frames, differ
+    loaded.set_action_stats(TrajectoryStore(tmp_path / "held_out.h5").action_stats())
+    assert evaluate_world_model(vae, loaded, held_out, steps=1, device="cpu")["psnr"] != pytest.approx(want["psnr"], abs=1e-6)
+    wm.set_action_stats(None)
+    save_checkpoint(tmp_path / "bare.pt", wm.state())
+    assert wm_eval_main(["--store", str(tmp_path / "held_out.h5"), "--vae", str(tmp_path / "vae.pt"), "--world-model",
+                         str(tmp_path / "bare.pt"), "--out", str(tmp_path / "eval2"), "--steps", "1", "--device", "cpu"]) == 2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -123,10 +124,14 @@ def wm_eval_main(argv: list[str]) -> int:
     a = ap.parse_args(argv)
     check_command_args(a)  # before any work
     device = torch.device(a.device) if a.device else default_device()
-    eps, stats = load_episodes(a.store, limit=a.episodes)
-    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
     wm = WorldModel.from_checkpoint(a.world_model).to(device).eval()
-    res = evaluate_world_model(vae, wm, eps, stats, steps=a.steps, device=device, max_frames=a.max_frames,
+    if wm.action_stats is None:
+        print(f"error: --world-model: {a.world_model} holds no action statistics (q01/q99) and has no action_stats.json "
+              f"beside it; retrain it with this version of train-wm", file=sys.stderr)
+        return 2
+    eps, _ = load_episodes(a.store, limit=a.episodes)  # the stores' own stats are not the model's
+    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
+    res = evaluate_world_model(vae, wm, eps, steps=a.steps, device=device, max_frames=a.max_frames,
                                video_dir=Path(a.out) / "videos")
     save_json(Path(a.out) / "metrics.json", res)
     print(json.dumps({k: v for k, v in res.items() if k not in ("psnr", "ssim")}))

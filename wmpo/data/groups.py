@@ -33,6 +33,25 @@ def group_ids(num_groups: int, group_size: int, start: int = 0, device: torch.de
     return torch.arange(start, start + num_groups, device=device).repeat_interleave(group_size)
 
 
+def groups_from_start_index(episodes: list, group_size: int) -> list[int]:
+    """Group id of each stored base-policy episode: meta["start_index"] // group_size.
+
+    The base rollouts start each initial state `group_size` times in a row (start i from state i // G);
+    a store holds episodes in the order they finish, which with several workers and unequal lengths is
+    not the start order, so the store position cannot stand for the group.
+    """
+    if group_size < 1:
+        raise ValueError(f"group_size: expected >= 1, got {group_size}")
+    out = []
+    for i, ep in enumerate(episodes):
+        start = getattr(ep, "meta", {}).get("start_index")
+        if start is None:
+            raise ValueError(f"episodes[{i}]: expected meta['start_index'] (written by wmpo.sim.collect), got meta keys "
+                             f"{sorted(getattr(ep, 'meta', {}))}")
+        out.append(int(start) // group_size)
+    return out
+
+
 # ---------------------------------------------------------------------------------------- judging
 
 

@@ -45,3 +45,28 @@ def load_episodes(store_paths: str | os.PathLike | Sequence[str | os.PathLike],
     if not episodes:
         raise ValueError(f"store_paths: the stores {paths} hold no episodes")
     return episodes, stats if stats is not None else action_stats(episodes)
+
+
+def check_action_stats(name: str, stats: Any, action_dim: int | None = None) -> dict[str, np.ndarray]:
+    """Validate q01/q99 action statistics -> {"q01": float32 [A], "q99": float32 [A]} (a copy).
+
+    Raises ValueError naming `name` when a key is missing, the shapes differ, or values are not finite.
+    """
+    if not isinstance(stats, dict) or "q01" not in stats or "q99" not in stats:
+        got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
+        raise ValueError(f"{name}: expected a dict with 'q01' and 'q99' (per action dimension), got {got}")
+    q01 = np.asarray(stats["q01"], dtype=np.float32).reshape(-1)
+    q99 = np.asarray(stats["q99"], dtype=np.float32).reshape(-1)
+    if q01.shape != q99.shape:
+        raise ValueError(f"{name}: expected q01 and q99 of one shape, got {q01.shape} and {q99.shape}")
+    if action_dim is not None and q01.shape[0] != action_dim:
+        raise ValueError(f"{name}: expected statistics for {action_dim} action dimensions, got {q01.shape[0]}")
+    if not (np.isfinite(q01).all() and np.isfinite(q99).all()):
+        raise ValueError(f"{name}: expected finite q01/q99, got q01={q01.tolist()} q99={q99.tolist()}")
+    return {"q01": q01, "q99": q99}
+
+
+def same_action_stats(a: dict, b: dict) -> bool:
+    """True when two q01/q99 statistics are equal (as float32, the precision they are stored in)."""
+    a, b = check_action_stats("a", a), check_action_stats("b", b)
+    return a["q01"].shape == b["q01"].shape and bool(np.array_equal(a["q01"], b["q01"]) and np.array_equal(a["q99"], b["q99"]))

@@ -10,8 +10,9 @@ completes exactly one window, and the incremental detector scores K windows per 
 
 Frame indices: the first frame (the one given to `reset_slots`) is frame 0; the frame produced by
 action t is frame t + 1. `first_success_frame` is reported as the step index t (the 0-based count of
-frames passed to `update` since the reset), i.e. comparable to Episode.finish_step, and for the
-first chunk equal to the index within that chunk (what wmpo.rollout.engine expects).
+frames passed to `update` since the reset), so t + 1 is comparable to Episode.finish_step (the index of
+the first solved frame); for the first chunk it equals the index within that chunk (what
+wmpo.rollout.engine expects; its trajectory length on success is t + 1).
 """
 from __future__ import annotations
 

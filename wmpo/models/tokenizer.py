@@ -1,6 +1,8 @@
 """Action tokenizer: env actions <-> [-1, 1] (store q01/q99) <-> 256 uniform bins.
 
-normalize:   x -> clip(2 (x - q01) / (q99 - q01) - 1, -1, 1)
+normalize:   x -> clip(2 (x - q01) / (q99 - q01) - 1, -1, 1); a constant dimension (q99 - q01 <= 1e-8)
+             normalizes to 0 and unnormalizes to q01, exactly as the world model's normalizer
+             (wmpo.data.clips.normalize_actions) does
 tokenize:    [-1, 1] -> bin index floor((u + 1) / 2 * num_bins), clamped to [0, num_bins)
 detokenize:  bin index -> bin centre -1 + (i + 0.5) * 2 / num_bins
 
@@ -30,9 +32,10 @@ class ActionTokenizer:
         self.q01 = q01
         self.q99 = q99
         self.num_bins = int(num_bins)
-        # a constant dimension (q99 == q01) normalizes to 0 instead of dividing by zero
-        self._span = np.where(q99 - q01 > 1e-8, q99 - q01, 1.0)
-        self._torch_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        # a constant dimension (q99 == q01) normalizes to 0 (not -1) and unnormalizes to q01
+        self._varies = q99 - q01 > 1e-8
+        self._span = np.where(self._varies, q99 - q01, 1.0)
+        self._torch_cache: dict[tuple, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def action_dim(self) -> int:
@@ -46,37 +49,40 @@ class ActionTokenizer:
         if x.shape[-1] != self.action_dim:
             raise ValueError(f"{name}: expected shape [..., {self.action_dim}], got {tuple(x.shape)}")
 
-    def _stats_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stats_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """-> (q01, span, varies) as tensors of x's device and float dtype (cached)."""
         dt = x.dtype if x.is_floating_point() else torch.float32
         key = (x.device, dt)
         if key not in self._torch_cache:
             self._torch_cache[key] = (
                 torch.as_tensor(self.q01, dtype=dt, device=x.device),
                 torch.as_tensor(self._span, dtype=dt, device=x.device),
+                torch.as_tensor(self._varies, device=x.device),
             )
         return self._torch_cache[key]
 
     # ------------------------------------------------------------------ env <-> [-1, 1]
     def normalize(self, actions: ArrayLike) -> ArrayLike:
-        """env actions [..., D] -> [-1, 1] (clipped)."""
+        """env actions [..., D] -> [-1, 1] (clipped; constant dimensions -> 0)."""
         self._check_dim("actions", actions)
         if isinstance(actions, torch.Tensor):
-            lo, span = self._stats_like(actions)
+            lo, span, varies = self._stats_like(actions)
             x = actions if actions.is_floating_point() else actions.float()
-            return (2.0 * (x - lo) / span - 1.0).clamp(-1.0, 1.0)
+            out = (2.0 * (x - lo) / span - 1.0).clamp(-1.0, 1.0)
+            return torch.where(varies, out, torch.zeros_like(out))
         x = np.asarray(actions)
-        out = np.clip(2.0 * (x - self.q01) / self._span - 1.0, -1.0, 1.0)
+        out = np.where(self._varies, np.clip(2.0 * (x - self.q01) / self._span - 1.0, -1.0, 1.0), 0.0)
         return out.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
 
     def unnormalize(self, normalized: ArrayLike) -> ArrayLike:
-        """[-1, 1] [..., D] -> env actions [q01, q99]."""
+        """[-1, 1] [..., D] -> env actions [q01, q99] (constant dimensions -> q01)."""
         self._check_dim("normalized", normalized)
         if isinstance(normalized, torch.Tensor):
-            lo, span = self._stats_like(normalized)
+            lo, span, varies = self._stats_like(normalized)
             x = normalized if normalized.is_floating_point() else normalized.float()
-            return (x + 1.0) * 0.5 * span + lo
+            return (x + 1.0) * 0.5 * torch.where(varies, span, torch.zeros_like(span)) + lo
         x = np.asarray(normalized)
-        out = (x + 1.0) * 0.5 * self._span + self.q01
+        out = (x + 1.0) * 0.5 * np.where(self._varies, self._span, 0.0) + self.q01
         return out.astype(x.dtype if np.issubdtype(x.dtype, np.floating) else np.float32)
 
     # ------------------------------------------------------------------ [-1, 1] <-> bins

@@ -10,6 +10,12 @@ cond = timestep_embedding(t_frame) + action_embedding(action_frame); one linear 
 block's (shift, scale, gate) x (attention, MLP) and the final layer's (shift, scale). Update rule:
 x = x + (gate_offset + alpha) * Block(LN(x) * (1 + gamma) + beta)  (paper: gate_offset 1).
 
+Action statistics: the model reads actions normalized to [-1, 1] with the q01/q99 of the corpus it was
+(pre)trained on. `action_stats` holds them; they are saved in `state()` / the checkpoint, reused when
+fine-tuning, used by `wm-eval`, and the rollout engine maps a policy's tokens into this space with them.
+Checkpoints written before the stats were saved fall back to the `action_stats.json` that `train-wm`
+wrote beside them (`from_checkpoint`); without it `action_stats` is None and users of the stats refuse.
+
 Context KV cache: context frames never attend to predicted frames, so their hidden states, and the
 temporal keys/values they produce, do not depend on the predicted frames. `build_context_cache` runs the
 context frames once; `forward_cached` runs only the K predicted frames, reading the cached context K/V.
@@ -24,11 +30,13 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from wmpo import ops as _ops
+from wmpo.data.loader import check_action_stats
 from wmpo.utils.checks import check_tensor
 
 
@@ -119,6 +127,7 @@ class WorldModel(nn.Module):
         if cfg.latent_size % cfg.patch:
             raise ValueError(f"latent_size: expected a multiple of patch={cfg.patch}, got {cfg.latent_size}")
         self.cfg = cfg
+        self.action_stats: dict[str, np.ndarray] | None = None  # q01/q99 [action_dim] of its training actions
         D, p, C = cfg.hidden, cfg.patch, cfg.latent_channels
         self.patch_embed = nn.Linear(C * p * p, D)
         self.pos_spatial = nn.Parameter(torch.zeros(cfg.tokens_per_frame, D))
@@ -285,29 +294,59 @@ class WorldModel(nn.Module):
         return self._run(x_t, t_frames, actions, cache["num_context"], cache["kv"], False)[0]
 
     # ------------------------------------------------------------------ checkpoints
+    def set_action_stats(self, stats: dict | None) -> None:
+        """Set (validated against cfg.action_dim) or clear the q01/q99 the model's actions are normalized with."""
+        self.action_stats = None if stats is None else check_action_stats("action_stats", stats, self.cfg.action_dim)
+
     def state(self) -> dict:
-        return {"config": asdict(self.cfg), "state_dict": self.state_dict()}
+        stats = None if self.action_stats is None else {k: v.tolist() for k, v in self.action_stats.items()}
+        return {"config": asdict(self.cfg), "state_dict": self.state_dict(), "action_stats": stats}
 
     @classmethod
     def from_state(cls, state: dict) -> "WorldModel":
         m = cls(WorldModelConfig(**state["config"]))
         m.load_state_dict(state["state_dict"])
+        m.set_action_stats(state.get("action_stats"))
         return m
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True) -> "WorldModel":
+        """Load a world_model.pt (a train-wm checkpoint or a bare `state()`); see the module docstring on
+        `action_stats` for checkpoints that predate them."""
         from wmpo.utils.checkpoint import build_from_checkpoint
 
         def build(st: dict) -> "WorldModel":
             if "model" in st:
                 m = st["model"]
                 if ema and st.get("ema") is not None:
-                    m = {"config": m["config"], "state_dict": st["ema"]}
+                    m = {**m, "state_dict": st["ema"]}
                 st = m
             return cls.from_state(st)
 
-        return build_from_checkpoint(path, build, "a world-model checkpoint (world_model.pt from `wmpo train-wm`)",
-                                     map_location)
+        model = build_from_checkpoint(path, build, "a world-model checkpoint (world_model.pt from `wmpo train-wm`)",
+                                      map_location)
+        if model.action_stats is None:
+            model.set_action_stats(legacy_action_stats(path))
+        return model
+
+
+def legacy_action_stats(checkpoint: str | Path) -> dict | None:
+    """The action_stats.json `train-wm` wrote beside a checkpoint before the stats were saved inside it
+    (None when there is none). Warns once: such a checkpoint's stats cannot be checked against its weights."""
+    side = Path(checkpoint).with_name("action_stats.json")
+    if not side.is_file():
+        return None
+    import json
+
+    from wmpo.utils.logging import warn_once
+
+    try:
+        stats = json.loads(side.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{side}: expected the q01/q99 JSON written by train-wm, could not read it ({e})") from None
+    warn_once(f"legacy_action_stats:{side}", f"{checkpoint}: no action statistics inside the checkpoint (written by an "
+              f"older train-wm); using {side}")
+    return check_action_stats(str(side), stats)
 
 
 def world_model_flops(cfg: WorldModelConfig, batch: int, frames: int, kv_frames: int | None = None) -> float:

@@ -104,8 +104,11 @@ def stage_base_rollouts(ctx: Context) -> dict:
     with TrajectoryStore(path, "w") as store:
         collect(ctx.env_policy(policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=init,
                 num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 20_000, max_steps=cfg.max_episode_steps)
-        succ = [bool(store.load(i).success) for i in range(len(store))]
-    groups = [i // G for i in range(len(succ))]
+        eps = [store.load(i) for i in range(len(store))]
+    from wmpo.data.groups import groups_from_start_index
+
+    succ = [bool(ep.success) for ep in eps]
+    groups = groups_from_start_index(eps, G)  # store order is finishing order, not start order
     return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0, "groups": groups}
 
 
@@ -144,7 +147,9 @@ def stage_diagnostics(ctx: Context) -> dict:
     vae = ctx.load_vae()
     wm_path = ctx.output("wm_finetune")["path"]
     wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
-    stats = _wm_action_stats(ctx, wm_path)
+    stats = wm.action_stats  # the statistics the world model was trained with (saved in its checkpoint)
+    if stats is None:
+        raise ValueError(f"wm_finetune: {wm_path} holds no action statistics (q01/q99); retrain it with this train-wm")
     reward = load_reward(ctx.output("reward")["reward_path"], ctx.device)
     out: dict[str, Any] = {"episodes": len(eps), "real_success_rate": float(np.mean([e.success for e in eps]))}
     fidelity = {}
@@ -173,12 +178,6 @@ def stage_diagnostics(ctx: Context) -> dict:
                           "trajectories": len(batch)}
     save_json(ctx.path("diagnostics", "diagnostics.json"), _jsonable(out))
     return _jsonable(out)
-
-
-def _wm_action_stats(ctx: Context, wm_path: str) -> dict:
-    """The action statistics the world model at `wm_path` was trained with."""
-    p = Path(wm_path).parent / "action_stats.json"
-    return {k: np.asarray(v, np.float32) for k, v in json.loads(p.read_text()).items()}
 
 
 def stage_wm_finetune(ctx: Context) -> dict:
@@ -290,6 +289,7 @@ def stage_baselines(ctx: Context) -> dict:
     from wmpo.data.batch import episodes_to_batch
     from wmpo.data.loader import load_episodes
     from wmpo.models.policy import save_policy
+    from wmpo.data.groups import groups_from_start_index
     from wmpo.rl.dpo import DPOTrainer
     from wmpo.rl.online import run_online_grpo, tokenizer_decoder
     from wmpo.sim import TASKS
@@ -309,7 +309,7 @@ def stage_baselines(ctx: Context) -> dict:
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     ref, _ = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     eps, _ = load_episodes(ctx.output("base_rollouts")["store"])
-    batch = episodes_to_batch(eps, tok, policy, ctx.output("base_rollouts")["groups"][: len(eps)])
+    batch = episodes_to_batch(eps, tok, policy, groups_from_start_index(eps, cfg.grpo.group_size))
     hist = DPOTrainer(policy, cfg.dpo, reference=ref).fit(batch)
     p = ctx.path("baselines", "dpo.pt")
     save_policy(p, policy, tok, cfg.policy_train.policy)

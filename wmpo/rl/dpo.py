@@ -2,7 +2,11 @@
 
 Preference pairs (success preferred over failure) come from trajectories the base policy collected
 in the real simulator; the base policy, frozen, is the reference. A trajectory's log-prob is the sum
-over its valid chunks of the chunk log-prob (eq. 3: sum over K*D tokens).
+over its valid chunks of the chunk log-prob (eq. 3: sum over K*D tokens), counting only the action
+steps that ran (TrajectoryBatch.length; not the padding of a last partial chunk, nor what follows a
+success). Pairs come from groups of the same initial state: `wmpo.data.groups.groups_from_start_index` labels stored
+episodes by the start they were collected from (Episode.meta["start_index"]), not by store order,
+which follows the order episodes finish in.
 
     loss = -log sigmoid(beta * ((logp_w - ref_w) - (logp_l - ref_l)))
 
@@ -22,7 +26,7 @@ from torch import nn
 
 from wmpo.data.batch import TrajectoryBatch
 from wmpo.data.groups import dynamic_sampling_filter
-from wmpo.rl.grpo import AdamWConfig
+from wmpo.rl.grpo import AdamWConfig, executed_token_mask
 from wmpo.utils.checks import check_tensor
 from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
@@ -164,7 +168,9 @@ class DPOTrainer:
         instr = batch.instr[row.to(batch.instr.device)].to(dev)
         tokens = batch.tokens[row.to(batch.tokens.device), step.to(batch.tokens.device)].to(dev)
         logp, _ = model.log_prob(frames, instr, tokens, temperature=self.cfg.temperature)
-        return logp.float().sum((1, 2))
+        # only the actions that ran count: not the padding after the last step, nor what follows a success
+        keep = executed_token_mask(batch.length.cpu()[row.cpu()], step.cpu(), tokens.shape[1]).to(dev)
+        return torch.where(keep[:, :, None], logp.float(), torch.zeros((), device=dev)).sum((1, 2))
 
     @torch.no_grad()
     def trajectory_logp(self, model: nn.Module, batch: TrajectoryBatch, rows: torch.Tensor | None = None) -> torch.Tensor:

@@ -116,6 +116,20 @@ def clipped_surrogate(
     return obj, ratio, is_clipped
 
 
+def executed_token_mask(length: torch.Tensor, steps: torch.Tensor, chunk_len: int) -> torch.Tensor:
+    """-> bool [C, K]: True for the action steps of chunks `steps` [C] that ran in their trajectory.
+
+    length [C]: the trajectory's env steps (TrajectoryBatch.length: actions executed, up to and including
+    the one that solved the task, or up to the horizon). Step k of chunk s is global step s*K + k; it
+    ran iff s*K + k < length. The actions after a success (or past the horizon) never ran: they must
+    carry no advantage (GRPO) and no likelihood (DPO), as in the authors' code.
+    """
+    check_tensor("length", length, ndim=1, dtype=(torch.int64, torch.int32))
+    check_tensor("steps", steps, shape=tuple(length.shape), dtype=(torch.int64, torch.int32))
+    k = torch.arange(chunk_len, device=steps.device)
+    return steps.to(torch.int64)[:, None] * chunk_len + k[None] < length.to(steps.device, torch.int64)[:, None]
+
+
 def grpo_loss(
     new_logp: torch.Tensor,
     old_logp: torch.Tensor,
@@ -123,31 +137,59 @@ def grpo_loss(
     token_mask: torch.Tensor | None = None,
     clip_low: float = 0.2,
     clip_high: float = 0.28,
+    *,
+    token_weight: torch.Tensor | None = None,
+    ratio_level: str = "token",
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Token-mean of -min(r*A, clip(r, 1-low, 1+high)*A) over masked tokens (eq. 4, no KL).
+    """Weighted sum of -min(r*A, clip(r, 1-low, 1+high)*A) over the kept tokens (eq. 4, no KL).
 
     new_logp, old_logp: [N, ...] per-token log-probs; advantages: [N] (broadcast over the token
-    dims) or the log-prob shape; token_mask: bool, broadcastable to the log-prob shape.
+    dims) or the log-prob shape; token_mask: bool, broadcastable to the log-prob shape (False: the
+    token is dropped, e.g. an action after the success step).
+    token_weight (broadcastable to the log-prob shape): each kept token's weight; default
+    1 / (number of kept tokens), i.e. the token-mean over kept tokens. GRPOTrainer passes the weights
+    of the whole mini-batch, so that the losses of its micro-batches add up to the mini-batch's loss.
+    ratio_level 'chunk': one ratio per row n, exp(sum over its kept tokens of new - old) (eq. 3's chunk
+    log-prob), advantages [N]; the row's weight is the sum of its kept tokens' weights.
     -> (loss scalar, stats {clip_frac, clip_frac_low, clip_frac_high, ratio_mean, ratio_max,
-    ratio_min, approx_kl}) computed over valid tokens.
+    ratio_min, approx_kl, num_ratios}) over the kept tokens (rows with a kept token for 'chunk').
     """
     check_tensor("new_logp", new_logp, floating=True)
     check_tensor("old_logp", old_logp, floating=True, shape=tuple(new_logp.shape))
     check_tensor("advantages", advantages, floating=True)
+    if ratio_level not in ("token", "chunk"):
+        raise ValueError(f"ratio_level: expected 'token' or 'chunk', got {ratio_level!r}")
     if advantages.dim() < new_logp.dim():
         if tuple(advantages.shape) != tuple(new_logp.shape[: advantages.dim()]):
             raise ValueError(
                 f"advantages: expected shape {tuple(new_logp.shape[:1])} or {tuple(new_logp.shape)}, got {tuple(advantages.shape)}"
             )
         advantages = advantages.reshape(*advantages.shape, *([1] * (new_logp.dim() - advantages.dim())))
-    obj, ratio, is_clipped = clipped_surrogate(new_logp, old_logp.detach(), advantages.detach(), clip_low, clip_high)
     if token_mask is None:
-        mask = torch.ones_like(obj, dtype=torch.bool)
+        mask = torch.ones_like(new_logp, dtype=torch.bool)
     else:
-        mask = torch.broadcast_to(token_mask.to(torch.bool), obj.shape)
-    m = mask.to(obj.dtype)
-    n = m.sum().clamp_min(1.0)
-    loss = -(obj * m).sum() / n
+        mask = torch.broadcast_to(token_mask.to(torch.bool), new_logp.shape)
+    m = mask.to(new_logp.dtype)
+    if token_weight is None:
+        w = m / m.sum().clamp_min(1.0)
+    else:
+        w = torch.broadcast_to(token_weight.to(new_logp.dtype), new_logp.shape) * m
+    if ratio_level == "chunk":
+        if advantages.dim() > 1 and advantages[0].numel() != 1:
+            raise ValueError(f"advantages: expected one per row [{new_logp.shape[0]}] for ratio_level='chunk', got {tuple(advantages.shape)}")
+        dims = tuple(range(1, new_logp.dim()))
+        zero = torch.zeros((), dtype=new_logp.dtype, device=new_logp.device)
+        new_l = torch.where(mask, new_logp, zero)
+        old_l = torch.where(mask, old_logp.detach(), zero)
+        new_l, old_l = (new_l.sum(dims), old_l.sum(dims)) if dims else (new_l, old_l)
+        adv = advantages.detach().reshape(-1)
+        obj, ratio, is_clipped = clipped_surrogate(new_l, old_l, adv, clip_low, clip_high)
+        valid = mask.flatten(1).any(1) if dims else mask
+        loss = -torch.where(valid, obj * (w.sum(dims) if dims else w), 0.0).sum()
+        stats = _ratio_stats(ratio.detach(), is_clipped, adv, valid)
+        return loss, stats
+    obj, ratio, is_clipped = clipped_surrogate(new_logp, old_logp.detach(), advantages.detach(), clip_low, clip_high)
+    loss = -torch.where(mask, obj * w, 0.0).sum()  # dropped tokens contribute nothing, not even NaN
     stats = _ratio_stats(ratio.detach(), is_clipped, torch.broadcast_to(advantages, obj.shape), mask)
     return loss, stats
 
@@ -168,6 +210,7 @@ def _ratio_stats(ratio: torch.Tensor, is_clipped: torch.Tensor, adv: torch.Tenso
             "ratio_max": float(r.max()) if r.numel() else 1.0,
             "ratio_min": float(r.min()) if r.numel() else 1.0,
             "approx_kl": float(((r - 1.0) - log_r).sum() / n),
+            "num_ratios": int(valid.sum()),
         }
 
 
@@ -181,7 +224,9 @@ class _Micro:
 
     rows: torch.Tensor  # int64 [C] trajectory row (in the batch) of each chunk
     steps: torch.Tensor  # int64 [C] chunk index inside its trajectory
-    weight: torch.Tensor = field(default=None)  # float [C] loss weight per chunk (sums to 1 per mini-batch)
+    keep: torch.Tensor = field(default=None)  # bool [C, K] action steps that ran (executed_token_mask)
+    weight: torch.Tensor = field(default=None)  # float [C, K] loss weight per token of a step (0 where not kept;
+    # times D tokens per step, sums to 1 over a mini-batch)
 
 
 class GRPOTrainer:
@@ -224,23 +269,32 @@ class GRPOTrainer:
         return [slice(i, min(i + m, n)) for i in range(0, n, m)]
 
     def _micro_batches(self, batch: TrajectoryBatch, rows: slice) -> list[_Micro]:
-        """Valid chunks of trajectories `rows`, split into micro-batches, with per-chunk loss weights."""
-        mask = batch.chunk_mask[rows]
+        """Valid chunks of trajectories `rows`, split into micro-batches, with per-token loss weights.
+
+        Only the action steps that ran (executed_token_mask) are kept and weighted: 'token_mean' weighs
+        every kept token of the mini-batch alike, 'traj_mean' every trajectory alike (its kept tokens
+        alike), so the tokens after a success step neither carry advantage nor count in the mean.
+        """
+        mask = batch.chunk_mask[rows].cpu()
         r, s = mask.nonzero(as_tuple=True)
         r = r + rows.start
         n_chunks = int(r.numel())
         if n_chunks == 0:
             return []
+        K, D = self.policy.chunk_len, self.policy.action_dim
+        keep = executed_token_mask(batch.length.cpu()[r], s, K)
+        kept = keep.to(torch.float32)
         if self.cfg.loss_agg == "token_mean":
-            w = torch.full((n_chunks,), 1.0 / n_chunks)
+            w = kept / (kept.sum().clamp_min(1.0) * D)
         else:
-            per_traj = mask.sum(1).clamp_min(1).to(torch.float32)  # chunks of each trajectory
-            n_traj = int((mask.sum(1) > 0).sum())
-            w = 1.0 / (per_traj[r - rows.start] * n_traj)
+            per_traj = torch.zeros(mask.shape[0]).index_add_(0, r - rows.start, kept.sum(1))  # kept steps per trajectory
+            n_traj = int((per_traj > 0).sum())
+            w = kept / (per_traj[r - rows.start].clamp_min(1.0)[:, None] * D * max(n_traj, 1))
         out = []
         step = max(1, self.cfg.micro_batch_chunks)
         for i in range(0, n_chunks, step):
-            out.append(_Micro(r[i : i + step].cpu(), s[i : i + step].cpu(), w[i : i + step]))
+            sl = slice(i, i + step)
+            out.append(_Micro(r[sl], s[sl], keep[sl], w[sl]))
         return out
 
     def _forward(self, batch: TrajectoryBatch, mb: _Micro) -> tuple[torch.Tensor, torch.Tensor]:
@@ -310,29 +364,25 @@ class GRPOTrainer:
                     logp, ent = self._forward(batch, mb)
                     old = batch.old_logp[mb.rows.to(batch.old_logp.device), mb.steps.to(batch.old_logp.device)].to(dev, torch.float32)
                     adv = batch.advantage[mb.rows.to(batch.advantage.device)].to(dev, torch.float32)
-                    logp = logp.float()
-                    if cfg.ratio_level == "chunk":
-                        new_l, old_l = logp.sum((1, 2)), old.sum((1, 2))
-                        obj, ratio, clipped = clipped_surrogate(new_l, old_l, adv, cfg.clip_low, cfg.clip_high)
-                        per_chunk = obj
-                    else:
-                        obj, ratio, clipped = clipped_surrogate(logp, old, adv[:, None, None], cfg.clip_low, cfg.clip_high)
-                        per_chunk = obj.mean((1, 2))
-                    w = mb.weight.to(dev)
-                    loss = -(per_chunk * w).sum()
+                    keep = mb.keep.to(dev)[:, :, None]  # [C, K, 1]: broadcast over the D tokens of a step
+                    # the tested loss (grpo_loss) with the mini-batch's weights: micro-batch losses add up
+                    loss, st = grpo_loss(logp.float(), old, adv, keep, cfg.clip_low, cfg.clip_high,
+                                         token_weight=mb.weight.to(dev)[:, :, None], ratio_level=cfg.ratio_level)
                     loss.backward()
                     with torch.no_grad():
-                        # diagnostics are plain means over the mini-batch's ratios (tokens or chunks)
-                        r64 = ratio.double()
+                        # diagnostics: means over the mini-batch's kept ratios (tokens or chunks) and tokens
+                        n = st["num_ratios"]
                         acc["loss"] += float(loss)
-                        acc["entropy"] += float(ent.double().sum())
-                        acc["n_tok"] += ent.numel()
-                        acc["clip"] += float(clipped.sum())
-                        acc["ratio"] += float(r64.sum())
-                        acc["kl"] += float(((r64 - 1) - r64.log()).sum())
-                        acc["n"] += r64.numel()
-                        acc["rmax"] = max(acc["rmax"], float(ratio.max()))
-                        acc["rmin"] = min(acc["rmin"], float(ratio.min()))
+                        kept_ent = torch.broadcast_to(keep, ent.shape)
+                        acc["entropy"] += float(ent.double()[kept_ent].sum())
+                        acc["n_tok"] += int(kept_ent.sum())
+                        acc["clip"] += st["clip_frac"] * n
+                        acc["ratio"] += st["ratio_mean"] * n
+                        acc["kl"] += st["approx_kl"] * n
+                        acc["n"] += n
+                        if n:
+                            acc["rmax"] = max(acc["rmax"], st["ratio_max"])
+                            acc["rmin"] = min(acc["rmin"], st["ratio_min"])
                 if cfg.max_grad_norm > 0:
                     gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 else:
@@ -342,12 +392,12 @@ class GRPOTrainer:
                 self.minibatch_stats.append(
                     {
                         "grpo/loss": acc["loss"],
-                        "grpo/clip_frac": acc["clip"] / acc["n"],
-                        "grpo/ratio_mean": acc["ratio"] / acc["n"],
+                        "grpo/clip_frac": acc["clip"] / max(acc["n"], 1),
+                        "grpo/ratio_mean": acc["ratio"] / max(acc["n"], 1),
                         "grpo/ratio_max": acc["rmax"],
                         "grpo/ratio_min": acc["rmin"],
-                        "grpo/approx_kl": acc["kl"] / acc["n"],
-                        "grpo/entropy": acc["entropy"] / acc["n_tok"],
+                        "grpo/approx_kl": acc["kl"] / max(acc["n"], 1),
+                        "grpo/entropy": acc["entropy"] / max(acc["n_tok"], 1),
                         "grpo/grad_norm": float(gn),
                     }
                 )

@@ -3,7 +3,7 @@ from a captured CUDA graph.
 
 Per chunk (all on the device, static shapes, no host sync):
   policy(current frame, instruction) -> action tokens, log-probs  (recorded into slot buffers)
-  tokenizer.detokenize -> normalized actions [S, K, D]
+  tokens -> the world model's normalized actions [S, K, D] (wmpo.rollout.action_map)
   world-model env step (K frames, decoded) -> success detector update on the K new frames
   last frame -> uint8 -> next policy input (the policy reads exactly the uint8 frame it records)
   device bookkeeping: per-slot step counters, done = success | horizon
@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import torch
 
+from wmpo.rollout.action_map import world_model_action_map
 from wmpo.rollout.slots import SlotState
 from wmpo.utils.frames import model_to_uint8
 from wmpo.utils.logging import warn_once
@@ -62,6 +63,8 @@ class ChunkRunner:
         self.cfg = cfg
         self.device = device
         self.compile_denoiser = compile_denoiser
+        # tokens -> the world model's normalized actions (tokenizer and world-model stats may differ)
+        self.to_wm_actions = world_model_action_map(tokenizer, wm_env, int(policy.chunk_len), int(policy.action_dim))
         self.K = int(policy.chunk_len)
         self._fn = None  # compiled / graph-captured chunk, keyed by state identity
         self._key = None
@@ -98,7 +101,7 @@ class ChunkRunner:
         S = st.num_slots
         ar = torch.arange(S, device=self.device)
         tokens, logp = self.policy.sample(st.cur_in, st.instr, temperature)
-        actions = self.tokenizer.detokenize(tokens).to(st.cur_in.dtype if st.cur_in.is_floating_point() else torch.float32)
+        actions = self.to_wm_actions(tokens).to(st.cur_in.dtype if st.cur_in.is_floating_point() else torch.float32)
         timer.lap("policy")
         # record what the policy read and did; finished / idle slots keep their rows (zero padding)
         s_idx = st.step.clamp(max=max_chunks - 1)

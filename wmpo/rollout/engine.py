@@ -76,7 +76,8 @@ class ImaginationEngine:
     wm_env: reset(frames), reset_slots(mask, frames), step(actions, decode) (wmpo.rollout.world_model_env).
     policy: wmpo.models.protocol.Policy. success_detector: reset_slots(mask, frames), update(frames)
     -> (success [B], first_success_frame [B]) (wmpo.models.reward.IncrementalSuccess), or None.
-    tokenizer: detokenize(tokens [N, K, D]) -> normalized actions in [-1, 1].
+    tokenizer: detokenize(tokens [N, K, D]) -> normalized actions in [-1, 1]; with q01/q99 (ActionTokenizer)
+    its actions are mapped into the world model's action space (wmpo.rollout.action_map).
     """
 
     def __init__(self, wm_env: Any, policy: Any, success_detector: Any, tokenizer: Any, cfg: RolloutConfig | None = None):

@@ -47,6 +47,11 @@ class WorldModelEnv:
         self._t_ctx = torch.full((), self.t_context, device=self.device)
 
     @property
+    def action_stats(self) -> dict | None:
+        """q01/q99 the world model's actions are normalized with (None: unknown); see wmpo.rollout.action_map."""
+        return getattr(self.wm, "action_stats", None)
+
+    @property
     def batch_size(self) -> int:
         return 0 if self.ctx is None else self.ctx.shape[0]
 

@@ -1,7 +1,7 @@
 """Training the VideoMAE success classifier (`wmpo train-reward`), paper section 3.3.
 
 Clips of L=8 frames end at a frame index e (frames e-7 .. e, left-padded with frame 0 when e < 7).
-  positive:  the terminal clip of a success, ending at its success frame min(finish_step + 1, T)
+  positive:  the terminal clip of a success, ending at its success frame finish_step (clamped to 1 .. T)
   negative:  clips of successes ending at e <= success_frame - L (entirely before the success),
              and any clip of a failure (e = 1 .. T)
 Each batch is half positives, half negatives (sampled with replacement), BCE loss.
@@ -54,9 +54,9 @@ class RewardTrainConfig(ScheduledTrainConfig):
 
 
 def success_frame(ep: Episode) -> int:
-    """Index of the first frame showing success: frames[finish_step + 1] (clamped to T)."""
+    """Index of the first frame showing success: frames[finish_step] (Episode.finish_step; clamped to 1 .. T)."""
     T = len(ep.actions)
-    return int(min(max(int(ep.finish_step) + 1, 1), T))
+    return int(min(max(int(ep.finish_step), 1), T))
 
 
 def clip_pools(episodes: Sequence[Episode], clip_len: int) -> tuple[np.ndarray, np.ndarray]:

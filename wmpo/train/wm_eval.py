@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from wmpo.data.clips import episode_frames, normalize_actions
+from wmpo.data.loader import check_action_stats, same_action_stats
 from wmpo.models.vae import FrameVAE, psnr
 from wmpo.models.world_model import WorldModel
 from wmpo.rollout.world_model_env import WorldModelEnv
@@ -29,13 +30,23 @@ def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_world_model(vae: FrameVAE, world_model: WorldModel, episodes: Sequence, action_stats: dict, *,
+def evaluate_world_model(vae: FrameVAE, world_model: WorldModel, episodes: Sequence, action_stats: dict | None = None, *,
                          steps: int | Sequence[float] = 30, device: torch.device | str | None = None,
                          max_frames: int | None = None, video_dir: str | Path | None = None, fps: int = 10,
                          seed: int = 0) -> dict:
     """-> {"psnr": [per horizon frame], "ssim": [...], "psnr_mean", "ssim_mean", "num_episodes", "videos"}.
 
+    Actions are normalized with the world model's own statistics (`world_model.action_stats`, from its
+    checkpoint), not the evaluated episodes': those are what it was trained on. `action_stats` is only
+    needed for a model without them, and must equal them otherwise.
     All episodes are rolled out as one batch, truncated to the shortest one (and max_frames)."""
+    own = world_model.action_stats
+    if own is None and action_stats is None:
+        raise ValueError("action_stats: the world model has none (a checkpoint from an older train-wm without "
+                         "action_stats.json beside it); pass the q01/q99 it was trained with")
+    if own is not None and action_stats is not None and not same_action_stats(own, action_stats):
+        raise ValueError("action_stats: expected the world model's own statistics (or None), got different ones")
+    action_stats = own if own is not None else check_action_stats("action_stats", action_stats, world_model.cfg.action_dim)
     device = torch.device(device) if device is not None else next(world_model.parameters()).device
     K = world_model.cfg.chunk_len
     T = min(len(e) for e in episodes)

@@ -13,9 +13,9 @@ import torch
 from wmpo import ops
 from wmpo.data.clips import LatentWindowDataset, encode_episodes, normalize_actions
 from wmpo.data.loader import action_stats as episode_action_stats
-from wmpo.data.loader import load_episodes
+from wmpo.data.loader import check_action_stats, load_episodes, same_action_stats
 from wmpo.models.vae import FrameVAE
-from wmpo.models.world_model import WorldModel, WorldModelConfig
+from wmpo.models.world_model import WorldModel, WorldModelConfig, legacy_action_stats
 from wmpo.train.loop import TrainLoopConfig, warmup_cosine_lr
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
@@ -128,7 +128,13 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
                       init_from: str | Path | None = None, episodes=None, action_stats: dict | None = None,
                       device: torch.device | str | None = None, resume: bool = True) -> dict:
     """Pretrain (init_from=None) or fine-tune (init_from = a world_model.pt) on windows of the given stores
-    (or `episodes` + `action_stats`). Writes out_dir/world_model.pt, config.json, tb/. Returns {"loss", "step", "path"}."""
+    (or `episodes` + `action_stats`). Writes out_dir/world_model.pt, config.json, tb/. Returns {"loss", "step", "path"}.
+
+    Action statistics (q01/q99, saved in the checkpoint): a pretraining run computes them from its data
+    (or takes `action_stats`); a fine-tuning run keeps its init checkpoint's, whatever data it is given, so
+    the model's action inputs mean the same thing before and after; a resumed run keeps its own
+    checkpoint's. An init checkpoint without statistics (an older train-wm, no action_stats.json beside
+    it) needs `action_stats` given explicitly: the statistics it was trained with."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device is not None else default_device()
@@ -137,16 +143,34 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
         vae = FrameVAE.from_checkpoint(vae)
     vae = vae.to(device).eval()
     if episodes is None:
-        episodes, stats = load_episodes(list(store_paths or []))
+        episodes, data_stats = load_episodes(list(store_paths or []))
     else:
-        stats = action_stats if action_stats is not None else episode_action_stats(episodes)
+        data_stats = episode_action_stats(episodes)
+    if action_stats is not None:
+        action_stats = check_action_stats("action_stats", action_stats)
     init_state = None
+    stats, stats_source = (action_stats, "given") if action_stats is not None else (data_stats, "data")
     if init_from is not None:
         st = load_checkpoint(init_from)
         init_state = st["model"] if "model" in st else st
         if st.get("ema") is not None:  # fine-tune from the EMA weights
-            init_state = {"config": init_state["config"], "state_dict": st["ema"]}
+            init_state = {**init_state, "state_dict": st["ema"]}
         cfg.model = WorldModelConfig(**init_state["config"])
+        init_stats = init_state.get("action_stats") or legacy_action_stats(init_from)
+        if init_stats is not None:
+            if action_stats is not None and not same_action_stats(action_stats, init_stats):
+                raise ValueError(f"action_stats: expected the statistics of init_from={init_from} (fine-tuning keeps "
+                                 f"them), got different ones; leave action_stats out")
+            stats, stats_source = init_stats, "init_from"
+        elif action_stats is None:
+            raise ValueError(f"init_from: {init_from} holds no action statistics (q01/q99; written by an older "
+                             f"train-wm, no action_stats.json beside it); pass action_stats= the statistics it was "
+                             f"trained with")
+    ckpt = out / "world_model.pt"
+    resume_state = load_checkpoint(ckpt) if resume and ckpt.is_file() else None
+    if resume_state is not None and resume_state["model"].get("action_stats") is not None:
+        stats, stats_source = resume_state["model"]["action_stats"], "resume"
+    stats = check_action_stats("action_stats", stats, cfg.model.action_dim)
     if (cfg.model.latent_channels, cfg.model.latent_size) != (vae.latent_channels, vae.latent_size):
         if init_state is not None:
             raise ValueError(f"vae: expected latents {cfg.model.latent_channels}x{cfg.model.latent_size} (the checkpoint's), "
@@ -154,9 +178,9 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
         cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
     data = build_dataset(vae, episodes, stats, cfg.model, device)
     tr = WMTrainer(cfg, data, device, init_state)
-    ckpt = out / "world_model.pt"
-    if resume and ckpt.is_file():
-        tr.load(load_checkpoint(ckpt))
+    if resume_state is not None:
+        tr.load(resume_state)
+    tr.model.set_action_stats(stats)
     save_json(out / "config.json", asdict(cfg))
     save_json(out / "action_stats.json", {k: [float(x) for x in v] for k, v in stats.items()})
     log = ScalarLogger(out / "tb")
@@ -173,6 +197,7 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     save_checkpoint(ckpt, tr.state())
     log.close()
     tail = losses[-max(1, min(len(losses), cfg.log_every)):]
-    result = {"loss": sum(tail) / len(tail) if tail else loss, "step": tr.step_count, "path": str(ckpt)}
+    result = {"loss": sum(tail) / len(tail) if tail else loss, "step": tr.step_count, "path": str(ckpt),
+              "action_stats_from": stats_source}
     save_json(out / "result.json", result)
     return result
