@@ -51,3 +51,18 @@ def test_fresh_initial_states_are_reproducible_and_disjoint_from_training():
     assert not np.allclose(a, fresh_initial_states("square", 6, 3, check_against=0))
     with pytest.raises(ValueError, match="states_seed"):
         fresh_initial_states("square", -1, 3)
+
+
+def test_eval_cli_on_fresh_states(tmp_path):
+    import json
+
+    from wmpo.cli import main
+
+    out = tmp_path / "r.json"
+    assert main(["eval", "--task", "square", "--policy", "random", "--states-seed", "3", "-n", "1", "--max-steps", "3",
+                 "--videos", "0", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["split"] == "fresh-3" and r["n"] == 1 and len(r["episodes"]) == 1
+    with pytest.raises(SystemExit) as e:  # argparse: one usage error line naming --states-seed, exit 2
+        main(["eval", "--task", "square", "--policy", "random", "--states-seed", "-2"])
+    assert e.value.code == 2

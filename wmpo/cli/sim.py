@@ -82,14 +82,22 @@ def eval_main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="wmpo eval", description="success rate on the evaluation initial states")
     _common(p)
     p.add_argument("--split", choices=["train", "eval"], default="eval")
+    p.add_argument("--states-seed", type=int_at_least(0), default=None, metavar="S",
+                   help="instead of --split: a fresh set of initial states drawn with seed S (disjoint from the "
+                        "training states, checked), so a policy can be re-evaluated on states nobody tuned on")
     p.add_argument("-n", "--episodes", type=int_at_least(1), default=128)
     p.add_argument("--video-dir", type=argtype(check_output_dir), default=None)
     p.add_argument("--videos", type=int_at_least(0), default=4)
     p.add_argument("--json", type=argtype(check_output_file), default=None, help="also write the result as JSON here")
     a = p.parse_args(argv)
     policy = load_env_policy(a.policy, a.temperature, a.device)
-    r = evaluate(policy, a.task, split=a.split, n=a.episodes, num_workers=a.workers, image_size=a.image_size,
-                 video_dir=a.video_dir, n_videos=a.videos, max_steps=a.max_steps)
+    init_states, split = None, a.split
+    if a.states_seed is not None:
+        from wmpo.sim.initial_states import fresh_initial_states
+
+        init_states, split = fresh_initial_states(a.task, a.states_seed, a.episodes), f"fresh-{a.states_seed}"
+    r = evaluate(policy, a.task, split=split, n=a.episodes, num_workers=a.workers, image_size=a.image_size,
+                 video_dir=a.video_dir, n_videos=a.videos, max_steps=a.max_steps, init_states=init_states)
     print(r.summary())
     if a.json:
         from dataclasses import asdict

@@ -76,7 +76,7 @@ def get_initial_states(task: str, split: str = "train", n: int = 128, cache_dir:
     return states
 
 
-def fresh_initial_states(task: str, states_seed: int, n: int, check_against: int = 256) -> np.ndarray:
+def fresh_initial_states(task: str, states_seed: int, n: int, check_against: int = 128) -> np.ndarray:
     """float64 [n, S]: a fresh set of initial states nobody tuned on, from n distinct reset seeds drawn
     with `states_seed` in FRESH_SEED_RANGE (disjoint from the train / eval / corpus seed ranges), and
     checked against the first `check_against` training states: a state equal to one of them raises."""
