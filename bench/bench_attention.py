@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import bf16_peak_flops, device_name, git_sha  # noqa: E402
+from bench.common import bf16_peak_flops, device_name, git_sha, time_ms  # noqa: E402
 from wmpo.ops.frame_causal_attention import (  # noqa: E402
     attention_flops,
     backend_for,
@@ -64,27 +64,6 @@ def check_rows(N: int, n: int = 64, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     middle = edge + torch.randperm(N - 2 * edge, generator=g)[: n - 2 * edge]
     return torch.cat([torch.arange(edge), middle, torch.arange(N - edge, N)]).sort().values
-
-
-def time_ms(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int, iters: int) -> float:

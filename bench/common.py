@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 import torch
@@ -82,3 +83,25 @@ def write_result(out_dir: str | Path, stem: str, result: dict) -> Path:
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
     print(f"wrote {path}")
     return path
+
+
+def time_ms(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
+    """`iters` timings of fn in ms after `warmup` calls: CUDA events on the GPU, wall clock on the CPU."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(iters):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            out.append(a.elapsed_time(b))
+    else:
+        for _ in range(iters):
+            t0 = time.perf_counter()
+            fn()
+            out.append((time.perf_counter() - t0) * 1e3)
+    return out

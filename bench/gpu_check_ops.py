@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import device_name, git_sha  # noqa: E402
+from bench.common import device_name, git_sha, time_ms  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 import wmpo.ops as ops  # noqa: E402
 from wmpo.ops.frame_causal_attention import frame_causal_attention, frame_causal_attention_ref  # noqa: E402
@@ -82,24 +82,7 @@ def compare(got, want64, eager) -> dict[str, Any]:
 
 def timer(device: torch.device, reps: int) -> Callable[[Callable[[], Any]], float]:
     """-> median ms of fn (CUDA events on the GPU, wall clock on the CPU), after one warm-up call."""
-    def run(fn):
-        fn()
-        times = []
-        for _ in range(reps):
-            if device.type == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return run
+    return lambda fn: statistics.median(time_ms(fn, device, reps, warmup=1))
 
 
 # ------------------------------------------------------------------------------------------- cases
@@ -287,13 +270,13 @@ def check_graph_chunk(device: torch.device, quick: bool) -> dict[str, Any]:
 
     eng_g, got = run(True)
     _, want = run(False)
-    res["graph_captured"] = eng_g.graph_captured
-    res["graph_failed"] = eng_g.graph_failed
+    res["graph_captured"] = eng_g.runner.graph_captured
+    res["graph_failed"] = eng_g.runner.graph_failed
     diffs = [(a.obs.float() - b.obs.float()).abs().mean().item() for a, b in zip(got, want)]
     same_tokens = all(torch.equal(a.tokens.cpu(), b.tokens.cpu()) for a, b in zip(got, want))
     res.update(obs_mean_abs_diff=diffs, tokens_equal=same_tokens)
     # on the CPU nothing is captured (the dry run checks that the path runs and matches eager)
-    res["ok"] = same_tokens and max(diffs) < 1.0 and (eng_g.graph_captured or device.type != "cuda")
+    res["ok"] = same_tokens and max(diffs) < 1.0 and (eng_g.runner.graph_captured or device.type != "cuda")
     return res
 
 

@@ -203,10 +203,10 @@ def warm_until_captured(engine: ImaginationEngine, fn: Callable[[], Any], max_ca
     """Call fn until the engine's chunk is captured in a CUDA graph (the capture must not land in a
     timed call), at most max_calls times. -> whether it was captured (False: capture failed, eager)."""
     for _ in range(max_calls):
-        if engine.graph_captured or engine.graph_failed:
+        if engine.runner.graph_captured or engine.runner.graph_failed:
             break
         fn()
-    return engine.graph_captured
+    return engine.runner.graph_captured
 
 
 def _wm_flops(engine: ImaginationEngine, frame_u8: torch.Tensor) -> float:

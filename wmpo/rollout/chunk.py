@@ -74,10 +74,12 @@ class ChunkRunner:
 
     @property
     def graph_captured(self) -> bool:
+        """True once the chunk runs as a replayed CUDA graph (cfg.cuda_graph, after graph_warmup chunks)."""
         return self._graph is not None
 
     @property
     def graph_failed(self) -> bool:
+        """True when CUDA-graph capture failed and the chunk runs eager (warned once)."""
         return self._graph_failed
 
     def invalidate(self) -> None:

@@ -97,16 +97,6 @@ class ImaginationEngine:
         self._planned: set[tuple[int, int]] = set()
         self.last_memory_plan = None
 
-    @property
-    def graph_captured(self) -> bool:
-        """True once the chunk runs as a replayed CUDA graph (cfg.cuda_graph, after graph_warmup chunks)."""
-        return self.runner.graph_captured
-
-    @property
-    def graph_failed(self) -> bool:
-        """True when CUDA-graph capture failed and the chunk runs eager (warned once)."""
-        return self.runner.graph_failed
-
     # ------------------------------------------------------------------ inputs
     def prepare_pool(self, initial_frames: torch.Tensor, instructions: list[str] | str) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (pool uint8 [I, H, W, 3] on device, instr [I, L] int64 on device)."""
