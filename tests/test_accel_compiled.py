@@ -130,6 +130,7 @@ def test_rollout_compiles_the_denoiser_step_not_the_chunk():
                              mid_attention=False)).eval()
     wm = WorldModel(WorldModelConfig(latent_channels=4, latent_size=8, patch=2, hidden=32, spatial_blocks=1,
                                      temporal_blocks=1, heads=2, num_context=2, chunk_len=2, action_dim=3)).eval()
+    wm.set_action_stats({"q01": -np.ones(3), "q99": np.ones(3)})  # = the tokenizer's (the engine requires them)
     policy = VLAPolicy(PolicyConfig(chunk_len=2, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
                                     vision_layers=1, instr_layers=1, fusion_layers=1)).eval()
     tok = ActionTokenizer(-np.ones(3), np.ones(3))

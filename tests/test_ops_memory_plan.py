@@ -79,6 +79,7 @@ def _tiny():
     with torch.no_grad():
         wm.final.weight.normal_(0, 0.5)
         wm.modulation.weight.normal_(0, 0.1)
+    wm.set_action_stats({"q01": -np.ones(3), "q99": np.ones(3)})  # = the tokenizer's (the engine requires them)
     policy = VLAPolicy(PolicyConfig(chunk_len=3, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
                                     vision_layers=1, instr_layers=1, fusion_layers=1)).eval()
     return vae, wm, policy, ActionTokenizer(-np.ones(3), np.ones(3))
