@@ -10,7 +10,7 @@ export MUJOCO_GL ?= egl
 
 .PHONY: setup tiny test test-slow build wheel clean
 
-$(VENV)/.installed: requirements.txt pyproject.toml CMakeLists.txt $(wildcard csrc/*)
+$(VENV)/.installed: requirements.txt pyproject.toml CMakeLists.txt $(wildcard csrc/* csrc/cpu/* csrc/cuda/*)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q torch==2.13.0

@@ -67,7 +67,7 @@ def _reward_on_policy_test(task: str, stores: list[Path], n_demos: int, reward_d
     import torch
 
     from wmpo.models.reward import load_reward
-    from wmpo.train.policy import load_episodes
+    from wmpo.data.loader import load_episodes
     from wmpo.train.reward import per_task_metrics, trajectory_scores
 
     test = json.loads((reward_dir / "config.json").read_text())["split"]["test"]

@@ -6,7 +6,7 @@ frames) x 16 heads, T = 12 frames, hd = 72, bf16. Modes, in one run on one devic
   sdpa_eager      F.scaled_dot_product_attention with the explicit frame-causal mask (the reference)
   sdpa_causal     SDPA with is_causal=True (only when num_cached == 0)
   sdpa_compiled   torch.compile of the reference
-  wmpo_op_<be>    the public op wmpo.ops_attention.frame_causal_attention (default dispatch and config)
+  wmpo_op_<be>    the public op wmpo.ops.frame_causal_attention.frame_causal_attention (default dispatch and config)
   triton_dot/loop the Triton kernel, both variants, over a small sweep of block_r x num_warps (GPU)
 
 Each mode reports the median ms, TFLOP/s (visible query-key pairs and dense T_q x T_k counts),
@@ -36,8 +36,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import bf16_peak_flops, device_name, git_sha  # noqa: E402
-from wmpo.ops_attention import (  # noqa: E402
+from bench.common import bf16_peak_flops, device_name, git_sha, time_ms  # noqa: E402
+from wmpo.ops.frame_causal_attention import (  # noqa: E402
     attention_flops,
     backend_for,
     frame_causal_attention,
@@ -64,27 +64,6 @@ def check_rows(N: int, n: int = 64, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     middle = edge + torch.randperm(N - 2 * edge, generator=g)[: n - 2 * edge]
     return torch.cat([torch.arange(edge), middle, torch.arange(N - edge, N)]).sort().values
-
-
-def time_ms(fn, device: torch.device, iters: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    out = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(iters):
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            out.append(a.elapsed_time(b))
-    else:
-        for _ in range(iters):
-            t0 = time.perf_counter()
-            fn()
-            out.append((time.perf_counter() - t0) * 1e3)
-    return out
 
 
 def copy_bandwidth_gbps(device: torch.device, nbytes: int, iters: int) -> float:

@@ -7,12 +7,13 @@ the context cache retains next to what the memory plan says it needs. Then the V
 per frame (the slope between two batch sizes) and the memory plan at 64 and 128 slots with it.
 
     python bench/gpu_check_model.py                         # GPU, paper preset
-    python bench/gpu_check_model.py --quick --device cpu    # the dry run: tiny preset, same code paths
+    python bench/gpu_check_model.py --quick --device cpu    # the dry run: micro preset, same code paths
 Writes bench/results/gpu_check-part2-<device>-<date>.json; exit status 1 if a check failed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -27,10 +28,11 @@ if str(ROOT) not in sys.path:
 from bench.common import peak_flops  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 from bench.gpu_check_ops import environment, timer, write_result  # noqa: E402
-from bench.rollout_loop import PRESETS, _wm_config  # noqa: E402
-from wmpo.engine.memory_plan import gb, plan_rollout_memory  # noqa: E402
-from wmpo.models.vae import FrameVAE, VAEConfig  # noqa: E402
-from wmpo.models.world_model import WorldModel, WorldModelConfig, world_model_flops  # noqa: E402
+from bench.common import preset_config  # noqa: E402
+from wmpo import ops  # noqa: E402
+from wmpo.accel.memory_plan import gb, plan_rollout_memory  # noqa: E402
+from wmpo.models.vae import FrameVAE  # noqa: E402
+from wmpo.models.world_model import WorldModel, world_model_flops  # noqa: E402
 
 MODES = ("uncached_ref", "uncached_fused", "cached_ref", "cached_fused")
 
@@ -53,10 +55,10 @@ class Memory:
         return torch.cuda.max_memory_allocated(self.device) if self.cuda else 0
 
 
-def build_world_model(preset: dict[str, Any], device: torch.device, dtype: torch.dtype) -> WorldModel:
+def build_world_model(preset: Any, device: torch.device, dtype: torch.dtype) -> WorldModel:
     """Random weights (not the zero init of the final and modulation layers, so outputs are non-trivial),
     created on the device directly (the paper model's fp32 init on the host takes long)."""
-    cfg = _wm_config(WorldModelConfig, preset)
+    cfg = preset.world_model  # the pipeline preset's (wmpo.config)
     torch.manual_seed(0)
     with torch.device(device):
         wm = WorldModel(cfg)
@@ -79,35 +81,33 @@ def denoiser_modes(wm: WorldModel, B: int, device: torch.device, bench, mem: Mem
     results = {}
     with torch.no_grad():
         for mode in MODES:
-            wm.use_reference_ops(mode.endswith("_ref"))
-            cached = mode.startswith("cached")
-            try:
-                base = mem.allocated()
-                mem.reset_peak()
-                if cached:
-                    cache = wm.build_context_cache(x[:, :c], a[:, :c])
-                    _sync(device)
-                    retained = mem.allocated() - base
+            with ops.reference_ops() if mode.endswith("_ref") else contextlib.nullcontext():
+                cached = mode.startswith("cached")
+                try:
+                    base = mem.allocated()
+                    mem.reset_peak()
+                    if cached:
+                        cache = wm.build_context_cache(x[:, :c], a[:, :c])
+                        _sync(device)
+                        retained = mem.allocated() - base
 
-                    def step():
-                        return wm.forward_cached(x[:, c:], t[:, c:], a[:, c:], cache)
-                else:
-                    cache, retained = None, 0
+                        def step():
+                            return wm.forward_cached(x[:, c:], t[:, c:], a[:, c:], cache)
+                    else:
+                        cache, retained = None, 0
 
-                    def step():
-                        return wm(x, t, a)
-                y = step()
-                results[mode] = (y[:, c:] if not cached else y).float()
-                ms = bench(step)
-                r = {"ms_per_step": ms, "tflops_per_sec": flops["cached" if cached else "uncached"] / ms / 1e9,
-                     "peak_bytes": mem.peak() - base, "cache_retained_bytes": retained}
-                r["mfu"] = r["tflops_per_sec"] * 1e12 / peak if peak else None
-                out["modes"][mode] = r
-                del cache, y
-            except Exception as e:  # noqa: BLE001 - report it and go on
-                out["modes"][mode] = {"error": f"{type(e).__name__}: {e}"[:2000]}
-            finally:
-                wm.use_reference_ops(False)
+                        def step():
+                            return wm(x, t, a)
+                    y = step()
+                    results[mode] = (y[:, c:] if not cached else y).float()
+                    ms = bench(step)
+                    r = {"ms_per_step": ms, "tflops_per_sec": flops["cached" if cached else "uncached"] / ms / 1e9,
+                         "peak_bytes": mem.peak() - base, "cache_retained_bytes": retained}
+                    r["mfu"] = r["tflops_per_sec"] * 1e12 / peak if peak else None
+                    out["modes"][mode] = r
+                    del cache, y
+                except Exception as e:  # noqa: BLE001 - report it and go on
+                    out["modes"][mode] = {"error": f"{type(e).__name__}: {e}"[:2000]}
             r = out["modes"][mode]
             if "error" in r:
                 print(f"B={B:<3d} {mode:15s} FAILED {r['error'][:300]}", flush=True)
@@ -152,19 +152,19 @@ def vae_bytes_per_frame(vae: FrameVAE, device: torch.device, mem: Memory, sizes:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true", help="tiny preset (the CPU dry run)")
+    ap.add_argument("--quick", action="store_true", help="micro preset (the CPU dry run)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=None, help="trajectories (default 16 64; quick 2)")
     ap.add_argument("--reps", type=int, default=None, help="timed steps per mode (default 5; quick 1)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args(argv)
     device = torch.device(a.device)
-    preset = PRESETS["tiny" if a.quick else "paper"]
+    preset = preset_config("micro" if a.quick else "paper")
     batch_sizes = a.batch_sizes or ([2] if a.quick else [16, 64])
     bench = timer(device, a.reps or (1 if a.quick else 5))
     mem = Memory(device)
     peak = peak_flops(device)
     t0 = time.perf_counter()
-    result: dict[str, Any] = {"check": "gpu_check part 2", "quick": a.quick, "preset": "tiny" if a.quick else "paper",
+    result: dict[str, Any] = {"check": "gpu_check part 2", "quick": a.quick, "preset": "micro" if a.quick else "paper",
                               "dtype": "bf16", "peak_flops": peak, **environment(device)}
     wm = build_world_model(preset, device, torch.bfloat16)
     n_params = sum(p.numel() for p in wm.parameters())
@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     del wm
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    vae = FrameVAE(VAEConfig(**preset["vae"])).to(device, torch.bfloat16).eval()
+    vae = FrameVAE(preset.vae_train.vae).to(device, torch.bfloat16).eval()
     vae_mem = vae_bytes_per_frame(vae, device, mem, (2, 4) if a.quick else (8, 32))
     result["vae_decode"] = vae_mem
     per_frame = int(vae_mem["bytes_per_frame"]) or None

@@ -30,10 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import device_name, git_sha  # noqa: E402
+from bench.common import device_name, git_sha, time_ms  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 import wmpo.ops as ops  # noqa: E402
-from wmpo.ops_attention import frame_causal_attention, frame_causal_attention_ref  # noqa: E402
+from wmpo.ops.frame_causal_attention import frame_causal_attention, frame_causal_attention_ref  # noqa: E402
 
 BF16_ULP = 2.0**-7
 
@@ -82,24 +82,7 @@ def compare(got, want64, eager) -> dict[str, Any]:
 
 def timer(device: torch.device, reps: int) -> Callable[[Callable[[], Any]], float]:
     """-> median ms of fn (CUDA events on the GPU, wall clock on the CPU), after one warm-up call."""
-    def run(fn):
-        fn()
-        times = []
-        for _ in range(reps):
-            if device.type == "cuda":
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                b.synchronize()
-                times.append(a.elapsed_time(b))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-        return statistics.median(times)
-
-    return run
+    return lambda fn: statistics.median(time_ms(fn, device, reps, warmup=1))
 
 
 # ------------------------------------------------------------------------------------------- cases
@@ -261,15 +244,17 @@ def check_compile(device: torch.device, quick: bool, backend: str | None) -> dic
 
 
 def check_graph_chunk(device: torch.device, quick: bool) -> dict[str, Any]:
-    """A tiny-preset rollout chunk captured in a CUDA graph: captured, and equal to eager (greedy)."""
-    from bench.rollout_loop import PRESETS, build_models, engine_factory
+    """A micro-preset rollout chunk captured in a CUDA graph: captured, and equal to eager (greedy)."""
+    from bench.common import preset_config
+    from bench.rollout_loop import INSTRUCTION, build_models, engine_factory
     from wmpo.rollout.engine import RolloutConfig
 
     torch.manual_seed(0)
-    models = build_models(PRESETS["tiny"], device, None)
+    cfg = preset_config("micro")  # the smallest pipeline preset (wmpo.config), 32 x 32 frames
+    models = build_models(cfg, device, None)
     make = engine_factory(models, 2, device)
-    B = 4
-    frames = torch.randint(0, 256, (B, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    B, H = 4, cfg.image_size
+    frames = torch.randint(0, 256, (B, H, H, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     K = int(models["policy"].cfg.chunk_len)
     steps = 4 * K  # 4 chunks: 2 eager warm-up chunks, the capture, then replays
     res: dict[str, Any] = {}
@@ -279,19 +264,19 @@ def check_graph_chunk(device: torch.device, quick: bool) -> dict[str, Any]:
         outs = []
         for _ in range(2):  # the second call replays the graph captured in the first
             torch.manual_seed(3)
-            batch, _ = eng.rollout_fixed(frames, PRESETS["tiny"]["instruction"], steps, 0.0, seed=0, early_exit=False)
+            batch, _ = eng.rollout_fixed(frames, INSTRUCTION, steps, 0.0, seed=0, early_exit=False)
             outs.append(batch)
         return eng, outs
 
     eng_g, got = run(True)
     _, want = run(False)
-    res["graph_captured"] = eng_g.graph_captured
-    res["graph_failed"] = eng_g.graph_failed
+    res["graph_captured"] = eng_g.runner.graph_captured
+    res["graph_failed"] = eng_g.runner.graph_failed
     diffs = [(a.obs.float() - b.obs.float()).abs().mean().item() for a, b in zip(got, want)]
     same_tokens = all(torch.equal(a.tokens.cpu(), b.tokens.cpu()) for a, b in zip(got, want))
     res.update(obs_mean_abs_diff=diffs, tokens_equal=same_tokens)
     # on the CPU nothing is captured (the dry run checks that the path runs and matches eager)
-    res["ok"] = same_tokens and max(diffs) < 1.0 and (eng_g.graph_captured or device.type != "cuda")
+    res["ok"] = same_tokens and max(diffs) < 1.0 and (eng_g.runner.graph_captured or device.type != "cuda")
     return res
 
 
@@ -328,7 +313,7 @@ def run_checks(device: torch.device, quick: bool, reps: int, compile_backend: st
         graph = check_graph_chunk(device, quick)
     except Exception as e:  # noqa: BLE001
         graph = {"ok": False, "error": f"{type(e).__name__}: {e}"[:2000]}
-    print(f"{'PASS' if graph['ok'] else 'FAIL'} CUDA-graph chunk (tiny preset): captured={graph.get('graph_captured')} "
+    print(f"{'PASS' if graph['ok'] else 'FAIL'} CUDA-graph chunk (micro preset): captured={graph.get('graph_captured')} "
           f"tokens_equal={graph.get('tokens_equal')} obs_diff={graph.get('obs_mean_abs_diff')} {graph.get('error', '')}",
           flush=True)
     return {"ops": checks, "compile": comp, "graph_chunk": graph,

@@ -14,16 +14,14 @@ torch.utils.flop_counter on one latent). `mfu` uses the model FLOPs of the cache
 per chunk + K frames per step), the same for every mode, so MFU ratios equal throughput ratios;
 `denoiser_mfu` is the world-model part alone over its measured time. Peak = dense bf16 of the GPU.
 
-  python bench/rollout.py --preset tiny --device cpu          # smoke run, seconds
+  python bench/rollout.py --preset micro --device cpu         # smoke run, seconds (models: wmpo.config presets)
   python bench/rollout.py --preset paper                      # one GPU: 16 and 64 trajectories, 30 steps
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
-import datetime as _dt
-import json
-import platform
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -36,34 +34,22 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import device_name, git_sha, peak_flops  # noqa: E402
+from bench.common import peak_flops, preset_config, preset_names, result_header, write_result  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 
-from wmpo.models.vae import FrameVAE, VAEConfig  # noqa: E402
-from wmpo.models.world_model import WorldModel, WorldModelConfig, world_model_flops  # noqa: E402
+from wmpo import ops  # noqa: E402
+from wmpo.models.vae import FrameVAE  # noqa: E402
+from wmpo.models.world_model import WorldModel, world_model_flops  # noqa: E402
 from wmpo.rollout.world_model_env import WorldModelEnv  # noqa: E402
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        vae=dict(frame_size=32, latent_channels=4, block_channels=(16, 32, 32), layers_per_block=1, norm_groups=8,
-                 mid_attention=False),
-        world_model=dict(latent_channels=4, latent_size=8, patch=2, hidden=64, spatial_blocks=2, temporal_blocks=2,
-                         heads=4, num_context=4, chunk_len=8, action_dim=7),
-        steps=4, batch_sizes=(2, 4), warmup=1, chunks=2,
-    ),
-    "small": dict(
-        vae=dict(frame_size=128, latent_channels=4, block_channels=(64, 128, 256, 256), layers_per_block=2, norm_groups=32),
-        world_model=dict(latent_channels=4, latent_size=16, patch=2, hidden=384, spatial_blocks=8, temporal_blocks=8,
-                         heads=6, num_context=4, chunk_len=8, action_dim=7),
-        steps=30, batch_sizes=(16, 64), warmup=2, chunks=4,
-    ),
-    "paper": dict(
-        vae=dict(),  # SDXL architecture (VAEConfig defaults): 256 px -> 4 x 32 x 32
-        world_model=dict(),  # WorldModelConfig defaults: hidden 1152, 28 + 28 blocks, 16 heads, c=4, K=8
-        steps=30, batch_sizes=(16, 64), warmup=2, chunks=4,
-    ),
+# models: the pipeline preset's own VAE and world model (wmpo.config); per preset only the
+# measurement sizes (Euler steps default to the preset's sampler_steps)
+RUN_SIZES: dict[str, dict[str, Any]] = {
+    "micro": dict(batch_sizes=(2, 4), warmup=1, chunks=2),
+    "tiny": dict(batch_sizes=(2, 4), warmup=1, chunks=2),
 }
+DEFAULT_SIZES = dict(batch_sizes=(16, 64), warmup=2, chunks=4)
 
 
 @dataclass
@@ -119,8 +105,14 @@ class ModelCache:
 
 def run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps: int, warmup: int, chunks: int,
              compile_mode: str | None) -> dict[str, Any]:
+    """One mode; reference modes run every wmpo op as its plain-PyTorch reference (wmpo.ops.reference_ops)."""
+    with ops.reference_ops() if mode.reference_ops else contextlib.nullcontext():
+        return _run_mode(mode, models, device, B, steps, warmup, chunks, compile_mode)
+
+
+def _run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps: int, warmup: int, chunks: int,
+              compile_mode: str | None) -> dict[str, Any]:
     vae, wm = models.get(mode.dtype)
-    wm.use_reference_ops(mode.reference_ops)
     saved = {}
     if mode.compile:
         for obj, name in ((wm, "forward_cached"), (wm, "build_context_cache"), (wm, "forward"), (vae, "decode_raw")):
@@ -133,20 +125,8 @@ def run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps
         first = torch.rand(B, 3, H, H, device=device) * 2 - 1
         K, A = wm.cfg.chunk_len, wm.cfg.action_dim
         acts = [torch.rand(B, K, A, device=device) * 2 - 1 for _ in range(max(warmup, chunks))]
-        env.reset(first)
-        t0 = time.perf_counter()
-        for i in range(warmup):
-            env.step(acts[i])
-        _sync(device)
-        warm_s = time.perf_counter() - t0
-        # throughput: no sync inside the loop
-        env.reset(first)
-        _sync(device)
-        t0 = time.perf_counter()
-        for i in range(chunks):
-            env.step(acts[i])
-        _sync(device)
-        wall = time.perf_counter() - t0
+        warm_s = _timed_chunks(env, first, acts[:warmup], device)
+        wall = _timed_chunks(env, first, acts[:chunks], device)  # throughput: no sync inside the loop
         # split: sync around each phase
         env.reset(first)
         _sync(device)
@@ -165,16 +145,26 @@ def run_mode(mode: Mode, models: ModelCache, device: torch.device, B: int, steps
     finally:
         for obj, name in saved.values():
             delattr(obj, name)  # back to the class method
-        wm.use_reference_ops(False)
     return {"frames_per_sec": B * K * chunks / wall, "seconds_per_chunk": wall / chunks, "warmup_s": warm_s,
             "time_split": {"world_model": t_wm / wall_split, "vae_decode": t_vae / wall_split,
                            "host": max(0.0, 1 - (t_wm + t_vae) / wall_split)},
             "world_model_s_per_chunk": t_wm / chunks, "vae_s_per_chunk": t_vae / chunks}
 
 
+def _timed_chunks(env: WorldModelEnv, first: torch.Tensor, acts: list[torch.Tensor], device: torch.device) -> float:
+    """Seconds for reset(first) then one step per action chunk, synchronized only at the ends."""
+    env.reset(first)
+    _sync(device)
+    t0 = time.perf_counter()
+    for a in acts:
+        env.step(a)
+    _sync(device)
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    ap.add_argument("--preset", choices=preset_names(), default="paper", help="a wmpo.config preset (its VAE and world model)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--batch-sizes", type=int, nargs="+")
     ap.add_argument("--steps", type=int, help="Euler steps per chunk")
@@ -186,8 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     a = ap.parse_args(argv)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    p = PRESETS[a.preset]
-    steps = a.steps or p["steps"]
+    cfg = preset_config(a.preset)
+    p = RUN_SIZES.get(a.preset, DEFAULT_SIZES)
+    steps = a.steps or cfg.sampler_steps
     chunks, warmup = a.chunks or p["chunks"], a.warmup if a.warmup is not None else p["warmup"]
     batch_sizes = a.batch_sizes or list(p["batch_sizes"])
     modes = [m for m in MODES if (device.type == "cuda" or not m.cuda_only)]
@@ -197,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = [m for m in MODES + modes if m.name in a.modes]
         modes = list({m.name: m for m in modes}.values())
     torch.manual_seed(0)
-    vcfg = VAEConfig(**p["vae"])
-    wcfg = WorldModelConfig(**p["world_model"])
-    wcfg.latent_channels, wcfg.latent_size = vcfg.latent_channels, vcfg.latent_size
+    vcfg, wcfg = cfg.vae_train.vae, cfg.world_model
     vae = FrameVAE(vcfg).to(device).eval()
     wm = WorldModel(wcfg).to(device).eval()
     with torch.no_grad():  # random weights, but not the zero-init (which would skip nothing, but looks degenerate)
@@ -210,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     c, K = wcfg.num_context, wcfg.chunk_len
     vflops = vae_decode_flops(vae)
     result: dict[str, Any] = {
-        "bench": "rollout", "preset": a.preset, "device": device_name(device), "git_sha": git_sha(),
-        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "cuda": torch.version.cuda},
+        **result_header("rollout", device), "preset": a.preset,
         "config": {"vae": asdict(vcfg), "world_model": asdict(wcfg), "euler_steps": steps, "chunks": chunks,
                    "warmup": warmup, "peak_flops": peak},
         "runs": [],
@@ -244,12 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         if ref:
             run["speedup_vs_eager_ref_fp32"] = {k: v["frames_per_sec"] / ref for k, v in run["modes"].items() if "frames_per_sec" in v}
         result["runs"].append(run)
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    path = out / f"rollout-{a.preset}-{device.type}-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"wrote {path}")
+    write_result(a.out, f"rollout-{a.preset}-{device.type}", result)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Full-loop imagined-rollout benchmark: policy -> world model -> VAE -> reward, per chunk.
 
 Measures, in one run on one machine, imagined frames/s of
-  eager_reference  the public reference implementation's style (ImaginationEngine.rollout_eager_reference)
+  eager_reference  the public reference implementation's style (bench/eager_rollout.py)
   engine_eager     ImaginationEngine.rollout_fixed, eager, no host sync in the loop
   engine_compile   the same with the chunk under torch.compile            (CUDA; --compile-cpu for CPU)
   engine_graph     the same with the chunk captured in a CUDA graph       (CUDA only)
@@ -10,20 +10,18 @@ horizon --horizon), over batch sizes and Euler step counts, with the time split 
 policy / reward / host from a profiled eager run. Random weights: the success rate is meaningless,
 so group sampling runs without dynamic sampling (every finished group counts).
 
-  python bench/rollout_loop.py --preset tiny --quick          # CPU smoke run (about a minute)
+  python bench/rollout_loop.py --preset micro --quick         # CPU smoke run (about a minute)
   python bench/rollout_loop.py --preset paper                 # one GPU: B 16/64/128 x steps 30/8/4
 
-Results: bench/results/rollout_loop-<preset>-<date>.json with device, git_sha, date, config and per
+Models: the preset's own (wmpo.config, random weights). Results: bench/results/rollout_loop-<preset>-<date>.json with device, git_sha, date, config and per
 mode frames_per_sec and mfu (dense bf16 peak of the GPU; null on CPU).
 """
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
-import json
-import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,76 +32,37 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import device_name, git_sha, peak_flops  # noqa: E402
+from bench.common import peak_flops, preset_config, preset_names, result_header, write_result  # noqa: E402
 from bench.common import sync as _sync  # noqa: E402
 
+from bench.eager_rollout import rollout_eager_reference  # noqa: E402
 from wmpo.rollout.engine import ImaginationEngine, RolloutConfig  # noqa: E402
 
 
-# component configs per preset (keyword arguments of each model's config dataclass)
-PRESETS: dict[str, dict[str, Any]] = {
-    "tiny": dict(
-        frame_size=32, num_context=4, chunk_len=8, action_dim=7, t_context=50, instruction="stack the cubes",
-        vae=dict(frame_size=32, latent_channels=4, block_channels=(16, 32, 32), layers_per_block=1, norm_groups=8,
-                 mid_attention=False),
-        world_model=dict(hidden=64, spatial_blocks=2, temporal_blocks=2, heads=4, patch=2),
-        policy=dict(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1,
-                    fusion_layers=2),
-        reward=dict(clip_len=8, image_size=32, patch_size=8, tubelet_size=2, hidden_size=32, num_layers=1, num_heads=2),
-    ),
-    "paper": dict(
-        frame_size=256, num_context=4, chunk_len=8, action_dim=7, t_context=50, instruction="stack the cubes",
-        # SDXL-VAE architecture: 256x256 -> 4x32x32 latents
-        vae=dict(frame_size=256, latent_channels=4, block_channels=(128, 256, 512, 512)),
-        # DiT: hidden 1152, 28 spatial + 28 temporal blocks, 16 heads, patch 2
-        world_model=dict(hidden=1152, spatial_blocks=28, temporal_blocks=28, heads=16, patch=2),
-        # ViT-B/16-sized vision tower + instruction encoder + fusion (about 110M parameters)
-        policy=dict(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12, instr_layers=2,
-                    fusion_layers=4),
-        # VideoMAE-S-sized reward model on 8-frame clips at 224
-        reward=dict(clip_len=8, image_size=224, patch_size=16, tubelet_size=2, hidden_size=384, num_layers=12, num_heads=6),
-    ),
-}
+# models per preset: the pipeline's own (wmpo.config); the benchmark adds only its instruction
+INSTRUCTION = "stack the cubes"
 
 
-def build_models(preset: dict[str, Any], device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
-    """Real wmpo models with random weights (built once per run)."""
-    try:
-        from wmpo.models.policy import VLAPolicy, PolicyConfig  # type: ignore
-        from wmpo.models.reward import RewardModel, RewardConfig  # type: ignore
-        from wmpo.models.tokenizer import ActionTokenizer  # type: ignore
-        from wmpo.models.vae import FrameVAE, VAEConfig  # type: ignore
-        from wmpo.models.world_model import WorldModel, WorldModelConfig  # type: ignore
-    except ImportError as e:
-        raise SystemExit(f"bench/rollout_loop.py: a wmpo component is missing ({e}); it needs vae, world_model, "
-                         "policy, reward and tokenizer")
-    p = preset
-    vae = FrameVAE(VAEConfig(**p["vae"]))
-    wm = WorldModel(_wm_config(WorldModelConfig, p))
-    wm.set_action_stats({"q01": -np.ones(p["action_dim"]), "q99": np.ones(p["action_dim"])})  # = the tokenizer's
-    policy = VLAPolicy(PolicyConfig(chunk_len=p["chunk_len"], action_dim=p["action_dim"], **p["policy"]))
-    reward = RewardModel(RewardConfig(**p["reward"]))
+def build_models(cfg: Any, device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
+    """Real wmpo models with random weights, from the preset's RunConfig (built once per run)."""
+    from wmpo.models.policy import VLAPolicy
+    from wmpo.models.reward import RewardModel
+    from wmpo.models.tokenizer import ActionTokenizer
+    from wmpo.models.vae import FrameVAE
+    from wmpo.models.world_model import WorldModel
+
+    vae = FrameVAE(cfg.vae_train.vae)
+    wm = WorldModel(cfg.world_model)
+    D = cfg.world_model.action_dim
+    wm.set_action_stats({"q01": -np.ones(D), "q99": np.ones(D)})  # = the tokenizer's
+    policy = VLAPolicy(cfg.policy_train.policy)
+    reward = RewardModel(cfg.reward_train.reward)
     for m in (vae, wm, policy, reward):
         m.to(device).eval()
         if dtype is not None:
             m.to(dtype)
-    return {"vae": vae, "world_model": wm, "policy": policy, "reward": reward, "tokenizer": ActionTokenizer(-np.ones(p["action_dim"]), np.ones(p["action_dim"])), "preset": p}
-
-
-def _wm_config(cls: Any, p: dict[str, Any]) -> Any:
-    """WorldModelConfig from the preset (latent geometry from the VAE config; unknown names rejected loudly)."""
-    from dataclasses import fields
-
-    names = {f.name for f in fields(cls)}
-    vae = p["vae"]
-    kw = dict(p["world_model"])
-    derived = dict(latent_channels=vae["latent_channels"], latent_size=vae["frame_size"] // 2 ** (len(vae["block_channels"]) - 1),
-                   num_context=p["num_context"], chunk_len=p["chunk_len"], action_dim=p["action_dim"])
-    kw.update({k: v for k, v in derived.items() if k in names})
-    unknown = sorted(set(kw) - names)
-    if unknown:
-        raise SystemExit(f"bench/rollout_loop.py: WorldModelConfig has no field(s) {unknown}; fields: {sorted(names)}")
-    return cls(**kw)
+    return {"vae": vae, "world_model": wm, "policy": policy, "reward": reward, "tokenizer": ActionTokenizer(-np.ones(D), np.ones(D)),
+            "config": cfg}
 
 
 def engine_factory(models: dict[str, Any], steps: int, device: torch.device) -> Callable[[RolloutConfig], ImaginationEngine]:
@@ -111,12 +70,12 @@ def engine_factory(models: dict[str, Any], steps: int, device: torch.device) -> 
     from wmpo.models.reward import IncrementalSuccess  # type: ignore
     from wmpo.rollout.world_model_env import WorldModelEnv  # type: ignore
 
-    p = models["preset"]
+    wm_cfg = models["config"].world_model
 
     def make(cfg: RolloutConfig, reference: bool = False) -> ImaginationEngine:
         # reference: no context KV cache (the context is re-denoised with the K new frames at every step)
-        env = WorldModelEnv(models["vae"], models["world_model"], steps=steps, num_context=p["num_context"],
-                            t_context=p["t_context"], device=device, use_cache=not reference)
+        env = WorldModelEnv(models["vae"], models["world_model"], steps=steps, num_context=wm_cfg.num_context,
+                            t_context=wm_cfg.t_context, device=device, use_cache=not reference)
         det = IncrementalSuccess(models["reward"], batch_size=cfg.num_slots, device=device)
         return ImaginationEngine(env, models["policy"], det, models["tokenizer"], cfg)
 
@@ -190,7 +149,7 @@ def measure_point(
             cfg.cuda_graph = True
         eng = make_engine(cfg, reference=(mode == "eager_reference"))
         if mode == "eager_reference":
-            wall, (b, st) = timed(lambda: eng.rollout_eager_reference(frames, instruction, max_steps, temperature, seed=0))
+            wall, (b, st) = timed(lambda: rollout_eager_reference(eng, frames, instruction, max_steps, temperature, seed=0))
             split = st["time"]
         elif mode.startswith("engine_"):
             wall, (b, st) = timed(lambda: eng.rollout_fixed(frames, instruction, max_steps, temperature, seed=0, early_exit=False),
@@ -244,10 +203,10 @@ def warm_until_captured(engine: ImaginationEngine, fn: Callable[[], Any], max_ca
     """Call fn until the engine's chunk is captured in a CUDA graph (the capture must not land in a
     timed call), at most max_calls times. -> whether it was captured (False: capture failed, eager)."""
     for _ in range(max_calls):
-        if engine.graph_captured or engine.graph_failed:
+        if engine.runner.graph_captured or engine.runner.graph_failed:
             break
         fn()
-    return engine.graph_captured
+    return engine.runner.graph_captured
 
 
 def _wm_flops(engine: ImaginationEngine, frame_u8: torch.Tensor) -> float:
@@ -262,7 +221,7 @@ def _wm_flops(engine: ImaginationEngine, frame_u8: torch.Tensor) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", choices=sorted(PRESETS), default="paper")
+    ap.add_argument("--preset", choices=preset_names(), default="paper", help="a wmpo.config preset (its models)")
     ap.add_argument("--quick", action="store_true", help="one batch size, one step count, one chunk")
     ap.add_argument("--batch-sizes", default="16,64,128")
     ap.add_argument("--steps", default="30,8,4", help="Euler step counts")
@@ -280,19 +239,20 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype_name = args.dtype or ("bf16" if device.type == "cuda" else "fp32")
     dtype = torch.bfloat16 if dtype_name == "bf16" else None
-    preset = PRESETS[args.preset]
+    preset = preset_config(args.preset)
+    frame_size = preset.image_size
     batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     step_counts = [int(x) for x in args.steps.split(",")]
     chunks, horizon = args.chunks, args.horizon_chunks
     if args.quick:
-        batch_sizes, step_counts, chunks, horizon = batch_sizes[:1] if args.preset != "tiny" else [4], step_counts[-1:], 1, 2
+        batch_sizes, step_counts, chunks, horizon = batch_sizes[:1] if args.preset not in ("micro", "tiny") else [4], step_counts[-1:], 1, 2
     modes = [m for m in args.modes.split(",") if m]
     if device.type != "cuda" and not args.compile_cpu:
         modes = [m for m in modes if m != "engine_compile"]
     peak = peak_flops(device)
     g = torch.Generator().manual_seed(0)
     n_init = 8
-    init = torch.randint(0, 256, (n_init, preset["frame_size"], preset["frame_size"], 3), generator=g, dtype=torch.uint8)
+    init = torch.randint(0, 256, (n_init, frame_size, frame_size, 3), generator=g, dtype=torch.uint8)
 
     models = build_models(preset, device, dtype)
     points = []
@@ -301,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for B in batch_sizes:
             G = min(args.group_size, B)
             print(f"[rollout_loop] preset={args.preset} B={B} steps={steps} chunks={chunks}", flush=True)
-            res = measure_point(make, init, preset["instruction"], batch=B, chunks=chunks, horizon_chunks=horizon,
+            res = measure_point(make, init, INSTRUCTION, batch=B, chunks=chunks, horizon_chunks=horizon,
                                 group_size=G, modes=modes, temperature=args.temperature, device=device, peak=peak)
             res["steps"] = steps
             points.append(res)
@@ -311,15 +271,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  grpo             {res['grpo']['trajectories_per_hour']:9.1f} trajectories/h  "
                   f"host {res['grpo']['host_frac']:.1%}  split {res['engine_time_split_frac']}", flush=True)
 
-    now = _dt.datetime.now(_dt.timezone.utc)
     result = {
-        "bench": "rollout_loop",
-        "device": device_name(device),
-        "git_sha": git_sha(),
-        "date": now.isoformat(timespec="seconds"),
-        "versions": {"torch": torch.__version__, "python": platform.python_version(),
-                     "cuda": torch.version.cuda},
-        "config": {"preset": args.preset, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in preset.items()},
+        **result_header("rollout_loop", device),
+        "config": {"preset": args.preset, "vae": asdict(preset.vae_train.vae), "world_model": asdict(preset.world_model),
+                   "policy": asdict(preset.policy_train.policy), "reward": asdict(preset.reward_train.reward), "frame_size": frame_size,
                    "dtype": dtype_name, "batch_sizes": batch_sizes, "steps": step_counts, "chunks": chunks,
                    "horizon_chunks": horizon, "group_size": args.group_size, "temperature": args.temperature,
                    "peak_flops": peak, "quick": args.quick},
@@ -327,11 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                   for p in points for m, v in p["modes"].items()},
         "points": points,
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"rollout_loop-{args.preset}-{now.strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(f"[rollout_loop] wrote {path}")
+    write_result(args.out, f"rollout_loop-{args.preset}", result)
     return 0
 
 

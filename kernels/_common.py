@@ -1,4 +1,4 @@
-"""Launch-size helpers shared by the Triton launchers (not a kernel)."""
+"""Launch-size helpers shared by the Triton launchers, and the flat-index helper of the elementwise kernels."""
 from __future__ import annotations
 
 import contextlib
@@ -6,6 +6,7 @@ import os
 
 import torch
 import triton
+import triton.language as tl
 
 
 def interpreting(device) -> bool:
@@ -33,3 +34,13 @@ def on_device(t: torch.Tensor):
     if t.device.type == "cuda":
         return torch.cuda.device(t.device)
     return contextlib.nullcontext()
+
+
+@triton.jit
+def flat_offsets(BLOCK: tl.constexpr, IDX64: tl.constexpr):
+    """The element offsets of this program of a flat elementwise kernel: 64-bit index math (and its
+    divisions) only for tensors past 2^31 elements (IDX64)."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    return pid * BLOCK + tl.arange(0, BLOCK)

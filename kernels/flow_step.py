@@ -9,17 +9,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block, on_device
+from ._common import flat_block, flat_offsets, on_device
 
 
 @triton.jit
 def _flow_step_kernel(x_ptr, v_ptr, tnow_ptr, tnext_ptr, tnow_val, tnext_val, tnow_stride, tnext_stride,
                       N_pred, per_b, TS, ctx_off,
                       HAS_TNOW: tl.constexpr, HAS_TNEXT: tl.constexpr, BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    pid = tl.program_id(0)
-    if IDX64:  # 64-bit index math (and its divisions) only for tensors past 2^31 elements
-        pid = pid.to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(BLOCK, IDX64)
     m = offs < N_pred
     b = offs // per_b
     addr = b * TS + ctx_off + offs % per_b

@@ -9,16 +9,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import flat_block, on_device
+from ._common import flat_block, flat_offsets, on_device
 
 
 @triton.jit
 def _noisy_context_kernel(x0_ptr, noise_ptr, t_ptr, xt_ptr, tf_ptr, N, S, T, num_context, t_context,
                           BLOCK: tl.constexpr, IDX64: tl.constexpr):
-    pid = tl.program_id(0)
-    if IDX64:  # 64-bit index math (and its divisions) only for tensors past 2^31 elements
-        pid = pid.to(tl.int64)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    offs = flat_offsets(BLOCK, IDX64)
     m = offs < N
     row = offs // S
     b = row // T
@@ -27,7 +24,7 @@ def _noisy_context_kernel(x0_ptr, noise_ptr, t_ptr, xt_ptr, tf_ptr, N, S, T, num
     n = tl.load(noise_ptr + offs, mask=m, other=0.0).to(tl.float32)
     tl.store(xt_ptr + offs, ((1.0 - w) * a + w * n).to(xt_ptr.dtype.element_ty), mask=m)
     # per-frame times: element i of [B*T] handled by program i // BLOCK
-    fr = pid * BLOCK + tl.arange(0, BLOCK)
+    fr = offs
     fm = fr < (N // S)
     fw = tl.where((fr % T) < num_context, t_context, tl.load(t_ptr + fr // T, mask=fm, other=0.0).to(tl.float32))
     tl.store(tf_ptr + fr, fw, mask=fm)

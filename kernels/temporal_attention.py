@@ -12,7 +12,7 @@ Every load is upcast to fp32 first (the Triton interpreter computes bf16 arithme
 dot path casts operands back to the input dtype right before the tensor-core matmul. On CPU
 tensors (interpreter only) bf16 rounding is emulated in fp32, because the interpreter's bf16 dot
 is wrong and its fp32 -> bf16 cast truncates instead of rounding to nearest.
-Forward only: wmpo.ops_attention supplies the backward. The frame and channel strides are
+Forward only: wmpo.ops.frame_causal_attention supplies the backward. The frame and channel strides are
 compile-time constants (one compilation per layout), so the compiler can prove the 16-byte
 alignment of each frame's hd-vector (hd = 72 is not a multiple of 16 elements) and vectorize loads.
 """
@@ -191,7 +191,7 @@ def frame_causal_attention_triton(
     num_warps: int | None = None,
     fallback_on_error: bool = True,
 ) -> torch.Tensor:
-    """Launch the kernel. Inputs are validated by wmpo.ops_attention; any strides are accepted.
+    """Launch the kernel. Inputs are validated by wmpo.ops.frame_causal_attention; any strides are accepted.
 
     `use_dot`, `block_r`, `num_warps`: None = default_config. If the tl.dot variant fails to
     compile on a GPU and `fallback_on_error`, it warns, and this process uses the loop variant.

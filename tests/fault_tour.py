@@ -157,14 +157,19 @@ def _small_store(tmp: Path, name: str, env: dict) -> Path:
     return out
 
 
+def _flip_byte(ep: Path, dataset: str, at: int, mask: int) -> None:
+    """XOR byte `at` of an episode file's `dataset` with `mask`, in place."""
+    with h5py.File(ep, "r") as f:
+        off = f[f"data/{ep.stem}/{dataset}"].id.get_offset()
+    raw = bytearray(ep.read_bytes())
+    raw[off + at] ^= mask
+    ep.write_bytes(bytes(raw))
+
+
 def data_flipped_bytes(tmp: Path, env: dict):
     out = _small_store(tmp, "flipped.h5", env)
     ep = episode_files(out)[1]
-    with h5py.File(ep, "r") as f:
-        off = f[f"data/{ep.stem}/actions"].id.get_offset()
-    raw = bytearray(ep.read_bytes())
-    raw[off + 5] ^= 0xFF
-    ep.write_bytes(bytes(raw))
+    _flip_byte(ep, "actions", 5, 0xFF)
     code = (use_repo_code() + "from wmpo.data.store import TrajectoryStore\n"
             "s = TrajectoryStore(sys.argv[1], 'r')\n"
             "[s.load(i) for i in range(len(s))]\nprint('LOADED')")
@@ -179,12 +184,7 @@ def data_flipped_bytes(tmp: Path, env: dict):
 
 def data_flipped_bytes_cli(tmp: Path, env: dict):
     out = _small_store(tmp, "flipped_cli.h5", env)
-    ep = episode_files(out)[0]
-    with h5py.File(ep, "r") as f:
-        off = f[f"data/{ep.stem}/states"].id.get_offset()
-    raw = bytearray(ep.read_bytes())
-    raw[off + 11] ^= 0x10
-    ep.write_bytes(bytes(raw))
+    _flip_byte(episode_files(out)[0], "states", 11, 0x10)
     rc, _, err = run(["train-vae", "--preset", "micro", "--store", str(out), "--out", str(tmp / "vae_flipped"),
                       "--set", "steps=1"], env)
     if rc == 0:

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wmpo.ops_attention import (
+from wmpo.ops.frame_causal_attention import (
     attention_flops,
     frame_causal_attention,
     frame_causal_attention_ref,
@@ -90,7 +90,7 @@ def test_triton_strided_inputs_and_scale(use_dot):
 def test_op_triton_backend(monkeypatch, dtype):
     monkeypatch.setenv("WMPO_BACKEND", "triton")
     q, k, v = _inputs(7, 2, 12, 4, 72, dtype, seed=3)
-    from wmpo.ops_attention import backend_for
+    from wmpo.ops.frame_causal_attention import backend_for
 
     assert backend_for(q) == "triton"
     _check(frame_causal_attention(q, k, v, num_cached=4), q, k, v, 4)

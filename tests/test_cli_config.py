@@ -4,12 +4,11 @@ import json
 
 import pytest
 
+from wmpo.cli import config_args as cli_config
+from wmpo.cli.train import policy_preset, vae_preset
 from wmpo.config import get_preset
-from wmpo.train import cli_config
 from wmpo.train.policy import PolicyTrainConfig
-from wmpo.train.policy import preset as policy_preset
 from wmpo.train.vae import VAETrainConfig
-from wmpo.train.vae import preset as vae_preset
 
 
 def _args(argv):

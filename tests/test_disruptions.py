@@ -170,7 +170,7 @@ def test_vec_env_workers_run_the_disruption():
 def test_evaluate_and_cli_thread_the_disruption(tmp_path, capsys):
     import json
 
-    from wmpo.sim.cli import eval_main
+    from wmpo.cli.sim import eval_main
 
     out = tmp_path / "r.json"
     assert eval_main(["--task", "square", "--disruption", "position", "-n", "1", "--max-steps", "2",

@@ -166,8 +166,8 @@ def test_base_rollout_groups_follow_the_start_not_the_store_order(tmp_path):
 
     from wmpo.data.store import TrajectoryStore
     from wmpo.models.tokenizer import ActionTokenizer
-    from wmpo.pipeline.run import episodes_to_batch
-    from wmpo.rl.dpo import groups_from_start_index
+    from wmpo.data.batch import episodes_to_batch
+    from wmpo.data.groups import groups_from_start_index
     from wmpo.sim.collect import collect
 
     G, size = 3, 32

@@ -9,16 +9,9 @@ import torch
 from torch import nn
 
 from wmpo.models.protocol import Policy
-from wmpo.rl.grpo import (
-    GRPOConfig,
-    GRPOTrainer,
-    assemble_batch,
-    dynamic_sampling_filter,
-    executed_token_mask,
-    group_advantages,
-    grpo_loss,
-)
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import assemble_batch, dynamic_sampling_filter, group_advantages
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, executed_token_mask, grpo_loss
 from wmpo.utils.frames import uint8_to_model
 
 

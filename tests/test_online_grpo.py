@@ -191,7 +191,8 @@ def test_online_grpo_real_simulator_smoke():
 
 
 def _lifelong_stages(calls):
-    from wmpo.rl.grpo import GRPOTrainer, assemble_batch
+    from wmpo.data.groups import assemble_batch
+    from wmpo.rl.grpo import GRPOTrainer
     from wmpo.rl.lifelong import LifelongStages
 
     dec = ActionTokenizer(-np.ones(3), np.ones(3))

@@ -139,9 +139,9 @@ def test_source_checkout_imports_kernels_without_install():
     site = sysconfig.get_paths()["purelib"]
     code = (f"import sys; sys.path[:0] = [{str(ROOT)!r}, {site!r}]\n"
             "import wmpo.kernels, wmpo.kernels._common as c, wmpo\n"
-            "import wmpo.ops as ops\n"
+            "import wmpo.ops.dispatch as dispatch\n"
             "assert wmpo.kernels is sys.modules['wmpo.kernels']\n"
-            "print(wmpo.kernels.__file__); print(c.__name__); print(ops._kernel('flow_step').__name__)\n")
+            "print(wmpo.kernels.__file__); print(c.__name__); print(dispatch.kernel('flow_step').__name__)\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     r = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=120, env=env, cwd="/")
     assert r.returncode == 0, r.stderr[-3000:]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import wmpo.ops as ops
-from wmpo.ops_attention import frame_causal_attention
+from wmpo.ops.frame_causal_attention import frame_causal_attention
 
 BACKENDS = ["ref"] + (["cpp"] if ops.HAS_EXTENSION else []) + (["triton"] if importlib.util.find_spec("triton") else [])
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from wmpo.engine.memory_plan import plan_for_env, plan_rollout_memory, vae_decode_bytes_per_frame_estimate
+from wmpo.accel.memory_plan import plan_for_env, plan_rollout_memory, vae_decode_bytes_per_frame_estimate
 
 PAPER = dict(hidden=1152, temporal_blocks=28, blocks=56, tokens_per_frame=256, num_context=4, chunk_len=8,
              mlp_ratio=4.0, frame_size=256, horizon_chunks=64)
@@ -79,6 +79,7 @@ def _tiny():
     with torch.no_grad():
         wm.final.weight.normal_(0, 0.5)
         wm.modulation.weight.normal_(0, 0.1)
+    wm.set_action_stats({"q01": -np.ones(3), "q99": np.ones(3)})  # = the tokenizer's (the engine requires them)
     policy = VLAPolicy(PolicyConfig(chunk_len=3, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
                                     vision_layers=1, instr_layers=1, fusion_layers=1)).eval()
     return vae, wm, policy, ActionTokenizer(-np.ones(3), np.ones(3))

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from wmpo.models.tokenizer import ActionTokenizer, action_stats_from_episodes
+from wmpo.data.loader import action_stats as action_stats_from_episodes
+from wmpo.models.tokenizer import ActionTokenizer
 
 
 def make_tok():

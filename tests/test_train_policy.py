@@ -7,8 +7,10 @@ import torch
 
 from wmpo.data.episode import Episode
 from wmpo.models.policy import PolicyConfig, as_env_policy, load_policy
-from wmpo.train.policy import ChunkDataset, PolicyTrainConfig, bc_loss, main, train_policy_on_episodes
-from wmpo.models.tokenizer import ActionTokenizer, action_stats_from_episodes
+from wmpo.cli.train import policy_main as main
+from wmpo.train.policy import ChunkDataset, PolicyTrainConfig, bc_loss, train_policy_on_episodes
+from wmpo.data.loader import action_stats as action_stats_from_episodes
+from wmpo.models.tokenizer import ActionTokenizer
 
 TINY = PolicyConfig(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=1, max_instr_len=40)
 

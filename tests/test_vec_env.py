@@ -97,7 +97,7 @@ def test_collect_with_chunking_policy_replays_in_single_env(tmp_path, single):
 
 
 def test_cli_collect_and_evaluate_smoke(tmp_path):
-    from wmpo.sim.cli import collect_main, eval_main
+    from wmpo.cli.sim import collect_main, eval_main
     from wmpo.sim.evaluate import evaluate
 
     out = tmp_path / "demos.h5"
@@ -121,7 +121,7 @@ def test_cli_collect_and_evaluate_smoke(tmp_path):
 
 @pytest.mark.slow
 def test_expert_collect_cli_and_evaluate(tmp_path):
-    from wmpo.sim.cli import collect_main
+    from wmpo.cli.sim import collect_main
     from wmpo.sim.evaluate import evaluate
 
     out = tmp_path / "demos.h5"

@@ -40,8 +40,8 @@ def test_wheel_builds_and_installs_into_fresh_venv(tmp_path):
     names = zipfile.ZipFile(wheels[0]).namelist()
     assert any(n.startswith("wmpo/_C") and n.endswith(".so") for n in names), names
     for op in ("adaln_modulate", "gated_residual_adaln", "noisy_context", "flow_step", "action_logprob"):
-        assert f"wmpo/kernels/{op}.py" in names
-    assert "wmpo/ops.py" in names and not any("torch/" in n for n in names)
+        assert f"wmpo/kernels/{op}.py" in names and f"wmpo/ops/{op}.py" in names
+    assert "wmpo/ops/__init__.py" in names and not any("torch/" in n for n in names)
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])

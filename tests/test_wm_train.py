@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from wmpo.data.clips import LatentWindowDataset, action_stats, normalize_actions, synthetic_episodes
+from wmpo.data.clips import LatentWindowDataset, normalize_actions, synthetic_episodes
+from wmpo.data.loader import action_stats
 from wmpo.models.vae import FrameVAE, VAEConfig
 from wmpo.models.world_model import WorldModel, WorldModelConfig
 from wmpo.train.wm_eval import evaluate_world_model
@@ -90,7 +91,7 @@ def test_checkpoint_keeps_action_stats_and_finetuning_reuses_them(tmp_path):
 
     import numpy as np
 
-    from wmpo.data.clips import same_action_stats
+    from wmpo.data.loader import same_action_stats
     from wmpo.utils.checkpoint import save_checkpoint
 
     eps, vae, mcfg = small_setup()
@@ -135,10 +136,10 @@ def test_fidelity_eval_uses_the_world_models_own_stats(tmp_path):
 
     import numpy as np
 
-    from wmpo.data.clips import same_action_stats
+    from wmpo.cli.train import wm_eval_main
     from wmpo.data.episode import Episode
+    from wmpo.data.loader import same_action_stats
     from wmpo.data.store import TrajectoryStore
-    from wmpo.train.wm_eval import main as wm_eval_main
     from wmpo.utils.checkpoint import save_checkpoint
 
     eps, vae, mcfg = small_setup()

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from wmpo import ops
 from wmpo.models.world_model import WorldModel, WorldModelConfig, frame_causal_attention, world_model_flops
 
 torch.set_num_threads(1)
@@ -103,8 +104,8 @@ def test_reference_ops_match_public_ops():
     x, t, a = inputs(cfg)
     with torch.no_grad():
         y1 = m(x, t, a)
-        m.use_reference_ops(True)
-        y2 = m(x, t, a)
+        with ops.reference_ops():
+            y2 = m(x, t, a)
     torch.testing.assert_close(y1, y2, rtol=1e-4, atol=1e-5)
 
 

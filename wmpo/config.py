@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, is_dataclass, replace
 from typing import Any
 
+from wmpo.data.episode import ACTION_DIM  # D: action dimensions (the episode record's)
 from wmpo.models.policy import PolicyConfig
+from wmpo.ops.action_logprob import NUM_BINS  # action bins per dimension (policy head, tokenizer, op)
 from wmpo.models.reward import RewardConfig
 from wmpo.models.vae import VAEConfig
 from wmpo.models.world_model import WorldModelConfig
@@ -24,6 +26,18 @@ from wmpo.train.policy import PolicyTrainConfig
 from wmpo.train.reward import RewardTrainConfig
 from wmpo.train.vae import VAETrainConfig
 from wmpo.train.world_model import WMTrainConfig
+
+# The values several components share, each written once (here, or where the lowest layer that
+# needs it defines it: D with the episode record, the bins with the action_logprob op) and passed
+# to every config that needs it (paper Tables 3-4). Component dataclass defaults are for standalone use.
+CHUNK_LEN = 8
+"""K: actions per chunk = frames the world model predicts per step = the policy's action queries"""
+NUM_CONTEXT = 4
+"""c: context frames of the world model"""
+GROUP_SIZE = 8
+"""G: trajectories per initial state in GRPO (WMPO, online GRPO, real rollouts)"""
+TEMPERATURE = 1.6
+"""policy sampling temperature during GRPO (imagined and real)"""
 
 
 @dataclass
@@ -100,7 +114,19 @@ def _vae(size: int, channels: tuple[int, ...], layers: int, groups: int, attn: b
 
 def _wm(latent: int, hidden: int, blocks: int, heads: int) -> WorldModelConfig:
     return WorldModelConfig(latent_channels=4, latent_size=latent, hidden=hidden, spatial_blocks=blocks, temporal_blocks=blocks, heads=heads,
-                            num_context=4, chunk_len=8, action_dim=7, t_context=0.05)
+                            num_context=NUM_CONTEXT, chunk_len=CHUNK_LEN, action_dim=ACTION_DIM, t_context=0.05)
+
+
+def _policy(**arch: Any) -> PolicyConfig:
+    return PolicyConfig(chunk_len=CHUNK_LEN, action_dim=ACTION_DIM, num_bins=NUM_BINS, **arch)
+
+
+def _grpo(group_size: int = GROUP_SIZE, **kw: Any) -> GRPOConfig:
+    return GRPOConfig(group_size=group_size, temperature=TEMPERATURE, **kw)
+
+
+def _rollout(group_size: int = GROUP_SIZE, **kw: Any) -> RolloutConfig:
+    return RolloutConfig(group_size=group_size, temperature=TEMPERATURE, **kw)
 
 
 def _preset_paper(task: str) -> RunConfig:
@@ -111,13 +137,13 @@ def _preset_paper(task: str) -> RunConfig:
         vae_train=VAETrainConfig(vae=_vae(256, (128, 256, 512, 512), 2, 32, True), steps=20000, batch_size=32, lr=1e-4),
         wm_pretrain=WMTrainConfig(model=wm, steps=100000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
         wm_finetune=WMTrainConfig(model=wm, steps=30000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
-        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12,
+        policy_train=PolicyTrainConfig(policy=_policy(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12,
                                                            instr_layers=2, fusion_layers=6), steps=50000, batch_size=256, lr=3e-4,
                                        warmup_steps=1000, crop_pad=12),
         reward_train=RewardTrainConfig(reward=RewardConfig(image_size=224, patch_size=16, hidden_size=768, num_layers=12, num_heads=12),
                                        steps=10000, batch_size=64, lr=1e-4, warmup_steps=500, crop_pad=12),
-        grpo=GRPOConfig(batch_size=512, group_size=8, minibatch_size=128),
-        rollout=RolloutConfig(num_slots=128, group_size=8, cuda_graph=True),
+        grpo=_grpo(batch_size=512, minibatch_size=128),
+        rollout=_rollout(num_slots=128, cuda_graph=True),
         online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=256),
     )
 
@@ -130,19 +156,19 @@ def _preset_small(task: str) -> RunConfig:
         vae_train=VAETrainConfig(vae=_vae(128, (64, 128, 256, 256), 2, 32, True), steps=5000, batch_size=32, lr=1e-4),
         wm_pretrain=WMTrainConfig(model=wm, steps=20000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
         wm_finetune=WMTrainConfig(model=wm, steps=5000, batch_size=32, lr=1e-4, grad_clip=0.1, ema_decay=0.999),
-        policy_train=PolicyTrainConfig(policy=PolicyConfig(image_size=96, patch_size=8, hidden_size=256, num_heads=4, vision_layers=6,
+        policy_train=PolicyTrainConfig(policy=_policy(image_size=96, patch_size=8, hidden_size=256, num_heads=4, vision_layers=6,
                                                            instr_layers=2, fusion_layers=3), steps=8000, batch_size=128, lr=5e-4, warmup_steps=200),
         reward_train=RewardTrainConfig(reward=RewardConfig(image_size=96, patch_size=16, hidden_size=256, num_layers=4, num_heads=4),
                                        steps=3000, batch_size=32, lr=3e-4, warmup_steps=100),
-        grpo=GRPOConfig(batch_size=64, group_size=8, minibatch_size=16, lr=1e-5),
-        rollout=RolloutConfig(num_slots=64, group_size=8, cuda_graph=True),
-        online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=128, grpo=GRPOConfig(batch_size=64, minibatch_size=16, lr=1.25e-6)),
+        grpo=_grpo(batch_size=64, minibatch_size=16, lr=1e-5),
+        rollout=_rollout(num_slots=64, cuda_graph=True),
+        online=OnlineGRPOConfig(budget=128, num_envs=16, image_size=128, grpo=_grpo(batch_size=64, minibatch_size=16, lr=1.25e-6)),
     )
 
 
 def _preset_tiny(task: str) -> RunConfig:
     wm = _wm(16, 64, 2, 4)
-    pol = PolicyConfig(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=2, max_instr_len=48)
+    pol = _policy(image_size=32, patch_size=8, hidden_size=64, num_heads=4, vision_layers=2, instr_layers=1, fusion_layers=2, max_instr_len=48)
     rew = RewardConfig(image_size=32, patch_size=8, tubelet_size=2, hidden_size=64, num_layers=2, num_heads=4)
     return RunConfig(
         task=task, preset="tiny", image_size=64, num_workers=2, num_demos=16, real_budget=16, num_initial_states=16, eval_episodes=10,
@@ -153,10 +179,10 @@ def _preset_tiny(task: str) -> RunConfig:
         policy_train=PolicyTrainConfig(policy=pol, steps=1500, batch_size=32, lr=1e-3, warmup_steps=50, min_lr_ratio=0.3, crop_pad=2,
                                        eval_every=500, ckpt_every=500),
         reward_train=RewardTrainConfig(reward=rew, steps=400, batch_size=16, lr=5e-4, warmup_steps=30, crop_pad=2, eval_every=0, ckpt_every=200),
-        grpo=GRPOConfig(batch_size=16, group_size=4, minibatch_size=8, lr=1e-4),
-        rollout=RolloutConfig(num_slots=16, group_size=4, max_groups_factor=3.0),
+        grpo=_grpo(4, batch_size=16, minibatch_size=8, lr=1e-4),
+        rollout=_rollout(4, num_slots=16, max_groups_factor=3.0),
         online=OnlineGRPOConfig(budget=16, num_envs=8, image_size=64, num_initial_states=16,
-                                grpo=GRPOConfig(batch_size=8, group_size=4, minibatch_size=4, lr=1.25e-5)),
+                                grpo=_grpo(4, batch_size=8, minibatch_size=4, lr=1.25e-5)),
         dpo=DPOConfig(epochs=2, pairs_per_step=8, lr=1e-4),
     )
 
@@ -175,10 +201,10 @@ def _preset_micro(task: str) -> RunConfig:
                              steps=4, batch_size=8, eval_every=1000),
         reward_train=replace(cfg.reward_train, reward=replace(cfg.reward_train.reward, hidden_size=32, num_layers=1, num_heads=2),
                              steps=4, batch_size=4, eval_every=1000),
-        grpo=GRPOConfig(batch_size=8, group_size=4, minibatch_size=4, lr=1e-4),
-        rollout=RolloutConfig(num_slots=8, group_size=4, max_groups_factor=2.0),
+        grpo=_grpo(4, batch_size=8, minibatch_size=4, lr=1e-4),
+        rollout=_rollout(4, num_slots=8, max_groups_factor=2.0),
         online=replace(cfg.online, budget=8, num_envs=4, image_size=32, num_initial_states=4,
-                       grpo=GRPOConfig(batch_size=4, group_size=4, minibatch_size=4, lr=1e-5)),
+                       grpo=_grpo(4, batch_size=4, minibatch_size=4, lr=1e-5)),
         dpo=DPOConfig(epochs=1, pairs_per_step=4, lr=1e-4),
     )
 
@@ -188,7 +214,7 @@ def _preset_cpu(task: str) -> RunConfig:
     recipe of bench/base_policy.py (64x64, 1.3M-parameter VLA). World model: pretrained on a multi-task
     perturbed-expert corpus + the demos, then aligned on the P = 128 base-policy rollouts."""
     wm = _wm(16, 128, 6, 4)
-    pol = PolicyConfig(image_size=64, patch_size=8, hidden_size=128, num_heads=4, vision_layers=3, instr_layers=1, fusion_layers=2,
+    pol = _policy(image_size=64, patch_size=8, hidden_size=128, num_heads=4, vision_layers=3, instr_layers=1, fusion_layers=2,
                        max_instr_len=48)
     rew = RewardConfig(image_size=64, patch_size=8, tubelet_size=2, hidden_size=128, num_layers=3, num_heads=4)
     return RunConfig(
@@ -205,10 +231,10 @@ def _preset_cpu(task: str) -> RunConfig:
                                        crop_pad=4, log_every=100, eval_every=500, ckpt_every=500),
         reward_train=RewardTrainConfig(reward=rew, steps=2000, batch_size=16, lr=3e-4, warmup_steps=100, crop_pad=4, eval_every=0,
                                        ckpt_every=250),
-        grpo=GRPOConfig(batch_size=64, group_size=8, minibatch_size=32, lr=3e-5),
-        rollout=RolloutConfig(num_slots=64, group_size=8, max_groups_factor=4.0),
+        grpo=_grpo(batch_size=64, minibatch_size=32, lr=3e-5),
+        rollout=_rollout(num_slots=64, max_groups_factor=4.0),
         online=OnlineGRPOConfig(budget=128, num_envs=8, image_size=64, num_initial_states=128,
-                                grpo=GRPOConfig(batch_size=32, group_size=8, minibatch_size=16, lr=3e-5)),
+                                grpo=_grpo(batch_size=32, minibatch_size=16, lr=3e-5)),
         dpo=DPOConfig(epochs=3, pairs_per_step=16, lr=3e-5),
     )
 
@@ -226,10 +252,26 @@ def get_preset(name: str, task: str = "square", **overrides: Any) -> RunConfig:
     if bad:
         raise ValueError(f"overrides: unknown RunConfig fields {sorted(bad)}")
     cfg = replace(cfg, **overrides)
-    # keep the sampling-side configs consistent with GRPO's
-    cfg.rollout = replace(cfg.rollout, group_size=cfg.grpo.group_size, temperature=cfg.grpo.temperature)
-    cfg.wm_finetune = replace(cfg.wm_finetune, model=cfg.wm_pretrain.model)
+    cfg.wm_finetune = replace(cfg.wm_finetune, model=cfg.wm_pretrain.model)  # fine-tuning keeps the architecture
+    check_consistent(cfg)
     return cfg
+
+
+def check_consistent(cfg: RunConfig) -> None:
+    """The shared values (K, D, bins, G, temperature) agree across the sections; else a ValueError
+    naming both fields (an override must change every section that carries the value)."""
+    wm, pol = cfg.world_model, cfg.policy_train.policy
+    pairs = [
+        ("policy_train.policy.chunk_len", pol.chunk_len, "wm_pretrain.model.chunk_len", wm.chunk_len),
+        ("policy_train.policy.action_dim", pol.action_dim, "wm_pretrain.model.action_dim", wm.action_dim),
+        ("rollout.group_size", cfg.rollout.group_size, "grpo.group_size", cfg.grpo.group_size),
+        ("online.grpo.group_size", cfg.online.grpo.group_size, "grpo.group_size", cfg.grpo.group_size),
+        ("rollout.temperature", cfg.rollout.temperature, "grpo.temperature", cfg.grpo.temperature),
+        ("online.grpo.temperature", cfg.online.grpo.temperature, "grpo.temperature", cfg.grpo.temperature),
+    ]
+    for a, va, b, vb in pairs:
+        if va != vb:
+            raise ValueError(f"{a}: expected {vb} (as {b}), got {va}")
 
 
 def is_config(x: Any) -> bool:

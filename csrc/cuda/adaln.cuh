@@ -3,6 +3,7 @@
 #pragma once
 
 #include "adaln_dispatch.h"
+#include "checks.h"
 #include "cuda/common.cuh"
 
 namespace wmpo {
@@ -102,14 +103,7 @@ void launch_adaln_fwd(const T* x, const TM* yv, const TM* gate, const TM* shift,
 }
 
 void check_rows_cuda(const Tensor& x, const Tensor& shift, const Tensor& scale, int64_t tpf, bool mixed = false) {
-  TORCH_CHECK(x.dim() == 2 && shift.dim() == 2 && scale.dim() == 2, "wmpo_C: x, shift, scale must be 2-D");
-  TORCH_CHECK(tpf > 0 && x.size(0) % tpf == 0, "wmpo_C: rows must be a multiple of tokens_per_frame");
-  TORCH_CHECK(shift.size(0) == x.size(0) / tpf && scale.sizes() == shift.sizes() && shift.size(1) == x.size(1),
-              "wmpo_C: shift/scale must be [R / tokens_per_frame, D]");
-  TORCH_CHECK(scale.scalar_type() == shift.scalar_type(), "wmpo_C: shift and scale must share one dtype");
-  TORCH_CHECK(mixed ? adaln_dtypes_supported(x.scalar_type(), shift.scalar_type()) : shift.scalar_type() == x.scalar_type(),
-              "wmpo_C: x in ", x.scalar_type(), " with modulation in ", shift.scalar_type(),
-              " is not supported (one dtype, or fp32 x with bf16/fp16 modulation)");
+  check_rows(x, shift, scale, tpf, mixed);  // csrc/checks.h, shared with the CPU kernels
   TORCH_CHECK(x.is_cuda() && shift.device() == x.device() && scale.device() == x.device(), "wmpo_C: device mismatch");
 }
 

@@ -8,10 +8,8 @@ namespace {
 std::tuple<Tensor, Tensor> gated_residual_adaln_cuda(const Tensor& res_, const Tensor& y_, const Tensor& gate_,
                                                      const Tensor& shift_, const Tensor& scale_, int64_t tpf,
                                                      double eps) {
+  check_gated(res_, y_, gate_, shift_, scale_, tpf);  // csrc/checks.h, shared with the CPU kernel
   check_rows_cuda(res_, shift_, scale_, tpf, /*mixed=*/true);
-  TORCH_CHECK(y_.sizes() == res_.sizes() && gate_.sizes() == shift_.sizes(), "wmpo_C: y/gate shape mismatch");
-  TORCH_CHECK(y_.scalar_type() == shift_.scalar_type() && gate_.scalar_type() == shift_.scalar_type(),
-              "wmpo_C: y, gate, shift and scale must share one dtype");
   const c10::cuda::CUDAGuard guard(res_.device());
   Tensor res = res_.contiguous(), yv = y_.contiguous(), gate = gate_.contiguous();
   Tensor shift = shift_.contiguous(), scale = scale_.contiguous();

@@ -7,7 +7,7 @@ include that padded start (s = -(c-1): frames clamp to frame 0, actions zero) be
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -27,37 +27,6 @@ def normalize_actions(actions: np.ndarray | torch.Tensor, stats: dict) -> torch.
     out = 2 * (a - q01) / span - 1
     out = torch.where(q99 - q01 > 1e-8, out, torch.zeros_like(out))
     return out.clamp(-1, 1)
-
-
-def check_action_stats(name: str, stats: Any, action_dim: int | None = None) -> dict[str, np.ndarray]:
-    """Validate q01/q99 action statistics -> {"q01": float32 [A], "q99": float32 [A]} (a copy).
-
-    Raises ValueError naming `name` when a key is missing, the shapes differ, or values are not finite.
-    """
-    if not isinstance(stats, dict) or "q01" not in stats or "q99" not in stats:
-        got = sorted(stats) if isinstance(stats, dict) else type(stats).__name__
-        raise ValueError(f"{name}: expected a dict with 'q01' and 'q99' (per action dimension), got {got}")
-    q01 = np.asarray(stats["q01"], dtype=np.float32).reshape(-1)
-    q99 = np.asarray(stats["q99"], dtype=np.float32).reshape(-1)
-    if q01.shape != q99.shape:
-        raise ValueError(f"{name}: expected q01 and q99 of one shape, got {q01.shape} and {q99.shape}")
-    if action_dim is not None and q01.shape[0] != action_dim:
-        raise ValueError(f"{name}: expected statistics for {action_dim} action dimensions, got {q01.shape[0]}")
-    if not (np.isfinite(q01).all() and np.isfinite(q99).all()):
-        raise ValueError(f"{name}: expected finite q01/q99, got q01={q01.tolist()} q99={q99.tolist()}")
-    return {"q01": q01, "q99": q99}
-
-
-def same_action_stats(a: dict, b: dict) -> bool:
-    """True when two q01/q99 statistics are equal (as float32, the precision they are stored in)."""
-    a, b = check_action_stats("a", a), check_action_stats("b", b)
-    return a["q01"].shape == b["q01"].shape and bool(np.array_equal(a["q01"], b["q01"]) and np.array_equal(a["q99"], b["q99"]))
-
-
-def action_stats(episodes: Sequence[Episode]) -> dict:
-    """q01/q99 per action dim over all steps of `episodes` (when no store stats are at hand)."""
-    a = np.concatenate([e.actions for e in episodes], 0)
-    return {"q01": np.quantile(a, 0.01, axis=0).astype(np.float32), "q99": np.quantile(a, 0.99, axis=0).astype(np.float32)}
 
 
 def episode_frames(ep: Episode, size: int) -> torch.Tensor:
@@ -136,22 +105,6 @@ def encode_episodes(vae, episodes: Sequence[Episode], device: torch.device, max_
         fr = episode_frames(ep, vae.frame_size).to(device)
         out.append(vae.encode(fr, max_batch=max_batch).float().cpu())
     return out
-
-
-def load_episodes(store_paths: Sequence[str], limit: int | None = None) -> tuple[list[Episode], dict]:
-    """Episodes of one or more TrajectoryStores and merged action stats (q01 min / q99 max over stores)."""
-    from wmpo.data.store import TrajectoryStore
-
-    eps: list[Episode] = []
-    q01s, q99s = [], []
-    for p in store_paths:
-        st = TrajectoryStore(p)
-        n = len(st) if limit is None else min(len(st), limit)
-        eps += [st.load(i) for i in range(n)]
-        s = st.action_stats()
-        q01s.append(np.asarray(s["q01"]))
-        q99s.append(np.asarray(s["q99"]))
-    return eps, {"q01": np.min(q01s, 0), "q99": np.max(q99s, 0)}
 
 
 def synthetic_episodes(n: int, length: int, size: int = 32, seed: int = 0, action_dim: int = 7) -> list[Episode]:

@@ -43,7 +43,6 @@ Through the external links, h5py/robomimic tools read `demos.h5` like a single f
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -55,101 +54,18 @@ from typing import Any, Iterator
 import h5py
 import numpy as np
 
-from wmpo.data.episode import Episode
+from wmpo.data.episode import ACTION_DIM, Episode, action_quantiles, check_episode
+from wmpo.data.integrity import (CorruptEpisodeError, StoreFormatError, _attrs_digest, _digest, _fsync_dir, _fsync_file,
+                                 _stats_digest, read_checksums, verify_checksum)
 from wmpo.data.writer_lock import LockedError, StaleLockWarning, WriterLock
 
 FORMAT = "wmpo-trajectory-store"
 VERSION = 1
-ACTION_DIM = 7
 DATASETS = ("obs/agentview_image", "actions", "rewards", "dones", "states")
 _DEMO_RE = re.compile(r"^demo_(\d+)\.h5$")
 
 __all__ = ["CorruptEpisodeError", "LockedError", "StaleLockWarning", "StoreFormatError", "TrajectoryStore",
            "action_quantiles", "check_episode"]
-
-
-class StoreFormatError(ValueError):
-    """The file is not a wmpo trajectory store, or an episode in it is malformed."""
-
-
-class CorruptEpisodeError(StoreFormatError, KeyError):
-    """An episode file is missing, unreadable, incomplete or fails its checksum; `.path` names it."""
-
-    def __init__(self, path: Path, message: str):
-        super().__init__(f"{path}: {message}")
-        self.path = Path(path)
-
-    def __str__(self) -> str:
-        return str(self.args[0])
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-def _digest(a: np.ndarray) -> str:
-    """sha256 of an array's dtype, shape and bytes."""
-    a = np.ascontiguousarray(a)
-    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
-
-
-def _attrs_digest(attrs: dict[str, Any]) -> str:
-    canon = {"num_samples": int(attrs["num_samples"]), "success": bool(attrs["success"]),
-             "finish_step": int(attrs["finish_step"]), "instruction": str(attrs["instruction"]),
-             "task": str(attrs["task"]), "meta": str(attrs.get("meta", "{}"))}
-    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()
-
-
-def _stats_digest(stats: dict[str, np.ndarray]) -> str:
-    return _digest(np.concatenate([np.asarray(stats["q01"], np.float32), np.asarray(stats["q99"], np.float32)]))
-
-
-def action_quantiles(actions: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-dimension 1% / 99% quantiles of float [N, 7] actions (zeros / ones when empty)."""
-    if len(actions) == 0:
-        return {"q01": -np.ones(ACTION_DIM, np.float32), "q99": np.ones(ACTION_DIM, np.float32)}
-    return {
-        "q01": np.quantile(actions, 0.01, axis=0).astype(np.float32),
-        "q99": np.quantile(actions, 0.99, axis=0).astype(np.float32),
-    }
-
-
-def check_episode(ep: Episode) -> None:
-    """ValueError naming the field unless `ep` has consistent shapes and dtypes."""
-    if not isinstance(ep, Episode):
-        raise ValueError(f"ep: expected an Episode, got {type(ep).__name__}")
-    f = np.asarray(ep.frames)
-    if f.dtype != np.uint8 or f.ndim != 4 or f.shape[-1] != 3:
-        raise ValueError(f"ep.frames: expected uint8 [T+1, H, W, 3], got {f.dtype} {f.shape}")
-    T = len(f) - 1
-    if T < 1:
-        raise ValueError(f"ep.frames: expected at least 2 frames (T+1 with T >= 1), got {f.shape}")
-    a = np.asarray(ep.actions)
-    if a.shape != (T, ACTION_DIM):
-        raise ValueError(f"ep.actions: expected shape ({T}, {ACTION_DIM}) for {T + 1} frames, got {a.shape}")
-    s = np.asarray(ep.states)
-    if s.ndim != 2 or len(s) != T + 1:
-        raise ValueError(f"ep.states: expected shape ({T + 1}, S), got {s.shape}")
-    for name in ("rewards", "dones"):
-        v = np.asarray(getattr(ep, name))
-        if v.shape != (T,):
-            raise ValueError(f"ep.{name}: expected shape ({T},), got {v.shape}")
-    if not 0 <= int(ep.finish_step) <= T:
-        raise ValueError(f"ep.finish_step: expected 0..{T}, got {ep.finish_step}")
 
 
 def _index_of(name: str) -> int:
@@ -403,25 +319,6 @@ class TrajectoryStore:
     def _episode_file(self, name: str) -> Path:
         return self.episode_dir / f"{name}.h5"
 
-    def _checksums(self, g, path: Path) -> dict[str, str] | None:
-        raw = g.attrs.get("checksums")
-        if raw is None:
-            return None  # written before checksums existed: not verified
-        try:
-            sums = json.loads(raw)
-            assert isinstance(sums, dict)
-        except (ValueError, AssertionError):
-            raise CorruptEpisodeError(path, "damaged checksum attribute") from None
-        return sums
-
-    def _verify(self, sums: dict[str, str] | None, key: str, value, path: Path) -> None:
-        if sums is None or key not in sums:
-            return
-        got = _attrs_digest(value) if key == "attrs" else _digest(value)
-        if got != sums[key]:
-            what = "attributes" if key == "attrs" else f"dataset {key!r}"
-            raise CorruptEpisodeError(path, f"checksum mismatch in {what}: the episode file is damaged")
-
     def _open_episode(self, name: str):
         path = self._episode_file(name)
         if not path.is_file():
@@ -442,7 +339,7 @@ class TrajectoryStore:
         with self._open_episode(name) as f:
             try:
                 a = self._get(f, name, "actions")
-                self._verify(self._checksums(f[f"data/{name}"], path), "actions", a, path)
+                verify_checksum(read_checksums(f[f"data/{name}"], path), "actions", a, path)
             except CorruptEpisodeError:
                 raise
             except (OSError, KeyError, ValueError, RuntimeError) as e:
@@ -460,10 +357,10 @@ class TrajectoryStore:
                         raise CorruptEpisodeError(path, f"missing attribute {attr!r} of data/{name}")
                 attrs = {k: g.attrs[k] for k in ("num_samples", "success", "finish_step", "instruction", "task")}
                 attrs["meta"] = g.attrs.get("meta", "{}")
-                sums = self._checksums(g, path)
+                sums = read_checksums(g, path)
                 for k in DATASETS:
-                    self._verify(sums, k, raw[k], path)
-                self._verify(sums, "attrs", attrs, path)
+                    verify_checksum(sums, k, raw[k], path)
+                verify_checksum(sums, "attrs", attrs, path)
                 ep = Episode(
                     frames=np.asarray(raw["obs/agentview_image"], np.uint8),
                     actions=np.asarray(raw["actions"], np.float32),

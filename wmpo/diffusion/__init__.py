@@ -1,5 +1,6 @@
-"""Noise schedules and samplers (rectified-flow Euler with an explicit step list; DDIM)."""
-from wmpo.diffusion.sampler import ddim_sample, euler_sample
+"""Noise schedules and samplers with one contract (set_timesteps / step): rectified-flow Euler over an
+explicit step list (the fused flow_step), DDIM."""
+from wmpo.diffusion.sampler import DDIMSampler, FlowMatchEulerSampler, ddim_sample, euler_sample
 from wmpo.diffusion.schedules import as_step_list, flow_step_list, step_tensor
 
-__all__ = ["euler_sample", "ddim_sample", "flow_step_list", "as_step_list", "step_tensor"]
+__all__ = ["DDIMSampler", "FlowMatchEulerSampler", "euler_sample", "ddim_sample", "flow_step_list", "as_step_list", "step_tensor"]

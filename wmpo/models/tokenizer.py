@@ -129,9 +129,3 @@ class ActionTokenizer:
 
     def __repr__(self) -> str:
         return f"ActionTokenizer(action_dim={self.action_dim}, num_bins={self.num_bins})"
-
-
-def action_stats_from_episodes(episodes: list[Any]) -> dict[str, np.ndarray]:
-    """q01/q99 per action dimension over all actions of `episodes` (like TrajectoryStore.action_stats)."""
-    acts = np.concatenate([np.asarray(e.actions, dtype=np.float64).reshape(-1, np.asarray(e.actions).shape[-1]) for e in episodes])
-    return {"q01": np.quantile(acts, 0.01, axis=0).astype(np.float32), "q99": np.quantile(acts, 0.99, axis=0).astype(np.float32)}

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -37,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from wmpo import ops as _ops
-from wmpo.data.clips import check_action_stats
+from wmpo.data.loader import check_action_stats
 from wmpo.utils.checks import check_tensor
 
 
@@ -85,20 +84,10 @@ def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, nu
     """q [S, H, Tq, hd], k/v [S, H, num_cached + Tq, hd]; query i attends keys <= num_cached + i.
 
     The fused op `wmpo.ops.frame_causal_attention` (Triton short-sequence kernel on CUDA, SDPA with
-    the frame-causal mask on CPU, same WMPO_BACKEND dispatch as the other ops).
+    the frame-causal mask on CPU, same dispatch as the other ops: `wmpo.ops.reference_ops()` or
+    WMPO_BACKEND=ref select the plain-PyTorch references of every op the model calls).
     """
-    from wmpo import ops
-
-    return ops.frame_causal_attention(q, k, v, num_cached=num_cached)
-
-
-def frame_causal_attention_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int = 0) -> torch.Tensor:
-    """Plain SDPA path of frame_causal_attention (the eager reference mode of the benchmarks)."""
-    tq, tk = q.shape[-2], k.shape[-2]
-    if num_cached == 0 and tq == tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return _ops.frame_causal_attention(q, k, v, num_cached=num_cached)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -157,16 +146,7 @@ class WorldModel(nn.Module):
         self.modulation = nn.Linear(D, len(kinds) * 6 * D + 2 * D)
         self.final = nn.Linear(D, C * p * p)
         self.attention = frame_causal_attention  # swap point (q, k, v, num_cached) -> out
-        self.ops = SimpleNamespace(adaln_modulate=None, gated_residual_adaln=None)
-        self.use_reference_ops(False)
         self._init_weights()
-
-    def use_reference_ops(self, reference: bool = True) -> None:
-        """Route AdaLN ops and temporal attention to the references (True: wmpo.ops.*_ref, plain SDPA)
-        or the public, possibly fused, wmpo.ops (False)."""
-        self.attention = frame_causal_attention_sdpa if reference else frame_causal_attention
-        self.ops.adaln_modulate = _ops.adaln_modulate_ref if reference else _ops.adaln_modulate
-        self.ops.gated_residual_adaln = _ops.gated_residual_adaln_ref if reference else _ops.gated_residual_adaln
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -258,7 +238,7 @@ class WorldModel(nn.Module):
         fin = mod[:, L * 6 * D:].reshape(B * T, 2, D)
         g0 = self.cfg.gate_offset
         tpf = N
-        h = self.ops.adaln_modulate(x, blk_mod[:, 0, 0].contiguous(), blk_mod[:, 0, 1].contiguous(), tokens_per_frame=tpf)
+        h = _ops.adaln_modulate(x, blk_mod[:, 0, 0].contiguous(), blk_mod[:, 0, 1].contiguous(), tokens_per_frame=tpf)
         kvs: list = []
         ti = 0
         for i, blk in enumerate(self.blocks):
@@ -270,14 +250,14 @@ class WorldModel(nn.Module):
             y, kv = self._attn(blk, h, B, T, p_kv, keep_kv, past_len=t0, reserve=reserve)
             if kv is not None:
                 kvs.append(kv)
-            x, h = self.ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
+            x, h = _ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
                                                  tokens_per_frame=tpf)
             y = blk.mlp(h)
             if i + 1 < L:
                 nshift, nscale = blk_mod[:, i + 1, 0], blk_mod[:, i + 1, 1]
             else:
                 nshift, nscale = fin[:, 0], fin[:, 1]
-            x, h = self.ops.gated_residual_adaln(x, y, (m[:, 5] + g0).contiguous(), nshift.contiguous(), nscale.contiguous(),
+            x, h = _ops.gated_residual_adaln(x, y, (m[:, 5] + g0).contiguous(), nshift.contiguous(), nscale.contiguous(),
                                                  tokens_per_frame=tpf)
         out = self._unembed(self.final(h), B, T)
         return out, kvs

@@ -1,10 +1,5 @@
-"""`wmpo run`: the whole WMPO pipeline for one task and preset, resumable stage by stage."""
-
-
-def main(argv=None):
-    from wmpo.pipeline.run import main as _main
-
-    return _main(argv)
+"""`wmpo run`'s library side: the pipeline's stages, each calling the library (argument parsing:
+wmpo.cli.run)."""
 
 
 def run_pipeline(*args, **kwargs):

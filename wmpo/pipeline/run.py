@@ -1,4 +1,4 @@
-"""The whole WMPO pipeline (README command 1), resumable stage by stage.
+"""The whole WMPO pipeline (README command 1), resumable stage by stage: each stage calls the library.
 
 expert demos -> VAE -> world-model pretraining -> policy SFT -> P real rollouts of the base policy
 -> world-model fine-tuning -> reward model -> WMPO (GRPO in imagination) -> [baselines: online
@@ -6,12 +6,9 @@ GRPO, DPO on the same budget P] -> evaluation on the evaluation initial states -
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import os
-import sys
-import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -19,128 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.config import RunConfig, get_preset
+from wmpo.config import RunConfig
+from wmpo.data.groups import group_starts
+from wmpo.pipeline.context import Context
 from wmpo.pipeline.stages import Stage, StageRunner
-from wmpo.rollout.batch import TrajectoryBatch
-from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
-from wmpo.utils.device import default_device, seed_everything
-from wmpo.utils.logging import ScalarLogger, progress
-
-
-class Context:
-    """What the stages share: the config, the output folders, the device, the logger."""
-
-    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner):
-        self.cfg = cfg
-        self.out = out_dir
-        self.runner = runner
-        self.device = default_device()
-        self.logger = ScalarLogger(out_dir / "tb")
-
-    def path(self, *parts: str) -> Path:
-        p = self.out.joinpath(*parts)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
-
-    def output(self, stage: str) -> dict:
-        return self.runner.outputs[stage]
-
-
-# ----------------------------------------------------------------------------------------------
-# loading helpers
-
-
-def _episodes(paths: list[str]) -> list:
-    from wmpo.data.store import TrajectoryStore
-
-    eps = []
-    for p in paths:
-        with TrajectoryStore(p, "r") as st:
-            eps.extend(st.load(i) for i in range(len(st)))
-    return eps
-
-
-def _load_policy(ctx: Context, path: str):
-    from wmpo.models.policy import load_policy
-
-    return load_policy(path, ctx.device)
-
-
-def _load_vae(ctx: Context):
-    from wmpo.models.vae import FrameVAE
-
-    return FrameVAE.from_checkpoint(ctx.output("vae")["path"]).to(ctx.device).eval()
-
-
-def _world_model_env(ctx: Context, wm_path: str):
-    """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
-    from wmpo.models.world_model import WorldModel
-    from wmpo.rollout.world_model_env import WorldModelEnv
-
-    cfg = ctx.cfg
-    wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
-    return WorldModelEnv(_load_vae(ctx), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
-                         t_context=cfg.world_model.t_context, device=ctx.device)
-
-
-def _initial_frames(ctx: Context, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """(states [n, S], first frames uint8 [n, H, W, 3]) of the task's `split` initial states, cached."""
-    from wmpo.sim import make_env
-    from wmpo.sim.initial_states import get_initial_states
-
-    cache = ctx.path("data", f"initial_{split}_{n}.npz")
-    if cache.is_file():
-        z = np.load(cache)
-        return z["states"], z["frames"]
-    states = get_initial_states(ctx.cfg.task, split, n)
-    env = make_env(ctx.cfg.task, image_size=ctx.cfg.image_size, seed=ctx.cfg.seed)
-    try:
-        frames = np.stack([env.reset_to(s) for s in states])
-    finally:
-        env.close()
-    tmp = cache.with_suffix(".tmp.npz")
-    np.savez(tmp, states=states, frames=frames)
-    os.replace(tmp, cache)
-    return states, frames
-
-
-def _env_policy(ctx: Context, policy, tokenizer, temperature):
-    from wmpo.models.policy import as_env_policy
-
-    return as_env_policy(policy, tokenizer, temperature=temperature, device=ctx.device)
-
-
-def episodes_to_batch(episodes: list, tokenizer, policy, group: list[int]) -> TrajectoryBatch:
-    """Real episodes -> TrajectoryBatch (obs at each chunk start, the chunk's action tokens).
-
-    Used for the DPO baseline, whose preference data are the base policy's real rollouts.
-    """
-    K, D = policy.chunk_len, policy.action_dim
-    S = max(-(-len(ep) // K) for ep in episodes)
-    N = len(episodes)
-    H, W = episodes[0].frames.shape[1:3]
-    obs = torch.zeros(N, S, H, W, 3, dtype=torch.uint8)
-    tokens = torch.zeros(N, S, K, D, dtype=torch.int64)
-    mask = torch.zeros(N, S, dtype=torch.bool)
-    for n, ep in enumerate(episodes):
-        T = len(ep)
-        s_n = -(-T // K)
-        acts = np.concatenate([ep.actions, np.repeat(ep.actions[-1:], s_n * K - T, 0)], 0)
-        tok = torch.as_tensor(np.asarray(tokenizer.tokenize(tokenizer.normalize(acts)))).long()
-        tokens[n, :s_n] = tok.view(s_n, K, D)
-        obs[n, :s_n] = torch.as_tensor(ep.frames[0 : s_n * K : K][:s_n])
-        mask[n, :s_n] = True
-    instr = policy.encode_instructions([ep.instruction for ep in episodes]).cpu()
-    return TrajectoryBatch(
-        obs=obs,
-        instr=instr,
-        tokens=tokens,
-        old_logp=torch.zeros(N, S, K, D),
-        chunk_mask=mask,
-        success=torch.tensor([bool(ep.success) for ep in episodes]),
-        group=torch.as_tensor(group, dtype=torch.int64),
-        length=torch.tensor([len(ep) for ep in episodes], dtype=torch.int64),
-    )
+from wmpo.utils.checkpoint import save_json
+from wmpo.utils.device import seed_everything
+from wmpo.utils.jsonable import jsonable as _jsonable
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,17 +96,16 @@ def stage_base_rollouts(ctx: Context) -> dict:
     from wmpo.sim.collect import collect
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     G = cfg.grpo.group_size
-    n_states = max(1, cfg.real_budget // G)
-    states, _ = _initial_frames(ctx, "train", cfg.num_initial_states)
-    init = np.repeat(states[np.arange(n_states) % len(states)], G, axis=0)[: cfg.real_budget]
+    states, _ = ctx.initial_frames("train", cfg.num_initial_states)
+    init = group_starts(states, max(1, cfg.real_budget // G), G)[: cfg.real_budget]
     path = ctx.path("data", "base_rollouts.h5")
     with TrajectoryStore(path, "w") as store:
-        collect(_env_policy(ctx, policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=init,
+        collect(ctx.env_policy(policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=init,
                 num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 20_000, max_steps=cfg.max_episode_steps)
         eps = [store.load(i) for i in range(len(store))]
-    from wmpo.rl.dpo import groups_from_start_index
+    from wmpo.data.groups import groups_from_start_index
 
     succ = [bool(ep.success) for ep in eps]
     groups = groups_from_start_index(eps, G)  # store order is finishing order, not start order
@@ -238,12 +119,12 @@ def stage_heldout(ctx: Context) -> dict:
     from wmpo.sim.collect import collect
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     first = max(1, cfg.real_budget // cfg.grpo.group_size)
-    states, _ = _initial_frames(ctx, "train", first + cfg.heldout_episodes)
+    states, _ = ctx.initial_frames("train", first + cfg.heldout_episodes)
     path = ctx.path("data", "heldout_rollouts.h5")
     with TrajectoryStore(path, "w") as store:
-        collect(_env_policy(ctx, policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=states[first:],
+        collect(ctx.env_policy(policy, tok, cfg.grpo.temperature), cfg.task, store, init_states=states[first:],
                 num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 25_000, max_steps=cfg.max_episode_steps)
         succ = [bool(store.load(i).success) for i in range(len(store))]
     return {"store": str(path), "episodes": len(succ), "success_rate": float(np.mean(succ)) if succ else 0.0,
@@ -253,6 +134,7 @@ def stage_heldout(ctx: Context) -> dict:
 def stage_diagnostics(ctx: Context) -> dict:
     """World-model fidelity, outcome agreement, reward F1 and closed-loop agreement on the held-out
     real base-policy episodes (wmpo.pipeline.diagnostics), before WMPO trusts the learned simulator."""
+    from wmpo.data.loader import load_episodes
     from wmpo.models.reward import load_reward
     from wmpo.models.world_model import WorldModel
     from wmpo.pipeline import diagnostics as dg
@@ -261,8 +143,8 @@ def stage_diagnostics(ctx: Context) -> dict:
     from wmpo.utils.frames import uint8_to_model
 
     cfg = ctx.cfg
-    eps = _episodes([ctx.output("heldout")["store"]])
-    vae = _load_vae(ctx)
+    eps, _ = load_episodes(ctx.output("heldout")["store"])
+    vae = ctx.load_vae()
     wm_path = ctx.output("wm_finetune")["path"]
     wm = WorldModel.from_checkpoint(wm_path).to(ctx.device).eval()
     stats = wm.action_stats  # the statistics the world model was trained with (saved in its checkpoint)
@@ -286,8 +168,8 @@ def stage_diagnostics(ctx: Context) -> dict:
     out["outcome_agreement"] = fidelity[main_key]["outcome"]["agreement"]
     out["reward_on_heldout"] = dg.reward_on_real(reward, eps, ctx.device)
     # closed loop: the base policy in the world model from the held-out episodes' initial states
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
-    engine = _wmpo_engine(ctx, policy, tok, wm_path, ctx.output("reward")["reward_path"])
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    engine = ctx.imagination_engine(policy, tok, wm_path, ctx.output("reward")["reward_path"])
     pool = uint8_to_model(torch.as_tensor(np.stack([e.frames[0] for e in eps]))).to(ctx.device)
     spec = TASKS[cfg.task]
     batch, _ = engine.sample_groups(pool, spec.instruction, group_size=1, num_trajectories=len(eps), temperature=cfg.grpo.temperature,
@@ -315,58 +197,20 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
-def _wmpo_engine(ctx: Context, policy, tokenizer, wm_path: str, reward_path: str):
-    from wmpo.models.reward import IncrementalSuccess, load_reward
-    from wmpo.rollout.engine import ImaginationEngine
-
-    cfg = ctx.cfg
-    reward = load_reward(reward_path, ctx.device).eval()
-    detector = IncrementalSuccess(reward, cfg.rollout.num_slots, ctx.device)
-    return ImaginationEngine(_world_model_env(ctx, wm_path), policy, detector, tokenizer, cfg.rollout)
-
-
-def wmpo_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, iterations: int, tag: str = "wmpo") -> list[dict]:
-    """GRPO in imagination (paper Algorithm 1) for `iterations` updates; resumable per iteration
-    from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
-    from wmpo.rl.grpo import GRPOTrainer
+def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo") -> list[dict]:
+    """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
+    states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
+    from wmpo.rl.wmpo import wmpo_train
     from wmpo.sim import TASKS
     from wmpo.utils.frames import uint8_to_model
 
     cfg = ctx.cfg
-    trainer = GRPOTrainer(policy, cfg.grpo)
-    ckpt = Path(out_dir) / "state.pt"
-    history: list[dict] = []
-    start = 0
-    if ckpt.is_file():
-        st = load_checkpoint(ckpt)
-        policy.load_state_dict(st["policy"])
-        trainer.load_state_dict(st["trainer"])
-        history, start = st["history"], st["iteration"]
-    _, frames = _initial_frames(ctx, "train", cfg.num_initial_states)
-    pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    engine = _wmpo_engine(ctx, policy, tok, wm_path, reward_path)
     spec = TASKS[cfg.task]
-    horizon = cfg.imagined_horizon or spec.horizon
-    for it in progress(range(start, iterations), total=iterations, desc=tag):
-        t0 = time.time()
-        policy.eval()
-        batch, rstats = engine.sample_groups(pool, spec.instruction, group_size=cfg.grpo.group_size,
-                                             num_trajectories=cfg.grpo.batch_size, temperature=cfg.grpo.temperature,
-                                             max_steps=horizon, seed=cfg.seed * 1000 + it)
-        t_roll = time.time() - t0
-        rec = {"iteration": it + 1, "trajectories": len(batch), "rollout_seconds": t_roll,
-               "imagined_success_rate": float(batch.success.float().mean()) if len(batch) else 0.0,
-               "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0))}
-        if len(batch) > 0:
-            ustats = trainer.update(batch.to(ctx.device))
-            rec.update({k: float(v) for k, v in ustats.items()})
-        else:
-            rec["skipped_update"] = True  # every group was all-success or all-failure
-        rec["seconds"] = time.time() - t0
-        history.append(rec)
-        ctx.logger.scalars({f"{tag}/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)
-        save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": trainer.state_dict(), "history": history, "iteration": it + 1})
-    return history
+    _, frames = ctx.initial_frames("train", cfg.num_initial_states)
+    pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
+    return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
+                      rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
+                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag)
 
 
 def stage_wmpo(ctx: Context) -> dict:
@@ -374,9 +218,9 @@ def stage_wmpo(ctx: Context) -> dict:
     from wmpo.models.policy import save_policy
 
     cfg = ctx.cfg
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
-    history = wmpo_train(ctx, policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
-                         ctx.out / "policy_wmpo", cfg.wmpo_iterations)
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    history = wmpo_stage_train(ctx, policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
+                               ctx.out / "policy_wmpo")
     final = ctx.path("policy_wmpo", "policy.pt")
     save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
@@ -396,17 +240,17 @@ def stage_lifelong(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     root = ctx.out / "lifelong"
-    policy, tok = _load_policy(ctx, ctx.output("wmpo")["checkpoint"])
+    policy, tok = ctx.load_policy(ctx.output("wmpo")["checkpoint"])
     G = cfg.grpo.group_size
-    states, _ = _initial_frames(ctx, "train", cfg.num_initial_states)
+    states, _ = ctx.initial_frames("train", cfg.num_initial_states)
     base_stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
     prev_wm = [ctx.output("wm_finetune")["path"]]
 
     def collect_round(pol, budget: int, it: int) -> str:
         path = root / f"round{it}" / "rollouts.h5"
-        init = np.repeat(states[(np.arange(max(1, budget // G)) + it) % len(states)], G, axis=0)[:budget]
+        init = group_starts(states, max(1, budget // G), G, offset=it)[:budget]
         with TrajectoryStore(path, "w") as store:
-            collect(_env_policy(ctx, pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
+            collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
                     image_size=cfg.image_size, seed=cfg.seed + 30_000 + it, max_steps=cfg.max_episode_steps, show_progress=False)
         return path.relative_to(ctx.out).as_posix()  # lifelong.json keeps it: relative, so a moved run resumes
 
@@ -424,11 +268,11 @@ def stage_lifelong(ctx: Context) -> dict:
                             device=ctx.device)["reward_path"]
 
     def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
-        hist = wmpo_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", cfg.wmpo_iterations, tag=f"lifelong{it}")
+        hist = wmpo_stage_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}")
         return {"updates": len(hist), "imagined_success_rate": hist[-1]["imagined_success_rate"] if hist else 0.0}
 
     def evaluate_round(pol, it: int) -> dict:
-        res = evaluate(_env_policy(ctx, pol, tok, None), cfg.task, split="eval", n=cfg.eval_episodes, num_workers=cfg.num_workers,
+        res = evaluate(ctx.env_policy(pol, tok, None), cfg.task, split="eval", n=cfg.eval_episodes, num_workers=cfg.num_workers,
                        image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
         return {"success_rate": res.success_rate, "ci95": list(res.ci95), "mean_success_length": res.mean_success_length}
 
@@ -442,8 +286,11 @@ def stage_lifelong(ctx: Context) -> dict:
 
 def stage_baselines(ctx: Context) -> dict:
     """Online GRPO in the real simulator and offline DPO, on the same real-rollout budget P."""
+    from wmpo.data.batch import episodes_to_batch
+    from wmpo.data.loader import load_episodes
     from wmpo.models.policy import save_policy
-    from wmpo.rl.dpo import DPOTrainer, groups_from_start_index
+    from wmpo.data.groups import groups_from_start_index
+    from wmpo.rl.dpo import DPOTrainer
     from wmpo.rl.online import run_online_grpo, tokenizer_decoder
     from wmpo.sim import TASKS
 
@@ -451,7 +298,7 @@ def stage_baselines(ctx: Context) -> dict:
     spec = TASKS[cfg.task]
     out: dict[str, Any] = {}
     # online GRPO
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     ocfg = copy.deepcopy(cfg.online)
     summary = run_online_grpo(policy, cfg.task, ocfg, tokenizer_decoder(tok), spec.instruction,
                               horizon=cfg.max_episode_steps or spec.horizon, logger=ctx.logger)
@@ -459,9 +306,9 @@ def stage_baselines(ctx: Context) -> dict:
     save_policy(p, policy, tok, cfg.policy_train.policy)
     out["online_grpo"] = {"checkpoint": str(p), "summary": _jsonable(summary)}
     # DPO on the base policy's P real rollouts
-    policy, tok = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
-    ref, _ = _load_policy(ctx, ctx.output("policy_sft")["policy_path"])
-    eps = _episodes([ctx.output("base_rollouts")["store"]])
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    ref, _ = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    eps, _ = load_episodes(ctx.output("base_rollouts")["store"])
     batch = episodes_to_batch(eps, tok, policy, groups_from_start_index(eps, cfg.grpo.group_size))
     hist = DPOTrainer(policy, cfg.dpo, reference=ref).fit(batch)
     p = ctx.path("baselines", "dpo.pt")
@@ -490,8 +337,8 @@ def stage_evaluate(ctx: Context) -> dict:
             evals[name] = EvalResult(**{**d, "ci95": tuple(d["ci95"]), "episodes": [EpisodeResult(**e) for e in d["episodes"]]})
             results[name] = d
             continue
-        policy, tok = _load_policy(ctx, ck)
-        res = evaluate(_env_policy(ctx, policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
+        policy, tok = ctx.load_policy(ck)
+        res = evaluate(ctx.env_policy(policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
                        num_workers=cfg.num_workers, image_size=cfg.image_size,
                        video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos, max_steps=cfg.max_episode_steps)
         results[name] = _jsonable(res)
@@ -520,26 +367,6 @@ def stage_report(ctx: Context) -> dict:
 
     save_json(ctx.out / "result.json", result_summary(ctx.cfg, ctx.runner.outputs, ctx.out))
     return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
-
-
-def _jsonable(x: Any) -> Any:
-    if hasattr(x, "__dataclass_fields__"):
-        x = asdict(x)
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.generic,)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, torch.Tensor):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    if isinstance(x, (str, int, float, bool)) or x is None:
-        return x
-    return str(x)
 
 
 def build_stages(cfg: RunConfig) -> list[Stage]:
@@ -602,28 +429,3 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
         return runner.run(stages, ctx)
     finally:
         ctx.logger.close()
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", required=True, help="square | stack_three | three_piece_assembly | coffee")
-    ap.add_argument("--preset", default="tiny", help="micro | tiny | cpu | small | paper")
-    ap.add_argument("--out", required=True, help="output folder (rerun with the same options to resume)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--baselines", action="store_true", help="also run online GRPO and DPO on the same budget P")
-    ap.add_argument("--lifelong", type=int, default=0, metavar="N",
-                    help="after WMPO, N lifelong rounds: collect P real rollouts, fine-tune world and reward models, WMPO again")
-    ap.add_argument("--corpus", default=None, metavar="DIR",
-                    help="world-model pretraining corpus folder, shared between runs (presets with a corpus; default OUT/corpus)")
-    ap.add_argument("--stop-after", default=None, help="stop after this stage (a long run in parts)")
-    args = ap.parse_args(argv)
-    extra = {"corpus_dir": str(Path(args.corpus).resolve())} if args.corpus else {}
-    cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines, lifelong_rounds=args.lifelong, **extra)
-    t0 = time.time()
-    outs = run_pipeline(cfg, args.out, stop_after=args.stop_after)
-    print(f"wmpo run: finished in {time.time() - t0:.0f} s; report: {outs.get('report', {}).get('report', '(not reached)')}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

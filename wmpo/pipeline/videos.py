@@ -8,29 +8,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.utils.frames import model_to_uint8, uint8_to_model
+from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
 
 
 @torch.no_grad()
 def imagine_frames(wm_env: Any, policy: Any, tokenizer: Any, first_frame: np.ndarray, instruction: str, steps: int,
-                   device: torch.device) -> np.ndarray:
-    """Greedy policy inside the world model from one real first frame -> uint8 [steps+1, H, W, 3]."""
-    from wmpo.rollout.action_map import world_model_action_map
-
-    to_wm_actions = world_model_action_map(tokenizer, wm_env, policy.chunk_len, policy.action_dim)
-    first = uint8_to_model(torch.as_tensor(first_frame)[None].to(device))
-    wm_env.reset(first)
-    instr = policy.encode_instructions([instruction], device=device)
-    frames = [first[0]]
-    cur = first
-    while (len(frames) - 1) < steps:
-        tokens, _ = policy.sample(cur, instr, None)
-        actions = to_wm_actions(tokens).to(device, torch.float32)
-        new = wm_env.step(actions)  # [1, K, 3, H, W]
-        frames.extend(new[0].unbind(0))
-        cur = new[:, -1]
-    video = torch.stack(frames[: steps + 1])
-    return model_to_uint8(video).cpu().numpy()
+                   device: torch.device, seed: int = 0) -> np.ndarray:
+    """Greedy policy inside the world model from one real first frame -> uint8 [steps+1, H, W, 3]
+    (the imagination engine's fixed rollout, every frame recorded)."""
+    engine = ImaginationEngine(wm_env, policy, None, tokenizer, RolloutConfig(num_slots=1))
+    first = torch.as_tensor(np.ascontiguousarray(first_frame))[None].to(device)
+    _, stats = engine.rollout_fixed(first, instruction, max_steps=steps, temperature=0.0, seed=seed, early_exit=False,
+                                    record_video=True)
+    return stats["video"][0, : steps + 1].cpu().numpy()
 
 
 def real_frames(task: str, state: np.ndarray, env_policy: Any, instruction: str, steps: int, image_size: int) -> np.ndarray:
@@ -65,18 +55,16 @@ def write_side_by_side(path: Path, left: np.ndarray, right: np.ndarray, fps: int
 
 
 def imagined_vs_real(ctx: Any) -> dict:
-    from wmpo.models.policy import as_env_policy, load_policy
-    from wmpo.pipeline.run import _initial_frames, _world_model_env
     from wmpo.sim import TASKS
 
     cfg = ctx.cfg
     spec = TASKS[cfg.task]
-    policy, tok = load_policy(ctx.output("wmpo")["checkpoint"], ctx.device)
+    policy, tok = ctx.load_policy(ctx.output("wmpo")["checkpoint"])
     policy.eval()
-    wm_env = _world_model_env(ctx, ctx.output("wm_finetune")["path"])
-    states, frames = _initial_frames(ctx, "eval", cfg.eval_episodes)
+    wm_env = ctx.world_model_env(ctx.output("wm_finetune")["path"])
+    states, frames = ctx.initial_frames("eval", cfg.eval_episodes)
     steps = min(cfg.imagined_horizon or spec.horizon, cfg.max_episode_steps or spec.horizon)
-    env_policy = as_env_policy(policy, tok, temperature=None, device=ctx.device)
+    env_policy = ctx.env_policy(policy, tok, None)
     paths = []
     for i in range(min(cfg.num_videos, len(states))):
         real = real_frames(cfg.task, states[i], env_policy, spec.instruction, steps, cfg.image_size)

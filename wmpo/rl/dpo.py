@@ -4,7 +4,7 @@ Preference pairs (success preferred over failure) come from trajectories the bas
 in the real simulator; the base policy, frozen, is the reference. A trajectory's log-prob is the sum
 over its valid chunks of the chunk log-prob (eq. 3: sum over K*D tokens), counting only the action
 steps that ran (TrajectoryBatch.length; not the padding of a last partial chunk, nor what follows a
-success). Pairs come from groups of the same initial state: `groups_from_start_index` labels stored
+success). Pairs come from groups of the same initial state: `wmpo.data.groups.groups_from_start_index` labels stored
 episodes by the start they were collected from (Episode.meta["start_index"]), not by store order,
 which follows the order episodes finish in.
 
@@ -24,24 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from wmpo.rl.grpo import executed_token_mask, policy_device
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import dynamic_sampling_filter
+from wmpo.rl.grpo import AdamWConfig, executed_token_mask
 from wmpo.utils.checks import check_tensor
+from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 
 
 @dataclass
-class DPOConfig:
+class DPOConfig(AdamWConfig):
+    """DPO settings; the optimizer fields (AdamWConfig) are GRPO's (paper: optimizer settings as GRPO, Table 4)."""
+
     beta: float = 0.1
     """DPO inverse temperature on the log-ratio margin (standard DPO value; the paper gives none)"""
-    lr: float = 5e-6
-    """AdamW learning rate (paper: optimizer settings as GRPO, Table 4)"""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """AdamW betas (as GRPO)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay (as GRPO)"""
-    adam_eps: float = 1e-8
-    """AdamW epsilon"""
     pairs_per_step: int = 16
     """preference pairs per optimizer step"""
     epochs: int = 3
@@ -80,15 +76,10 @@ def build_preference_pairs(
     s = success.bool().cpu()
     g = group.cpu()
     pairs: list[tuple[int, int]] = []
-    paired = torch.zeros_like(s)
-    for gid in torch.unique(g).tolist():
+    paired = dynamic_sampling_filter(s, g)  # members of mixed groups are paired within their group
+    for gid in torch.unique(g[paired]).tolist():
         idx = (g == gid).nonzero().squeeze(1)
-        wins, loses = idx[s[idx]].tolist(), idx[~s[idx]].tolist()
-        for w in wins:
-            for l in loses:
-                pairs.append((w, l))
-        if wins and loses:
-            paired[idx] = True
+        pairs += [(w, l) for w in idx[s[idx]].tolist() for l in idx[~s[idx]].tolist()]
     gen = torch.Generator().manual_seed(seed)
     if max_pairs is not None and len(pairs) > max_pairs:
         keep = torch.randperm(len(pairs), generator=gen)[:max_pairs].sort().values.tolist()
@@ -112,25 +103,6 @@ def build_preference_pairs(
     if not pairs:
         return torch.zeros(0, 2, dtype=torch.int64)
     return torch.tensor(pairs, dtype=torch.int64)
-
-
-def groups_from_start_index(episodes: list, group_size: int) -> list[int]:
-    """Group id of each stored base-policy episode: meta["start_index"] // group_size.
-
-    The base rollouts start each initial state `group_size` times in a row (start i from state i // G);
-    a store holds episodes in the order they finish, which with several workers and unequal lengths is
-    not the start order, so the store position cannot stand for the group.
-    """
-    if group_size < 1:
-        raise ValueError(f"group_size: expected >= 1, got {group_size}")
-    out = []
-    for i, ep in enumerate(episodes):
-        start = getattr(ep, "meta", {}).get("start_index")
-        if start is None:
-            raise ValueError(f"episodes[{i}]: expected meta['start_index'] (written by wmpo.sim.collect), got meta keys "
-                             f"{sorted(getattr(ep, 'meta', {}))}")
-        out.append(int(start) // group_size)
-    return out
 
 
 def dpo_loss(
@@ -171,9 +143,7 @@ class DPOTrainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy: expected an nn.Module with trainable parameters, got none")
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.cfg.lr, betas=tuple(self.cfg.betas), weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
-        )
+        self.optimizer = self.cfg.optimizer(params)
         self.step = 0
 
     def state_dict(self) -> dict:

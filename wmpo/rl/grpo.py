@@ -21,13 +21,17 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import group_advantages
 from wmpo.utils.checks import check_tensor
+from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 
 
 @dataclass
-class GRPOConfig:
+class AdamWConfig:
+    """The policy optimizer of GRPO and of the DPO baseline (paper Table 4; DPO: "as GRPO")."""
+
     lr: float = 5e-6
     """AdamW learning rate (paper Table 4)"""
     betas: tuple[float, float] = (0.9, 0.999)
@@ -36,6 +40,16 @@ class GRPOConfig:
     """AdamW weight decay; the paper gives none for GRPO, we use 0 (as its world-model Table 3)"""
     adam_eps: float = 1e-8
     """AdamW epsilon"""
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)  # JSON round trips give lists
+
+    def optimizer(self, params) -> torch.optim.AdamW:
+        return torch.optim.AdamW(params, lr=self.lr, betas=tuple(self.betas), weight_decay=self.weight_decay, eps=self.adam_eps)
+
+
+@dataclass
+class GRPOConfig(AdamWConfig):
     batch_size: int = 512
     """B, trajectories per policy update (paper: 64 initial states x G=8, see module docstring)"""
     group_size: int = 8
@@ -68,6 +82,7 @@ class GRPOConfig:
     """drop groups whose trajectories all succeed or all fail (DAPO dynamic sampling)"""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.batch_size % self.minibatch_size != 0:
             raise ValueError(
                 f"minibatch_size: expected a divisor of batch_size={self.batch_size}, got {self.minibatch_size}"
@@ -78,45 +93,10 @@ class GRPOConfig:
             raise ValueError(f"loss_agg: expected 'token_mean' or 'traj_mean', got {self.loss_agg!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature: expected > 0 for GRPO sampling, got {self.temperature}")
-        self.betas = tuple(self.betas)  # JSON round trips give lists
 
 
 # ----------------------------------------------------------------------------------------------
 # hand-checkable pieces
-
-
-def group_advantages(success: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(R - mean) / (std + eps) within each group, population std (Algorithm 1). -> float32 [N].
-
-    A group whose rewards are all equal gets advantage 0.
-    """
-    check_tensor("success", success, ndim=1)
-    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
-    if success.shape != group.shape:
-        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
-    r = success.to(torch.float32)
-    _, inv = torch.unique(group, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    count = torch.zeros(n_groups, device=r.device).index_add_(0, inv, torch.ones_like(r))
-    mean = torch.zeros(n_groups, device=r.device).index_add_(0, inv, r) / count
-    centered = r - mean[inv]
-    var = torch.zeros(n_groups, device=r.device).index_add_(0, inv, centered * centered) / count
-    return centered / (var.sqrt()[inv] + eps)
-
-
-def dynamic_sampling_filter(success: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """-> bool [N]: True for trajectories whose group has both successes and failures."""
-    check_tensor("success", success, ndim=1)
-    check_tensor("group", group, ndim=1, dtype=(torch.int64, torch.int32))
-    if success.shape != group.shape:
-        raise ValueError(f"group: expected shape {tuple(success.shape)} (as success), got {tuple(group.shape)}")
-    s = success.to(torch.float32)
-    _, inv = torch.unique(group, return_inverse=True)
-    n_groups = int(inv.max().item()) + 1 if inv.numel() else 0
-    n_succ = torch.zeros(n_groups, device=s.device).index_add_(0, inv, s)
-    count = torch.zeros(n_groups, device=s.device).index_add_(0, inv, torch.ones_like(s))
-    mixed = (n_succ > 0) & (n_succ < count)
-    return mixed[inv]
 
 
 def clipped_surrogate(
@@ -235,49 +215,6 @@ def _ratio_stats(ratio: torch.Tensor, is_clipped: torch.Tensor, adv: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------
-# batch assembly (dynamic sampling)
-
-
-def assemble_batch(
-    groups: list[TrajectoryBatch], batch_size: int | None = None, eps: float = 1e-6, dynamic_sampling: bool = True
-) -> tuple[TrajectoryBatch | None, dict[str, int]]:
-    """Concatenate sampled group batches into one training batch, Algorithm 1 style.
-
-    Each element of `groups` is one sampling round (any number of whole groups, group ids unique
-    within it). Uniform groups are dropped (when dynamic_sampling), advantages are computed per
-    group, group ids are renumbered to be unique across rounds, and the result is cut to the
-    first `batch_size` trajectories (None: keep all). -> (batch or None if nothing kept, counts).
-    """
-    kept: list[TrajectoryBatch] = []
-    next_gid = 0
-    n_groups = n_dropped = 0
-    for b in groups:
-        _, inv = torch.unique(b.group, return_inverse=True)
-        n_round = int(inv.max().item()) + 1 if inv.numel() else 0
-        n_groups += n_round
-        keep = dynamic_sampling_filter(b.success, b.group) if dynamic_sampling else torch.ones_like(b.success, dtype=torch.bool)
-        n_dropped += n_round - (int(torch.unique(inv[keep]).numel()) if keep.any() else 0)
-        if not keep.any():
-            continue
-        adv = group_advantages(b.success, b.group, eps)
-        idx = keep.nonzero().squeeze(1)
-        sub = b.index(idx)
-        sub.advantage = adv[idx]
-        sub.group = inv[idx].to(torch.int64) + next_gid
-        next_gid += n_round
-        kept.append(sub)
-    counts = {"groups": n_groups, "groups_dropped": n_dropped}
-    if not kept:
-        counts["trajectories"] = 0
-        return None, counts
-    out = TrajectoryBatch.cat(kept)
-    if batch_size is not None and len(out) > batch_size:
-        out = out.index(slice(0, batch_size))
-    counts["trajectories"] = len(out)
-    return out, counts
-
-
-# ----------------------------------------------------------------------------------------------
 # trainer
 
 
@@ -290,12 +227,6 @@ class _Micro:
     keep: torch.Tensor = field(default=None)  # bool [C, K] action steps that ran (executed_token_mask)
     weight: torch.Tensor = field(default=None)  # float [C, K] loss weight per token of a step (0 where not kept;
     # times D tokens per step, sums to 1 over a mini-batch)
-
-
-def policy_device(policy: nn.Module) -> torch.device:
-    for p in policy.parameters():
-        return p.device
-    return torch.device("cpu")
 
 
 class GRPOTrainer:
@@ -312,9 +243,7 @@ class GRPOTrainer:
         params = [p for p in policy.parameters() if p.requires_grad]
         if not params:
             raise ValueError("policy: expected an nn.Module with trainable parameters, got none")
-        self.optimizer = torch.optim.AdamW(
-            params, lr=self.cfg.lr, betas=self.cfg.betas, weight_decay=self.cfg.weight_decay, eps=self.cfg.adam_eps
-        )
+        self.optimizer = self.cfg.optimizer(params)
         self.step = 0  # optimizer steps taken
         self.updates = 0  # batches consumed
         self.minibatch_stats: list[dict[str, float]] = []  # per optimizer step of the last update()

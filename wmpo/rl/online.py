@@ -16,8 +16,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, assemble_batch, policy_device
-from wmpo.rollout.batch import TrajectoryBatch
+from wmpo.data.batch import TrajectoryBatch
+from wmpo.data.groups import assemble_batch, group_ids, group_starts
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer
+from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 from wmpo.utils.logging import ScalarLogger, progress
 
@@ -193,10 +195,9 @@ def run_online_grpo(
         n = n_groups * G
         if n not in envs:
             envs[n] = make_env(task, n, cfg.image_size, cfg.seed + len(envs))
-        idx = (np.arange(next_state, next_state + n_groups)) % len(initial_states)
+        starts = group_starts(initial_states, n_groups, G, offset=next_state)
         next_state += n_groups
-        starts = np.repeat(initial_states[idx], G, axis=0)
-        gid = torch.arange(next_gid, next_gid + n_groups).repeat_interleave(G)
+        gid = group_ids(n_groups, G, start=next_gid)
         next_gid += n_groups
         instr = policy.encode_instructions([instruction] * n, device=dev)
         batch = rollout_groups(policy, envs[n], starts, instr, decode_actions, max_chunks, cfg.grpo.temperature, gid)

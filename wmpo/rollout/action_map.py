@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from wmpo.data.clips import check_action_stats
+from wmpo.data.loader import check_action_stats
 
 _CONSTANT = 1e-8  # q99 - q01 at or below this is a constant dimension (as in the normalizers)
 

@@ -13,8 +13,7 @@ from typing import Sequence
 
 import torch
 
-from wmpo import ops
-from wmpo.diffusion.schedules import step_tensor
+from wmpo.diffusion.sampler import FlowMatchEulerSampler
 from wmpo.utils.checks import check_tensor
 
 
@@ -23,8 +22,9 @@ class WorldModelEnv:
                  t_context: float | None = None, device: torch.device | str | None = None, use_cache: bool = True,
                  noise_context: bool = True, decode_last_only: bool = False, generator: torch.Generator | None = None,
                  vae_max_batch: int | None = None):
-        """steps: number of Euler steps or an explicit list of times 1 -> 0. t_context: flow time of context frames
-        (values > 1 are read as diffusion steps out of 1000, e.g. 50 -> 0.05); default the model's."""
+        """steps: number of Euler steps or an explicit list of times 1 -> 0 (FlowMatchEulerSampler.set_timesteps).
+        t_context: flow time of context frames (values > 1 are read as diffusion steps out of 1000, e.g. 50 -> 0.05);
+        default the model's."""
         self.vae, self.wm = vae, world_model
         cfg = world_model.cfg
         self.c = int(num_context if num_context is not None else cfg.num_context)
@@ -36,7 +36,8 @@ class WorldModelEnv:
         self.dtype = torch.float32  # latents, context and Euler state stay fp32 (the model casts its inputs)
         self.K, self.A = cfg.chunk_len, cfg.action_dim
         self.C, self.h = cfg.latent_channels, cfg.latent_size
-        self.steps = step_tensor(steps, self.device)
+        self.sampler = FlowMatchEulerSampler()
+        self.sampler.set_timesteps(steps, self.device)
         self.use_cache, self.noise_context = use_cache, noise_context
         self.decode_last_only = decode_last_only
         self.generator = generator
@@ -96,21 +97,23 @@ class WorldModelEnv:
             tc = self.t_context
             ctx = ((1 - tc) * ctx.float() + tc * self._noise(ctx.shape).float()).to(self.dtype)
         x = self._noise((B, self.K, self.C, self.h, self.h))
-        ts = self.steps
+        sampler = self.sampler
+        sampler.num_context = 0 if self.use_cache else self.c  # the uncached path carries the context frames
+        ts = sampler.timesteps
         if self.use_cache:
             cache = self.wm.build_context_cache(ctx, self.ctx_actions, self._t_ctx)
-            for i in range(ts.shape[0] - 1):
+            for i in range(len(sampler)):
                 v = self.wm.forward_cached(x, ts[i].expand(B, self.K), act, cache).to(x.dtype)
-                ops.flow_step(x, v, ts[i], ts[i + 1], num_context=0)
+                x = sampler.step(v, i, x)
             out = x
         else:
             full = torch.cat([ctx, x], 1)
             acts = torch.cat([self.ctx_actions, act], 1)
             tf = torch.cat([self._t_ctx.expand(B, self.c), ts[0].expand(B, self.K)], 1).clone()
-            for i in range(ts.shape[0] - 1):
+            for i in range(len(sampler)):
                 tf[:, self.c:] = ts[i]
                 v = self.wm(full, tf, acts).to(full.dtype)
-                ops.flow_step(full, v, ts[i], ts[i + 1], num_context=self.c)
+                full = sampler.step(v, i, full)
             out = full[:, self.c:]
         # clip-level autoregression: the last c frames (and their actions) become the next context
         self.ctx.copy_(torch.cat([self.ctx, out], 1)[:, -self.c:])

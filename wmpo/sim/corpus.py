@@ -115,29 +115,3 @@ def collect_corpus(folder: str | Path, cfg: CorpusConfig, num_workers: int = 2, 
     counts = corpus_counts(folder, cfg.tasks)
     _write_manifest(folder, cfg, {"counts": counts})
     return counts
-
-
-def main(argv: list[str]) -> int:
-    import argparse
-
-    p = argparse.ArgumentParser(prog="wmpo corpus", description="collect the world-model pretraining corpus "
-                                "(perturbed scripted experts, several tasks; resumable)")
-    p.add_argument("--out", required=True, help="corpus folder (one store per task)")
-    p.add_argument("--tasks", nargs="+", default=list(CorpusConfig.tasks))
-    p.add_argument("--episodes-per-task", type=int, default=CorpusConfig.episodes_per_task)
-    p.add_argument("--image-size", type=int, default=CorpusConfig.image_size)
-    p.add_argument("--round-size", type=int, default=CorpusConfig.round_size)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--clean-fraction", type=float, default=ExpertNoise.clean_fraction)
-    a = p.parse_args(argv)
-    if a.workers < 1:
-        p.error(f"--workers: expected >= 1, got {a.workers}")
-    out = Path(a.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out: {out} exists and is not a folder")
-    cfg = CorpusConfig(tasks=tuple(a.tasks), episodes_per_task=a.episodes_per_task, image_size=a.image_size,
-                       round_size=a.round_size, noise=ExpertNoise(clean_fraction=a.clean_fraction))
-    counts = collect_corpus(out, cfg, num_workers=a.workers)
-    for task, c in counts.items():
-        print(f"{task}: {c['episodes']} episodes, {c['successes']} successes")
-    return 0

@@ -6,10 +6,9 @@ from typing import Any
 
 import numpy as np
 
+from wmpo.data.episode import ACTION_DIM
 from wmpo.sim.render import CameraRenderer
 from wmpo.sim.spec import TaskSpec
-
-ACTION_DIM = 7
 
 
 def state_seed(state: np.ndarray) -> int:

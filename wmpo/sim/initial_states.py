@@ -30,11 +30,10 @@ def initial_state_seeds(split: str, n: int) -> np.ndarray:
     return SEED_BASE[split] + np.arange(n)
 
 
-def make_initial_states(task: str, split: str, n: int = 128) -> np.ndarray:
-    """Compute the states (no cache): float64 [n, S]."""
+def states_from_seeds(task: str, seeds) -> np.ndarray:
+    """The simulator state after `reset(seed)` for each seed: float64 [len(seeds), S]."""
     from wmpo.sim.env import make_env
 
-    seeds = initial_state_seeds(split, n)
     env = make_env(task, image_size=0)
     try:
         states = []
@@ -44,6 +43,11 @@ def make_initial_states(task: str, split: str, n: int = 128) -> np.ndarray:
     finally:
         env.close()
     return np.stack(states)
+
+
+def make_initial_states(task: str, split: str, n: int = 128) -> np.ndarray:
+    """Compute the states (no cache): float64 [n, S]."""
+    return states_from_seeds(task, initial_state_seeds(split, n))
 
 
 def get_initial_states(task: str, split: str = "train", n: int = 128, cache_dir: str | os.PathLike | None = None,
@@ -76,22 +80,11 @@ def fresh_initial_states(task: str, states_seed: int, n: int, check_against: int
     """float64 [n, S]: a fresh set of initial states nobody tuned on, from n distinct reset seeds drawn
     with `states_seed` in FRESH_SEED_RANGE (disjoint from the train / eval / corpus seed ranges), and
     checked against the first `check_against` training states: a state equal to one of them raises."""
-    from wmpo.sim.env import make_env
-
     if not 0 < n < 1_000_000:
         raise ValueError(f"n: expected 1..999999, got {n}")
     if states_seed < 0:
         raise ValueError(f"states_seed: expected >= 0, got {states_seed}")
-    seeds = _distinct_seeds(int(states_seed), n)
-    env = make_env(task, image_size=0)
-    try:
-        states = []
-        for s in seeds:
-            env.reset(int(s))
-            states.append(env.get_state())
-    finally:
-        env.close()
-    states = np.stack(states)
+    states = states_from_seeds(task, _distinct_seeds(int(states_seed), n))
     if check_against > 0:
         train = get_initial_states(task, "train", check_against)
         # state[0] is the simulator time; compare the rest (qpos, qvel)

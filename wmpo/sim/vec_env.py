@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-ACTION_DIM = 7
+from wmpo.data.episode import ACTION_DIM
 
 
 def _worker(conn, task: str, image_size: int, seed: int, expert_noise: dict | None = None,

@@ -8,9 +8,6 @@ final policy (policy.pt, `wmpo.models.policy.load_policy`); config.json; TensorB
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field, fields
@@ -22,47 +19,28 @@ import torch
 import torch.nn.functional as F
 
 from wmpo.data.episode import Episode
+from wmpo.data.loader import load_episodes
 from wmpo.models.policy import PolicyConfig, VLAPolicy, num_params, random_shift, save_policy
-from wmpo.models.tokenizer import ActionTokenizer, action_stats_from_episodes
-from wmpo.train.cli_config import add_config_args, config_from_args
-from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
+from wmpo.models.tokenizer import ActionTokenizer
+from wmpo.train.loop import LoopState, ScheduledTrainConfig, amp_dtype, optimizer_step, warmup_cosine_lr
+from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import resize, uint8_to_model
 from wmpo.utils.logging import ScalarLogger, progress
 
 
 @dataclass
-class PolicyTrainConfig:
+class PolicyTrainConfig(ScheduledTrainConfig):
+    """Behaviour cloning; batch_size counts (frame, action chunk) samples. Loop fields: ScheduledTrainConfig."""
+
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     """the policy architecture"""
-    steps: int = 20000
-    """optimizer steps"""
-    batch_size: int = 64
-    """samples (frame, action chunk) per step"""
-    lr: float = 3e-4
-    """peak AdamW learning rate"""
-    weight_decay: float = 0.01
-    """AdamW weight decay"""
-    warmup_steps: int = 500
-    """linear warmup steps, then cosine decay to lr * min_lr_ratio"""
-    min_lr_ratio: float = 0.1
-    """final lr / peak lr"""
-    grad_clip: float = 1.0
-    """max global grad norm (0: off)"""
-    crop_pad: int = 4
-    """random crop: shift by up to this many pixels at the policy's image size (0: off)"""
     val_fraction: float = 0.1
     """fraction of episodes held out for validation loss / accuracy (0: none)"""
-    eval_every: int = 500
-    """steps between validation passes"""
+    batch_size: int = 64  # (loop defaults of behaviour cloning)
+    lr: float = 3e-4
+    weight_decay: float = 0.01
     log_every: int = 20
-    """steps between TensorBoard scalars"""
-    ckpt_every: int = 1000
-    """steps between resumable checkpoints"""
-    seed: int = 0
-    """seed for init, splits and sampling"""
-    amp: bool = True
-    """bf16 autocast on CUDA"""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PolicyTrainConfig":
@@ -72,39 +50,7 @@ class PolicyTrainConfig:
         return cls(policy=pol if isinstance(pol, PolicyConfig) else PolicyConfig.from_dict(pol), **kw)
 
 
-def preset(name: str) -> PolicyTrainConfig:
-    """The policy_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).policy_train
-
-
 # ---------------------------------------------------------------------- data
-def load_episodes(store_paths: Sequence[str | os.PathLike]) -> tuple[list[Episode], dict[str, np.ndarray]]:
-    """Every episode of the given trajectory stores, and action stats (the store's own for a single
-    store, else q01/q99 recomputed over all episodes)."""
-    from wmpo.data.store import TrajectoryStore
-
-    episodes: list[Episode] = []
-    stats = None
-    paths = [store_paths] if isinstance(store_paths, (str, os.PathLike)) else list(store_paths)
-    if not paths:
-        raise ValueError("store_paths: expected at least one trajectory store path, got none")
-    for p in paths:
-        store = TrajectoryStore(p)
-        try:
-            episodes += [store.load(i) for i in range(len(store))]
-            if len(paths) == 1:
-                stats = store.action_stats()
-        finally:
-            close = getattr(store, "close", None)
-            if close is not None:
-                close()
-    if not episodes:
-        raise ValueError(f"store_paths: the stores {paths} hold no episodes")
-    return episodes, stats if stats is not None else action_stats_from_episodes(episodes)
-
-
 class ChunkDataset:
     """All (episode, t) samples of a list of episodes, gathered into batches with numpy indexing."""
 
@@ -170,13 +116,6 @@ def bc_loss(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> t
     return loss, {"token_acc": acc, "action_l1": l1}
 
 
-def _lr_at(step: int, cfg: PolicyTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / max(1, cfg.warmup_steps)
-    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
 def _model_input(frames_u8: torch.Tensor, image_size: int, device: torch.device, crop_pad: int) -> torch.Tensor:
     x = resize(uint8_to_model(frames_u8.to(device, non_blocking=True)), image_size)
     return random_shift(x, crop_pad) if crop_pad > 0 else x
@@ -223,10 +162,7 @@ def train_policy_on_episodes(
     episodes: Sequence[Episode],
     stats: dict[str, np.ndarray],
     out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    log_tb: bool = True,
-    show_progress: bool | None = None,
+    device: torch.device | str | None = None, resume: bool = True, log_tb: bool = True, show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Behaviour cloning on `episodes`; writes out_dir/{policy.pt, train_state.pt, config.json, metrics.json, tb/}.
 
@@ -251,25 +187,12 @@ def train_policy_on_episodes(
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95)
     )
-    step = 0
-    state_path = out / "train_state.pt"
-    rng = np.random.default_rng(cfg.seed + 1)
-    if resume and state_path.is_file():
-        st = load_checkpoint(state_path, map_location="cpu")
-        policy.load_state_dict(st["policy"])
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
+    state = LoopState(out / "train_state.pt", "policy", policy, opt, cfg.seed)
+    rng = state.rng
+    step = state.resume() if resume else 0
     logger = ScalarLogger(out / "tb" if log_tb else None)
-    amp_dtype = torch.bfloat16 if (cfg.amp and dev.type == "cuda") else None
+    autocast = amp_dtype(cfg, dev)
     print(f"[train-policy] {num_params(policy) / 1e6:.2f}M params, {len(train_data)} train / {len(val_data) if val_data else 0} val samples, device {dev}, from step {step}")
-
-    def save_state(at: int) -> None:
-        save_checkpoint(
-            state_path,
-            {"policy": policy.state_dict(), "optimizer": opt.state_dict(), "step": at, "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()},
-        )
 
     policy.train()
     t0, s0 = time.perf_counter(), step
@@ -277,17 +200,14 @@ def train_policy_on_episodes(
     val_metrics: dict[str, float] = {}
     for step in progress(range(step, cfg.steps), total=cfg.steps - step, desc="train-policy", disable=None if show_progress is None else not show_progress):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = warmup_cosine_lr(step, cfg)
         idx = rng.integers(0, len(train_data), size=cfg.batch_size)
         f, tok, mask = train_data.batch(idx)
         x = _model_input(f, cfg.policy.image_size, dev, cfg.crop_pad)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
             logits = policy.action_logits(x, train_instr[idx].to(dev))
         loss, m = bc_loss(logits, tok.to(dev), mask.to(dev))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.grad_clip) if cfg.grad_clip > 0 else torch.zeros(())
-        opt.step()
+        gnorm = optimizer_step(opt, loss, policy.parameters(), cfg.grad_clip)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             el = time.perf_counter() - t0
@@ -298,7 +218,7 @@ def train_policy_on_episodes(
             val_metrics = {f"val/{k}": v for k, v in evaluate_bc(policy, val_data, val_instr, cfg.batch_size).items()}
             logger.scalars(val_metrics, done)
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_state(done)
+            state.save(done)
             save_policy(out / "policy.pt", policy, tokenizer, cfg.policy, step=done)
     elapsed = time.perf_counter() - t0
     if not (out / "policy.pt").is_file():
@@ -311,28 +231,8 @@ def train_policy_on_episodes(
     return summary
 
 
-def train_policy(
-    cfg: PolicyTrainConfig,
-    store_paths: Sequence[str | os.PathLike] | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    **kw: Any,
-) -> dict[str, Any]:
-    """Behaviour cloning on every episode of the given trajectory stores (see train_policy_on_episodes)."""
-    episodes, stats = load_episodes(store_paths if not isinstance(store_paths, (str, os.PathLike)) else [store_paths])
-    return train_policy_on_episodes(cfg, episodes, stats, out_dir, device=device, resume=resume, **kw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-policy", description="Behaviour cloning of the VLA policy on expert demos.")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with expert demos")
-    ap.add_argument("--out", required=True, help="output folder (policy.pt, train_state.pt, config.json, tb/)")
-    add_config_args(ap, "steps=100 policy.hidden_size=128")
-    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset)
-    summary = train_policy(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps(summary, indent=2))
-    return 0
+def train_policy(cfg: PolicyTrainConfig, store_paths: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
+                 **kw: Any) -> dict[str, Any]:
+    """Behaviour cloning on every episode of the given trajectory stores (keywords: train_policy_on_episodes)."""
+    episodes, stats = load_episodes(store_paths)
+    return train_policy_on_episodes(cfg, episodes, stats, out_dir, **kw)

@@ -14,9 +14,6 @@ train_state.pt (resume), config.json, metrics.json, tb/.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -30,55 +27,32 @@ import torch.nn.functional as F
 from wmpo.data.episode import Episode
 from wmpo.models.policy import random_shift
 from wmpo.models.reward import RewardConfig, RewardModel, prf1, save_reward, select_threshold
-from wmpo.train.cli_config import add_config_args, config_from_args
-from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
+from wmpo.data.loader import load_episodes
+from wmpo.train.loop import LoopState, ScheduledTrainConfig, amp_dtype, optimizer_step, warmup_cosine_lr
+from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import default_device, seed_everything
 from wmpo.utils.frames import uint8_to_model
 from wmpo.utils.logging import ScalarLogger, progress, warn_once
 
 
 @dataclass
-class RewardTrainConfig:
+class RewardTrainConfig(ScheduledTrainConfig):
+    """Success-classifier training; batch_size counts clips (half positive, half negative), crop_pad
+    shifts each clip, eval_every runs validation F1. Loop fields: ScheduledTrainConfig."""
+
     reward: RewardConfig = field(default_factory=RewardConfig)
     """the reward model architecture"""
-    steps: int = 5000
-    """optimizer steps"""
-    batch_size: int = 32
-    """clips per step, half positive, half negative"""
-    lr: float = 1e-4
-    """peak AdamW learning rate"""
-    weight_decay: float = 0.05
-    """AdamW weight decay"""
-    warmup_steps: int = 200
-    """linear warmup, then cosine decay to 0.1 * lr"""
-    grad_clip: float = 1.0
-    """max global grad norm (0: off)"""
-    crop_pad: int = 4
-    """random crop: shift each clip by up to this many pixels at the model's image size (0: off)"""
     val_fraction: float = 0.2
     """episodes per (task, outcome) for threshold selection"""
     test_fraction: float = 0.2
     """episodes per (task, outcome) held out for the reported precision / recall / F1"""
+    steps: int = 5000  # (loop defaults of the reward model)
+    weight_decay: float = 0.05
+    warmup_steps: int = 200
     eval_every: int = 1000
-    """steps between validation-F1 passes (0: only at the end)"""
     log_every: int = 20
-    """steps between TensorBoard scalars"""
-    ckpt_every: int = 1000
-    """steps between resumable checkpoints"""
-    seed: int = 0
-    """seed for init, splits and sampling"""
-    amp: bool = True
-    """bf16 autocast on CUDA"""
 
 
-def preset(name: str) -> RewardTrainConfig:
-    """The reward_train section of the pipeline preset `name` (wmpo.config: micro | tiny | small | paper)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).reward_train
-
-
-# ---------------------------------------------------------------------- clips
 def success_frame(ep: Episode) -> int:
     """Index of the first frame showing success: frames[finish_step] (Episode.finish_step; clamped to 1 .. T)."""
     T = len(ep.actions)
@@ -153,21 +127,11 @@ def per_task_metrics(episodes: Sequence[Episode], scores: np.ndarray, threshold:
     return res
 
 
-def _lr_at(step: int, cfg: RewardTrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / max(1, cfg.warmup_steps)
-    p = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, p))))
-
-
 def train_reward_on_episodes(
     cfg: RewardTrainConfig,
     episodes: Sequence[Episode],
     out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    log_tb: bool = True,
-    show_progress: bool | None = None,
+    device: torch.device | str | None = None, resume: bool = True, log_tb: bool = True, show_progress: bool | None = None,
 ) -> dict[str, Any]:
     """Train on `episodes` (split inside), pick the threshold on val, report on test. -> metrics dict."""
     out = Path(out_dir)
@@ -187,27 +151,16 @@ def train_reward_on_episodes(
     save_json(out / "config.json", {"train": asdict(cfg), "split": {"train": tr, "val": va, "test": te}})
     model = RewardModel(cfg.reward).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.999))
-    rng = np.random.default_rng(cfg.seed + 1)
-    step = 0
-    state_path = out / "train_state.pt"
-    if resume and state_path.is_file():
-        st = load_checkpoint(state_path, map_location="cpu")
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["optimizer"])
-        step = int(st["step"])
-        rng.bit_generator.state = st["np_rng"]
-        torch.set_rng_state(st["torch_rng"])
+    state = LoopState(out / "train_state.pt", "model", model, opt, cfg.seed)
+    rng = state.rng
+    step = state.resume() if resume else 0
     logger = ScalarLogger(out / "tb" if log_tb else None)
-    amp_dtype = torch.bfloat16 if (cfg.amp and dev.type == "cuda") else None
+    autocast = amp_dtype(cfg, dev)
     n_pos = cfg.batch_size // 2
     n_neg = cfg.batch_size - n_pos
     labels = torch.cat([torch.ones(n_pos), torch.zeros(n_neg)]).to(dev)
     print(f"[train-reward] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, episodes train/val/test "
           f"{len(train_eps)}/{len(val_eps)}/{len(test_eps)}, clips +{len(pos)} -{len(neg)}, device {dev}, from step {step}")
-
-    def save_state(at: int) -> None:
-        save_checkpoint(state_path, {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": at,
-                                     "np_rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()})
 
     thr_eps = val_eps
     if len({e.success for e in val_eps}) < 2:
@@ -219,20 +172,16 @@ def train_reward_on_episodes(
     model.train()
     for step in progress(range(step, cfg.steps), total=cfg.steps - step, desc="train-reward", disable=None if show_progress is None else not show_progress):
         for g in opt.param_groups:
-            g["lr"] = _lr_at(step, cfg)
+            g["lr"] = warmup_cosine_lr(step, cfg)
         rows = np.concatenate([pos[rng.integers(0, len(pos), n_pos)], neg[rng.integers(0, len(neg), n_neg)]])
         clips = uint8_to_model(gather_clips(train_eps, rows, L).to(dev))
         x = model.prepare(clips)
         if cfg.crop_pad > 0:
             x = random_shift(x, cfg.crop_pad)
-        with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with torch.autocast(dev.type, dtype=autocast, enabled=autocast is not None):
             logits = model(x, prepared=True)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        optimizer_step(opt, loss, model.parameters(), cfg.grad_clip)
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             with torch.no_grad():
@@ -246,7 +195,7 @@ def train_reward_on_episodes(
             logger.scalar("val/f1", f1, done)
             model.train()
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
-            save_state(done)
+            state.save(done)
     elapsed = time.perf_counter() - t0
 
     # threshold by F1 on validation trajectories, then held-out metrics
@@ -278,30 +227,8 @@ def train_reward_on_episodes(
     return metrics
 
 
-def train_reward(
-    cfg: RewardTrainConfig,
-    store_paths: Sequence[str | os.PathLike] | str | os.PathLike,
-    out_dir: str | os.PathLike,
-    device: torch.device | str | None = None,
-    resume: bool = True,
-    **kw: Any,
-) -> dict[str, Any]:
-    """Train on every episode of the given trajectory stores (see train_reward_on_episodes)."""
-    from wmpo.train.policy import load_episodes
-
-    episodes, _ = load_episodes(store_paths if not isinstance(store_paths, (str, os.PathLike)) else [store_paths])
-    return train_reward_on_episodes(cfg, episodes, out_dir, device=device, resume=resume, **kw)
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-reward", description="Train the VideoMAE success classifier on real trajectories.")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s) with successes and failures")
-    ap.add_argument("--out", required=True, help="output folder (reward.pt, metrics.json, config.json, tb/)")
-    add_config_args(ap, "steps=100 reward.hidden_size=128")
-    ap.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    ap.add_argument("--no-resume", action="store_true", help="start from scratch even if out/train_state.pt exists")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset)
-    metrics = train_reward(cfg, a.store, a.out, device=a.device, resume=not a.no_resume)
-    print(json.dumps({"threshold": metrics["threshold"], "test": metrics["test"]}, indent=2))
-    return 0
+def train_reward(cfg: RewardTrainConfig, store_paths: Sequence[str | os.PathLike] | str | os.PathLike, out_dir: str | os.PathLike,
+                 **kw: Any) -> dict[str, Any]:
+    """Train on every episode of the given trajectory stores (keywords: train_reward_on_episodes)."""
+    episodes, _ = load_episodes(store_paths)
+    return train_reward_on_episodes(cfg, episodes, out_dir, **kw)

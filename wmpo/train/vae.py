@@ -1,42 +1,27 @@
 """`wmpo train-vae`: train the per-frame VAE on task frames (L1 + MSE reconstruction + small KL), report PSNR."""
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
-from wmpo.data.clips import FrameDataset, load_episodes
+from wmpo.data.clips import FrameDataset
+from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE, VAEConfig, psnr
-from wmpo.train.cli_config import add_config_args, config_from_args, given
+from wmpo.train.loop import TrainLoopConfig
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
 
 
 @dataclass
-class VAETrainConfig:
+class VAETrainConfig(TrainLoopConfig):
+    """VAE training; batch_size counts frames. Loop fields (and their defaults): TrainLoopConfig."""
+
     vae: VAEConfig = field(default_factory=VAEConfig)
     """the VAE architecture"""
-    steps: int = 20000
-    """optimizer steps"""
-    batch_size: int = 32
-    """frames per batch"""
-    lr: float = 1e-4
-    """AdamW learning rate"""
-    weight_decay: float = 0.0
-    """AdamW weight decay"""
-    grad_clip: float = 1.0
-    """gradient-norm clip"""
-    log_every: int = 50
-    """steps between logged scalars"""
-    ckpt_every: int = 1000
-    """steps between checkpoints"""
-    seed: int = 0
-    """random seed"""
 
 
 def train_vae(cfg: VAETrainConfig, store_paths: Sequence[str] | None, out_dir: str | Path, *, episodes=None,
@@ -97,27 +82,3 @@ def train_vae(cfg: VAETrainConfig, store_paths: Sequence[str] | None, out_dir: s
               "scaling_factor": float(vae.scaling_factor), "shift_factor": float(vae.shift_factor)}
     save_json(out / "result.json", result)
     return result
-
-
-def preset(name: str) -> VAETrainConfig:
-    """The vae_train section of the pipeline preset `name` (wmpo.config)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).vae_train
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-vae", description="train the per-frame VAE on task frames")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
-    ap.add_argument("--out", required=True, help="output folder (vae.pt, config.json, tb/)")
-    add_config_args(ap, "steps=2000 vae.frame_size=128")
-    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
-    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
-    ap.add_argument("--frame-size", type=int, help="shorthand for --set vae.frame_size=N")
-    ap.add_argument("--device")
-    a = ap.parse_args(argv)
-    flags = {"steps": a.steps, "batch_size": a.batch_size, "vae": {"frame_size": a.frame_size}}
-    cfg = config_from_args(a, preset, extra=given(flags))
-    r = train_vae(cfg, a.store, a.out, device=a.device)
-    print(json.dumps(r))
-    return 0

@@ -3,22 +3,17 @@ chunk by chunk in the WorldModelEnv; per-frame PSNR and SSIM against the real fr
 per episode with real | imagined side by side."""
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from wmpo.data.clips import check_action_stats, episode_frames, load_episodes, normalize_actions, same_action_stats
+from wmpo.data.clips import episode_frames, normalize_actions
+from wmpo.data.loader import check_action_stats, same_action_stats
 from wmpo.models.vae import FrameVAE, psnr
 from wmpo.models.world_model import WorldModel
 from wmpo.rollout.world_model_env import WorldModelEnv
-from wmpo.train.cli_config import check_command_args
-from wmpo.utils.checkpoint import save_json
-from wmpo.utils.device import default_device
 from wmpo.utils.frames import model_to_uint8
 from wmpo.utils.logging import progress
 
@@ -85,30 +80,3 @@ def evaluate_world_model(vae: FrameVAE, world_model: WorldModel, episodes: Seque
             imageio.mimwrite(str(path), list(side[b]), fps=fps, macro_block_size=1)
             res["videos"].append(str(path))
     return res
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo wm-eval", description="world-model fidelity on held-out trajectories")
-    ap.add_argument("--store", nargs="+", required=True, help="held-out trajectory store path(s)")
-    ap.add_argument("--vae", required=True)
-    ap.add_argument("--world-model", required=True)
-    ap.add_argument("--out", required=True, help="folder for metrics.json and mp4s")
-    ap.add_argument("--episodes", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=30, help="Euler steps")
-    ap.add_argument("--max-frames", type=int)
-    ap.add_argument("--device")
-    a = ap.parse_args(argv)
-    check_command_args(a)  # before any work
-    device = torch.device(a.device) if a.device else default_device()
-    wm = WorldModel.from_checkpoint(a.world_model).to(device).eval()
-    if wm.action_stats is None:
-        print(f"error: --world-model: {a.world_model} holds no action statistics (q01/q99) and has no action_stats.json "
-              f"beside it; retrain it with this version of train-wm", file=sys.stderr)
-        return 2
-    eps, _ = load_episodes(a.store, limit=a.episodes)  # the stores' own stats are not the model's
-    vae = FrameVAE.from_checkpoint(a.vae).to(device).eval()
-    res = evaluate_world_model(vae, wm, eps, steps=a.steps, device=device, max_frames=a.max_frames,
-                               video_dir=Path(a.out) / "videos")
-    save_json(Path(a.out) / "metrics.json", res)
-    print(json.dumps({k: v for k, v in res.items() if k not in ("psnr", "ssim")}))
-    return 0

@@ -3,10 +3,7 @@ from a checkpoint for policy behaviour alignment). Context frames noised to t_co
 predicted frames only (velocity target noise - x0)."""
 from __future__ import annotations
 
-import argparse
 import copy
-import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -14,32 +11,26 @@ from typing import Sequence
 import torch
 
 from wmpo import ops
-from wmpo.data.clips import (LatentWindowDataset, check_action_stats, encode_episodes, load_episodes, normalize_actions,
-                              same_action_stats)
+from wmpo.data.clips import LatentWindowDataset, encode_episodes, normalize_actions
+from wmpo.data.loader import action_stats as episode_action_stats
+from wmpo.data.loader import check_action_stats, load_episodes, same_action_stats
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel, WorldModelConfig, legacy_action_stats
-from wmpo.train.cli_config import add_config_args, config_from_args, given
+from wmpo.train.loop import TrainLoopConfig, warmup_cosine_lr
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
 from wmpo.utils.logging import ScalarLogger, progress
 
 
 @dataclass
-class WMTrainConfig:
+class WMTrainConfig(TrainLoopConfig):
+    """World-model training; batch_size counts windows of c + K frames; lr 1e-4, weight decay 0 and
+    gradient clip 0.1 as the paper's Table 3. Loop fields: TrainLoopConfig."""
+
     model: WorldModelConfig = field(default_factory=WorldModelConfig)
     """the world model architecture"""
-    steps: int = 100000
-    """optimizer steps"""
-    batch_size: int = 32
-    """windows per batch"""
-    lr: float = 1e-4
-    """AdamW learning rate (paper Table 3)"""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas (paper)"""
-    weight_decay: float = 0.0
-    """AdamW weight decay (paper: 0)"""
-    grad_clip: float = 0.1
-    """gradient-norm clip (paper: 0.1)"""
     ema_decay: float = 0.9999
     """EMA of the weights (paper 0.9999); 0 disables"""
     lr_schedule: str = "constant"
@@ -50,12 +41,9 @@ class WMTrainConfig:
     """final lr / peak lr of the 'cosine' schedule"""
     t_sampling: str = "logit_normal"
     """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
+    steps: int = 100000  # (loop defaults of the world model)
+    grad_clip: float = 0.1
     log_every: int = 25
-    """steps between logged scalars"""
-    ckpt_every: int = 1000
-    """steps between checkpoints"""
-    seed: int = 0
-    """random seed"""
 
 
 def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
@@ -80,10 +68,7 @@ def lr_at(step: int, cfg: WMTrainConfig) -> float:
         return cfg.lr
     if cfg.lr_schedule != "cosine":
         raise ValueError(f"lr_schedule: expected 'constant' or 'cosine', got {cfg.lr_schedule!r}")
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    p = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * p)))
+    return warmup_cosine_lr(step, cfg)
 
 
 class WMTrainer:
@@ -160,9 +145,7 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     if episodes is None:
         episodes, data_stats = load_episodes(list(store_paths or []))
     else:
-        from wmpo.data.clips import action_stats as _stats
-
-        data_stats = _stats(episodes)
+        data_stats = episode_action_stats(episodes)
     if action_stats is not None:
         action_stats = check_action_stats("action_stats", action_stats)
     init_state = None
@@ -218,29 +201,3 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
               "action_stats_from": stats_source}
     save_json(out / "result.json", result)
     return result
-
-
-def preset(name: str) -> WMTrainConfig:
-    """The wm_pretrain section of the pipeline preset `name` (wmpo.config)."""
-    from wmpo.config import get_preset
-
-    return get_preset(name).wm_pretrain
-
-
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="wmpo train-wm", description="pretrain / fine-tune the action-conditioned world model")
-    ap.add_argument("--store", nargs="+", required=True, help="trajectory store path(s)")
-    ap.add_argument("--vae", required=True, help="vae.pt from `wmpo train-vae`")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--init-from", help="world_model.pt to fine-tune from (policy behaviour alignment)")
-    add_config_args(ap, "steps=2000 model.hidden=128")
-    ap.add_argument("--steps", type=int, help="shorthand for --set steps=N")
-    ap.add_argument("--batch-size", type=int, help="shorthand for --set batch_size=N")
-    ap.add_argument("--device")
-    a = ap.parse_args(argv)
-    cfg = config_from_args(a, preset, extra=given({"steps": a.steps, "batch_size": a.batch_size}))
-    vae = FrameVAE.from_checkpoint(a.vae)
-    cfg.model.latent_channels, cfg.model.latent_size = vae.latent_channels, vae.latent_size
-    r = train_world_model(cfg, a.store, a.out, vae=vae, init_from=a.init_from, device=a.device)
-    print(json.dumps(r))
-    return 0

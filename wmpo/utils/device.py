@@ -25,3 +25,17 @@ def seed_everything(seed: int) -> None:
 def autocast_dtype(device: torch.device) -> torch.dtype | None:
     """bf16 autocast on CUDA, none (fp32) on CPU."""
     return torch.bfloat16 if device.type == "cuda" else None
+
+
+def module_device(m) -> torch.device | None:
+    """The device of a module's first parameter, or its `.device` attribute; None if it has neither."""
+    if isinstance(m, torch.nn.Module):
+        for p in m.parameters():
+            return p.device
+    d = getattr(m, "device", None)
+    return torch.device(d) if d is not None else None
+
+
+def policy_device(policy) -> torch.device:
+    """Where a policy's parameters live (cpu for a parameter-less one)."""
+    return module_device(policy) or torch.device("cpu")

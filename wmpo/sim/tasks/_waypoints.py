@@ -9,8 +9,10 @@ import numpy as np
 import robosuite.utils.transform_utils as T
 from robosuite.environments.manipulation.manipulation_env import ManipulationEnv
 from robosuite.models.arenas import TableArena
+from robosuite.models.objects import CompositeObject
 from robosuite.models.tasks import ManipulationTask
 from robosuite.utils.observables import Observable, sensor
+from robosuite.utils.placement_samplers import SequentialCompositeSampler, UniformRandomSampler
 
 # Constants of robosuite's BASIC (OSC_POSE) controller for the Panda arm: action in [-1, 1] scales to
 # these deltas (metres, radians).
@@ -91,6 +93,21 @@ class TableTaskEnv(ManipulationEnv):
     # ---- model ---------------------------------------------------------------------------
     def _make_objects(self):
         raise NotImplementedError
+
+    def placement_sampler(self, name: str, objects, x_range, y_range, rotation, z_offset: float = 0.001) -> UniformRandomSampler:
+        """Uniform placement on the table (ranges relative to its centre, yaw about z), drawn from env.rng."""
+        return UniformRandomSampler(
+            name=name, mujoco_objects=objects, x_range=x_range, y_range=y_range, rotation=rotation, rotation_axis="z",
+            ensure_object_boundary_in_range=False, ensure_valid_placement=True, reference_pos=self.table_offset,
+            z_offset=z_offset, rng=self.rng,
+        )
+
+    def per_object_sampler(self, rows) -> SequentialCompositeSampler:
+        """One placement sampler per (object, x_range, y_range, rotation) row, applied in order."""
+        sampler = SequentialCompositeSampler(name="ObjectSampler")
+        for obj, xr, yr, rot in rows:
+            sampler.append_sampler(self.placement_sampler(f"{obj.name}_sampler", obj, xr, yr, rot))
+        return sampler
 
     def _load_model(self):
         super()._load_model()
@@ -437,3 +454,28 @@ if __name__ == "__main__":  # python -m wmpo.sim.tasks._waypoints TASK [N_SEEDS]
     first = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     spec = importlib.import_module(f"wmpo.sim.tasks.{task}").SPEC
     print(json.dumps(evaluate_expert(spec, list(range(first, first + n)), verbose=True)))
+
+
+def walled_box(name: str, half: float, floor_half_z: float, inner_half: float, wall_half: float, wall_half_z: float,
+               floor_name: str, rgba, density: float, material: str | None = None) -> CompositeObject:
+    """A square floor plate [half, half, floor_half_z] with four walls of half-thickness wall_half and
+    half-height wall_half_z around an inner square of half-width inner_half (a cup, a socket); the
+    body origin is at the middle of plate + walls. `material`: the name of a material (appended to the
+    object by the caller) for all five visual geoms."""
+    t, h = wall_half, wall_half_z
+    half_z = floor_half_z + wall_half_z
+    off = inner_half + t
+    wall_z = -half_z + 2 * floor_half_z + h
+    w = inner_half + 2 * t
+    return CompositeObject(
+        name=name,
+        total_size=[half, half, half_z],
+        geom_types=["box"] * 5,
+        geom_sizes=[[half, half, floor_half_z], [t, w, h], [t, w, h], [inner_half, t, h], [inner_half, t, h]],
+        geom_locations=[[0, 0, -half_z + floor_half_z], [off, 0, wall_z], [-off, 0, wall_z], [0, off, wall_z], [0, -off, wall_z]],
+        geom_names=[floor_name, "wall_xp", "wall_xn", "wall_yp", "wall_yn"],
+        rgba=rgba,
+        geom_materials=None if material is None else [material] * 5,
+        density=density,
+        locations_relative_to_center=True,
+    )

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
-from robosuite.models.objects import BoxObject, CompositeBodyObject, CompositeObject, CylinderObject
+from robosuite.models.objects import BoxObject, CompositeBodyObject, CylinderObject
 from robosuite.utils.mjcf_utils import array_to_string
-from robosuite.utils.placement_samplers import SequentialCompositeSampler, UniformRandomSampler
 
 from wmpo.sim.spec import TaskSpec
-from wmpo.sim.tasks._waypoints import TableTaskEnv, Waypoint, WaypointExpert, build_env, pick_and_place
+from wmpo.sim.tasks._waypoints import TableTaskEnv, Waypoint, WaypointExpert, build_env, pick_and_place, walled_box
 
 INSTRUCTION = "Put the coffee pod into the holder and close the lid"
 HORIZON = 256
@@ -35,22 +34,8 @@ POD_X, POD_Y = (-0.08, 0.0), (-0.16, -0.1)
 
 
 def _machine_object():
-    t, h = WALL_HALF, WALL_HALF_Z
-    off = CUP_INNER_HALF + t
-    wall_z = FLOOR_TOP_Z + h
-    holder = CompositeObject(
-        name="holder",
-        total_size=[CUP_OUTER_HALF, CUP_OUTER_HALF, CUP_HALF_Z],
-        geom_types=["box"] * 5,
-        geom_sizes=[[CUP_OUTER_HALF, CUP_OUTER_HALF, FLOOR_HALF_Z], [t, CUP_OUTER_HALF, h], [t, CUP_OUTER_HALF, h],
-                    [CUP_INNER_HALF, t, h], [CUP_INNER_HALF, t, h]],
-        geom_locations=[[0, 0, -CUP_HALF_Z + FLOOR_HALF_Z], [off, 0, wall_z], [-off, 0, wall_z],
-                        [0, off, wall_z], [0, -off, wall_z]],
-        geom_names=["floor", "wall_xp", "wall_xn", "wall_yp", "wall_yn"],
-        rgba=[0.2, 0.2, 0.22, 1],
-        density=4000.0,
-        locations_relative_to_center=True,
-    )
+    holder = walled_box("holder", CUP_OUTER_HALF, FLOOR_HALF_Z, CUP_INNER_HALF, WALL_HALF, WALL_HALF_Z, "floor",
+                        rgba=[0.2, 0.2, 0.22, 1], density=4000.0)
     lid = BoxObject(name="lid", size=[LID_HALF, LID_HALF, LID_HALF_Z], rgba=[0.75, 0.75, 0.78, 1], density=300.0)
     hinge = {
         "name": "lid_hinge",
@@ -80,23 +65,7 @@ class Coffee(TableTaskEnv):
             name="pod", size=[POD_RADIUS, POD_HALF_Z], rgba=[0.55, 0.3, 0.1, 1], density=500.0,
             friction=[1.5, 0.005, 0.0001],
         )
-        sampler = SequentialCompositeSampler(name="ObjectSampler")
-        for obj, xr, yr in ((self.machine, MACHINE_X, MACHINE_Y), (self.pod, POD_X, POD_Y)):
-            sampler.append_sampler(
-                UniformRandomSampler(
-                    name=f"{obj.name}_sampler",
-                    mujoco_objects=obj,
-                    x_range=xr,
-                    y_range=yr,
-                    rotation=0.0 if obj is self.machine else None,
-                    rotation_axis="z",
-                    ensure_object_boundary_in_range=False,
-                    ensure_valid_placement=True,
-                    reference_pos=self.table_offset,
-                    z_offset=0.001,
-                    rng=self.rng,
-                )
-            )
+        sampler = self.per_object_sampler([(self.machine, MACHINE_X, MACHINE_Y, 0.0), (self.pod, POD_X, POD_Y, None)])
         return [self.machine, self.pod], sampler
 
     def _setup_references(self):
@@ -162,10 +131,4 @@ class CoffeeExpert(WaypointExpert):
         ) + lid_moves
 
 
-SPEC = TaskSpec(
-    name="coffee",
-    instruction=INSTRUCTION,
-    horizon=HORIZON,
-    make_robosuite_env=make_robosuite_env,
-    make_expert=CoffeeExpert,
-)
+SPEC = TaskSpec("coffee", INSTRUCTION, HORIZON, make_robosuite_env, CoffeeExpert)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 from robosuite.models.objects import BoxObject
-from robosuite.utils.placement_samplers import UniformRandomSampler
 
 from wmpo.sim.spec import Disruption, TaskSpec
 from wmpo.sim.tasks._waypoints import TableTaskEnv, WaypointExpert, build_env, pick_and_place
@@ -27,19 +26,7 @@ class StackThree(TableTaskEnv):
     def _make_objects(self):
         cubes = [BoxObject(name=n, size=[h, h, h], rgba=RGBA[n], density=500.0) for n, h in HALF.items()]
         self.cubes = {c.name: c for c in cubes}
-        sampler = UniformRandomSampler(
-            name="CubeSampler",
-            mujoco_objects=cubes,
-            x_range=X_RANGE,
-            y_range=Y_RANGE,
-            rotation=YAW_RANGE,
-            rotation_axis="z",
-            ensure_object_boundary_in_range=False,
-            ensure_valid_placement=True,
-            reference_pos=self.table_offset,
-            z_offset=0.002,
-            rng=self.rng,
-        )
+        sampler = self.placement_sampler("CubeSampler", cubes, X_RANGE, Y_RANGE, YAW_RANGE, z_offset=0.002)
         return cubes, sampler
 
     def _on_top(self, upper: str, lower: str) -> bool:

@@ -4,10 +4,9 @@ from __future__ import annotations
 import numpy as np
 from robosuite.models.objects import BoxObject, CompositeObject
 from robosuite.utils.mjcf_utils import CustomMaterial
-from robosuite.utils.placement_samplers import SequentialCompositeSampler, UniformRandomSampler
 
 from wmpo.sim.spec import Disruption, TaskSpec
-from wmpo.sim.tasks._waypoints import TableTaskEnv, WaypointExpert, build_env, pick_and_place
+from wmpo.sim.tasks._waypoints import TableTaskEnv, WaypointExpert, build_env, pick_and_place, walled_box
 
 INSTRUCTION = "Assemble the three pieces: put the orange ring into the base, then the blue peg into the ring"
 HORIZON = 384
@@ -39,6 +38,7 @@ PEG_X, PEG_Y, PEG_YAW = (-0.06, 0.04), (-0.18, -0.12), (-np.pi / 8, np.pi / 8)
 
 
 BASE_GEOMS = ("plate", "wall_xp", "wall_xn", "wall_yp", "wall_yn")
+"""the base's geoms (walled_box names them so)"""
 BASE_RGBA = (0.35, 0.35, 0.38, 1)
 WOOD_MATERIAL = "base_dark_wood"
 """the `texture` disruption's material for the base (robosuite's WoodDark texture)"""
@@ -46,23 +46,9 @@ WOOD_MATERIAL = "base_dark_wood"
 
 def _base_object(wooden: bool = False):
     """The base; `wooden`: its visual geoms in dark wood (the `texture` disruption) instead of BASE_RGBA."""
-    t, w, h = WALL_THICK_HALF, SOCKET_HALF + 2 * WALL_THICK_HALF, WALL_HALF_Z
-    wall_z = FLOOR_Z + h
-    off = SOCKET_HALF + t
-    base = CompositeObject(
-        name="base",
-        total_size=[PLATE_HALF, PLATE_HALF, BASE_HALF_Z],
-        geom_types=["box"] * 5,
-        geom_sizes=[[PLATE_HALF, PLATE_HALF, PLATE_HALF_Z], [t, w, h], [t, w, h],
-                    [SOCKET_HALF, t, h], [SOCKET_HALF, t, h]],
-        geom_locations=[[0, 0, -BASE_HALF_Z + PLATE_HALF_Z], [off, 0, wall_z], [-off, 0, wall_z],
-                        [0, off, wall_z], [0, -off, wall_z]],
-        geom_names=list(BASE_GEOMS),
-        rgba=[1, 1, 1, 1] if wooden else list(BASE_RGBA),  # white: the wood texture shows unchanged
-        geom_materials=[WOOD_MATERIAL] * len(BASE_GEOMS) if wooden else None,
-        density=3000.0,
-        locations_relative_to_center=True,
-    )
+    base = walled_box("base", PLATE_HALF, PLATE_HALF_Z, SOCKET_HALF, WALL_THICK_HALF, WALL_HALF_Z, "plate",
+                      rgba=[1, 1, 1, 1] if wooden else list(BASE_RGBA),  # white: the wood texture shows unchanged
+                      density=3000.0, material=WOOD_MATERIAL if wooden else None)
     if wooden:
         base.append_material(CustomMaterial(
             texture="WoodDark", tex_name="base_dark_wood_tex", mat_name=WOOD_MATERIAL,
@@ -101,24 +87,8 @@ class ThreePieceAssembly(TableTaskEnv):
             name="peg", size=[PEG_HALF, PEG_HALF, PEG_HALF_Z], rgba=[0.15, 0.3, 0.9, 1], density=400.0,
             friction=[1.5, 0.005, 0.0001],
         )
-        sampler = SequentialCompositeSampler(name="ObjectSampler")
-        for obj, xr, yr, rot in ((self.base, BASE_X, BASE_Y, BASE_YAW), (self.ring, RING_X, RING_Y, RING_YAW),
-                                 (self.peg, PEG_X, PEG_Y, PEG_YAW)):
-            sampler.append_sampler(
-                UniformRandomSampler(
-                    name=f"{obj.name}_sampler",
-                    mujoco_objects=obj,
-                    x_range=xr,
-                    y_range=yr,
-                    rotation=rot,
-                    rotation_axis="z",
-                    ensure_object_boundary_in_range=False,
-                    ensure_valid_placement=True,
-                    reference_pos=self.table_offset,
-                    z_offset=0.001,
-                    rng=self.rng,
-                )
-            )
+        sampler = self.per_object_sampler([(self.base, BASE_X, BASE_Y, BASE_YAW), (self.ring, RING_X, RING_Y, RING_YAW),
+                                           (self.peg, PEG_X, PEG_Y, PEG_YAW)])
         return [self.base, self.ring, self.peg], sampler
 
     def _reset_internal(self):

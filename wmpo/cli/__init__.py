@@ -1,4 +1,5 @@
-"""The `wmpo` command. Each subcommand lives in its own module as `main(argv) -> int`."""
+"""The `wmpo` command. Every subcommand's argument parsing lives in this package (wmpo.cli.*) as
+`main(argv) -> int`; the library modules it calls import no CLI and no preset."""
 from __future__ import annotations
 
 import importlib
@@ -7,15 +8,15 @@ import sys
 
 # subcommand -> ("module:function", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "collect": ("wmpo.sim.cli:collect_main", "collect episodes in the real simulator into an HDF5 store"),
-    "corpus": ("wmpo.sim.corpus:main", "collect the world-model pretraining corpus (perturbed experts, several tasks)"),
-    "eval": ("wmpo.sim.cli:eval_main", "evaluate a policy in the real simulator on the evaluation initial states"),
-    "train-vae": ("wmpo.train.vae:main", "train the per-frame VAE on task frames"),
-    "train-wm": ("wmpo.train.world_model:main", "pretrain / fine-tune the action-conditioned video world model"),
-    "wm-eval": ("wmpo.train.wm_eval:main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),
-    "train-policy": ("wmpo.train.policy:main", "behaviour cloning of the VLA policy on expert demos"),
-    "train-reward": ("wmpo.train.reward:main", "train the VideoMAE success classifier"),
-    "run": ("wmpo.pipeline:main", "the whole WMPO pipeline for one task and preset, resumable stage by stage"),
+    "collect": ("wmpo.cli.sim:collect_main", "collect episodes in the real simulator into an HDF5 store"),
+    "eval": ("wmpo.cli.sim:eval_main", "evaluate a policy in the real simulator on the evaluation initial states"),
+    "corpus": ("wmpo.cli.sim:corpus_main", "collect the world-model pretraining corpus (perturbed experts, several tasks)"),
+    "train-vae": ("wmpo.cli.train:vae_main", "train the per-frame VAE on task frames"),
+    "train-wm": ("wmpo.cli.train:world_model_main", "pretrain / fine-tune the action-conditioned video world model"),
+    "wm-eval": ("wmpo.cli.train:wm_eval_main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),
+    "train-policy": ("wmpo.cli.train:policy_main", "behaviour cloning of the VLA policy on expert demos"),
+    "train-reward": ("wmpo.cli.train:reward_main", "train the VideoMAE success classifier"),
+    "run": ("wmpo.cli.run:main", "the whole WMPO pipeline for one task and preset, resumable stage by stage"),
 }
 
 

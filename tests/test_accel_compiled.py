@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from wmpo.engine.compiled import CUDAGraphRunner, compile_module
+from wmpo.accel.compiled import CUDAGraphRunner, compile_module
 from wmpo.utils.logging import _warned
 
 
@@ -88,7 +88,7 @@ def test_compile_module_cuda_reduce_overhead():
 
 def test_compile_failure_falls_back_to_eager_with_one_warning():
     """torch.compile fails lazily, at the first call: that call and every later one run eagerly."""
-    from wmpo.engine.compiled import compile_with_fallback
+    from wmpo.accel.compiled import compile_with_fallback
 
     def fn(x):
         y = x * 2
@@ -117,7 +117,7 @@ def test_rollout_compiles_the_denoiser_step_not_the_chunk():
     with dynamo's eager backend to stay quick) and the rollout matches the eager one."""
     import numpy as np
 
-    from wmpo.engine.compiled import CompiledDenoiser
+    from wmpo.accel.compiled import CompiledDenoiser
     from wmpo.models.policy import PolicyConfig, VLAPolicy
     from wmpo.models.tokenizer import ActionTokenizer
     from wmpo.models.vae import FrameVAE, VAEConfig
@@ -130,6 +130,7 @@ def test_rollout_compiles_the_denoiser_step_not_the_chunk():
                              mid_attention=False)).eval()
     wm = WorldModel(WorldModelConfig(latent_channels=4, latent_size=8, patch=2, hidden=32, spatial_blocks=1,
                                      temporal_blocks=1, heads=2, num_context=2, chunk_len=2, action_dim=3)).eval()
+    wm.set_action_stats({"q01": -np.ones(3), "q99": np.ones(3)})  # = the tokenizer's (the engine requires them)
     policy = VLAPolicy(PolicyConfig(chunk_len=2, action_dim=3, image_size=16, patch_size=8, hidden_size=32, num_heads=2,
                                     vision_layers=1, instr_layers=1, fusion_layers=1)).eval()
     tok = ActionTokenizer(-np.ones(3), np.ones(3))

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -60,3 +62,38 @@ class TrajectoryBatch:
                 vals = [pad(v) for v in vals]
             out[f.name] = torch.cat(vals, 0)
         return TrajectoryBatch(**out)
+
+
+def episodes_to_batch(episodes: list, tokenizer: Any, policy: Any, group: list[int]) -> TrajectoryBatch:
+    """Real episodes -> TrajectoryBatch (obs at each chunk start, the chunk's action tokens).
+
+    tokenizer: normalize / tokenize env actions (wmpo.models.tokenizer.ActionTokenizer); policy: gives
+    chunk_len K, action_dim D and encode_instructions. Used for the DPO baseline, whose preference
+    data are the base policy's real rollouts.
+    """
+    K, D = policy.chunk_len, policy.action_dim
+    S = max(-(-len(ep) // K) for ep in episodes)
+    N = len(episodes)
+    H, W = episodes[0].frames.shape[1:3]
+    obs = torch.zeros(N, S, H, W, 3, dtype=torch.uint8)
+    tokens = torch.zeros(N, S, K, D, dtype=torch.int64)
+    mask = torch.zeros(N, S, dtype=torch.bool)
+    for n, ep in enumerate(episodes):
+        T = len(ep)
+        s_n = -(-T // K)
+        acts = np.concatenate([ep.actions, np.repeat(ep.actions[-1:], s_n * K - T, 0)], 0)
+        tok = torch.as_tensor(np.asarray(tokenizer.tokenize(tokenizer.normalize(acts)))).long()
+        tokens[n, :s_n] = tok.view(s_n, K, D)
+        obs[n, :s_n] = torch.as_tensor(ep.frames[0 : s_n * K : K][:s_n])
+        mask[n, :s_n] = True
+    instr = policy.encode_instructions([ep.instruction for ep in episodes]).cpu()
+    return TrajectoryBatch(
+        obs=obs,
+        instr=instr,
+        tokens=tokens,
+        old_logp=torch.zeros(N, S, K, D),
+        chunk_mask=mask,
+        success=torch.tensor([bool(ep.success) for ep in episodes]),
+        group=torch.as_tensor(group, dtype=torch.int64),
+        length=torch.tensor([len(ep) for ep in episodes], dtype=torch.int64),
+    )

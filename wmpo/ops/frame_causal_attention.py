@@ -5,22 +5,21 @@
 the T_q query frames). Query i (0-based among T_q) attends to keys 0 .. num_cached + i.
 N is batch * spatial tokens, T about 12 frames, hd 64-72.
 
-Backends (WMPO_BACKEND, resolved like every wmpo op): triton on CUDA (kernels/temporal_attention.py),
-the reference (SDPA with an explicit mask) on CPU. "cuda" maps to the Triton kernel, "cpp" to the
+Backends (WMPO_BACKEND or `reference_ops()`, through wmpo.ops.dispatch like every wmpo op): triton
+on CUDA (kernels/temporal_attention.py), the reference (SDPA with an explicit mask) on CPU. "cuda" maps to the Triton kernel, "cpp" to the
 reference: this op has no C++ kernel. Backward: explicit fp32 math in PyTorch (any backend).
 """
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import torch.nn.functional as F
 
+from wmpo.ops import dispatch
 from wmpo.utils.checks import check_same_device, check_tensor
 from wmpo.utils.logging import warn_once
 
-_BACKENDS = ("auto", "triton", "cuda", "cpp", "ref")
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -55,35 +54,6 @@ def _attention_backward(q, k, v, grad_out, num_cached: int, scale: float):
 
 
 # ---------------------------------------------------------------------------------- dispatch
-def _env_backend() -> str:
-    want = os.environ.get("WMPO_BACKEND", "auto").strip().lower() or "auto"
-    if want not in _BACKENDS:
-        raise ValueError(f"WMPO_BACKEND: expected one of {_BACKENDS}, got {want!r}")
-    return want
-
-
-def _requested_backend(device: torch.device, backend: str | None = None) -> str:
-    """The backend wmpo.ops would pick for `device` (its resolve_backend when present)."""
-    if backend:
-        backend = backend.strip().lower()
-        if backend not in _BACKENDS:
-            raise ValueError(f"backend: expected one of {_BACKENDS}, got {backend!r}")
-    try:
-        from wmpo import ops as _ops
-
-        resolve = getattr(_ops, "resolve_backend", None)
-    except Exception:  # pragma: no cover - ops.py mid-rewrite
-        resolve = None
-    if resolve is not None:
-        try:
-            got = str(resolve(device, backend or None))
-            if got in _BACKENDS:
-                return got
-        except Exception:  # noqa: BLE001 - fall back to our own resolution below
-            pass
-    return backend or _env_backend()
-
-
 def _load_kernel():
     try:
         from wmpo.kernels.temporal_attention import frame_causal_attention_triton
@@ -95,13 +65,9 @@ def _load_kernel():
     return frame_causal_attention_triton
 
 
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
 def backend_for(q: torch.Tensor, backend: str | None = None) -> str:
     """'triton' or 'ref': what frame_causal_attention runs for inputs like `q` (and `backend`)."""
-    want = _requested_backend(q.device, backend)
+    want = dispatch.requested_backend(backend)
     if q.dtype == torch.float64:
         return "ref"
     cuda = q.device.type == "cuda"
@@ -112,7 +78,7 @@ def backend_for(q: torch.Tensor, backend: str | None = None) -> str:
     if want == "cpp":
         return "ref"
     if want == "triton":
-        if not cuda and not _interpreting():
+        if not cuda and not dispatch.triton_interpreting():
             warn_once("attn-triton-cpu", "wmpo.frame_causal_attention: Triton on CPU tensors needs TRITON_INTERPRET=1; using the reference")
             return "ref"
         if _load_kernel() is None:
@@ -173,8 +139,10 @@ def frame_causal_attention(q, k, v, *, num_cached: int = 0, scale: float | None 
         scale = 1.0 / math.sqrt(hd)
     elif not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
         raise ValueError(f"scale: expected a finite float or None, got {scale!r}")
-    if backend is not None and (not isinstance(backend, str) or backend.strip().lower() not in _BACKENDS):
-        raise ValueError(f"backend: expected None or one of {_BACKENDS}, got {backend!r}")
+    if backend is not None and (not isinstance(backend, str) or backend.strip().lower() not in dispatch.BACKENDS):
+        raise ValueError(f"backend: expected None or one of {dispatch.BACKENDS}, got {backend!r}")
+    if dispatch.reference_forced() and not backend:
+        return frame_causal_attention_ref(q, k, v, num_cached=num_cached, scale=float(scale))
     return torch.ops.wmpo.frame_causal_attention(q, k, v, num_cached, float(scale), backend or "")
 
 

@@ -56,7 +56,7 @@ def compile_module(
     if dev is None:
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if dev.type != "cuda" and mode in _CPU_MODE:
-        warn_once(f"compile-mode-cpu-{mode}", f"wmpo.engine.compile_module: mode {mode!r} uses CUDA graphs, "
+        warn_once(f"compile-mode-cpu-{mode}", f"wmpo.accel.compile_module: mode {mode!r} uses CUDA graphs, "
                   f"which need a CUDA device; compiling with {_CPU_MODE[mode]!r} on {dev}")
         mode = _CPU_MODE[mode]
     kwargs = {} if mode == "default" else {"mode": mode}
@@ -104,7 +104,7 @@ class CUDAGraphRunner:
         self.static_outputs: Any = None
         self.enabled = self.device.type == "cuda" and torch.cuda.is_available()
         if not self.enabled:
-            warn_once("cuda-graph-cpu", f"wmpo.engine.CUDAGraphRunner: CUDA graphs need a CUDA device (got {self.device}); "
+            warn_once("cuda-graph-cpu", f"wmpo.accel.CUDAGraphRunner: CUDA graphs need a CUDA device (got {self.device}); "
                       "running the function eagerly")
             return
         if warmup is None:
@@ -169,7 +169,7 @@ class compile_with_fallback:  # noqa: N801 - used like a function
             out = self.compiled(*args, **kwargs)
         except Exception as e:  # noqa: BLE001 - any compiler failure: dynamo, inductor, triton, C++ toolchain
             self.failed = f"{type(e).__name__}: {e}"
-            warn_once(f"compile-fallback-{self.name}-{id(self)}", f"wmpo.engine: torch.compile of {self.name} failed "
+            warn_once(f"compile-fallback-{self.name}-{id(self)}", f"wmpo.accel: torch.compile of {self.name} failed "
                       f"({self.failed[:500]}); running it eagerly")
             return self.fn(*args, **kwargs)
         self._checked = True

@@ -1,8 +1,8 @@
-"""Inference engines for the rollout's VAE decoder and policy (see docs/engine.md).
+"""Inference engines for the rollout's VAE decoder and policy (see docs/accel.md).
 
-- wmpo.engine.onnx_export: ONNX export + `OnnxEngine` (onnxruntime).
-- wmpo.engine.compiled: `compile_module` (torch.compile modes) and `CUDAGraphRunner`.
-- wmpo.engine.tensorrt: TensorRT from the ONNX file; optional and UNVERIFIED.
+- wmpo.accel.onnx_export: ONNX export + `OnnxEngine` (onnxruntime).
+- wmpo.accel.compiled: `compile_module` (torch.compile modes) and `CUDAGraphRunner`.
+- wmpo.accel.tensorrt: TensorRT from the ONNX file; optional and UNVERIFIED.
 
 Submodules import lazily (onnxruntime / tensorrt are optional at import time).
 """
@@ -27,5 +27,5 @@ __all__ = list(_EXPORTS)
 
 def __getattr__(name: str):
     if name in _EXPORTS:
-        return getattr(importlib.import_module(f"wmpo.engine.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'wmpo.engine' has no attribute {name!r}")
+        return getattr(importlib.import_module(f"wmpo.accel.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'wmpo.accel' has no attribute {name!r}")

@@ -183,7 +183,7 @@ class OnnxEngine:
             if "CUDAExecutionProvider" in ort.get_available_providers():
                 providers = [("CUDAExecutionProvider", {"device_id": self.device.index or 0}), "CPUExecutionProvider"]
             else:
-                warn_once("onnx-no-cuda-provider", "wmpo.engine.OnnxEngine: onnxruntime has no CUDAExecutionProvider "
+                warn_once("onnx-no-cuda-provider", "wmpo.accel.OnnxEngine: onnxruntime has no CUDAExecutionProvider "
                           "(install onnxruntime-gpu); running on the CPU provider with host copies")
         self.session = ort.InferenceSession(str(self.path), sess_options=opts, providers=providers)
         self.on_gpu = "CUDAExecutionProvider" in self.session.get_providers()

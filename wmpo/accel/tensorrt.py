@@ -3,7 +3,7 @@
 UNVERIFIED: TensorRT cannot be installed on the machines this project is developed and tested on,
 so this module has never been run. It follows the TensorRT 10 Python API (explicit batch,
 `build_serialized_network`, named I/O tensors, `execute_async_v3`). Treat it as a starting point;
-the verified engines are wmpo.engine.onnx_export.OnnxEngine and wmpo.engine.compiled.
+the verified engines are wmpo.accel.onnx_export.OnnxEngine and wmpo.accel.compiled.
 
     build_engine("vae_dec.onnx", "vae_dec.plan", max_batch=64)   # bf16 (fp16 can overflow in the VAE)
     dec = TensorRTEngine("vae_dec.plan")
@@ -30,8 +30,8 @@ def _trt():
     try:
         import tensorrt as trt
     except ImportError as e:
-        raise RuntimeError("wmpo.engine.tensorrt needs the `tensorrt` package (and a CUDA device); "
-                           "it is optional and not installed here. Use wmpo.engine.OnnxEngine or compile_module instead.") from e
+        raise RuntimeError("wmpo.accel.tensorrt needs the `tensorrt` package (and a CUDA device); "
+                           "it is optional and not installed here. Use wmpo.accel.OnnxEngine or compile_module instead.") from e
     return trt
 
 

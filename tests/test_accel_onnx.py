@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from wmpo.engine.onnx_export import OnnxEngine, export_onnx, export_policy_logits, export_vae_decoder  # noqa: E402
+from wmpo.accel.onnx_export import OnnxEngine, export_onnx, export_policy_logits, export_vae_decoder  # noqa: E402
 
 RTOL = 1e-4
 
@@ -148,7 +148,7 @@ def test_cuda_request_without_provider_falls_back(tmp_path):
 
 
 def test_tensorrt_is_optional():
-    from wmpo.engine import tensorrt as trt_mod
+    from wmpo.accel import tensorrt as trt_mod
 
     assert "UNVERIFIED" in trt_mod.__doc__
     if importlib.util.find_spec("tensorrt") is None:

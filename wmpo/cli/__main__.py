@@ -1,0 +1,6 @@
+"""`python -m wmpo.cli ...` is the `wmpo` command."""
+import sys
+
+from wmpo.cli import main
+
+sys.exit(main())

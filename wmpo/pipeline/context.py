@@ -1,0 +1,93 @@
+"""What the pipeline's stages share: the run's config, folders, device and logger, and the loaders
+that turn a stage's recorded outputs back into models, environments and initial frames."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from wmpo.config import RunConfig
+from wmpo.pipeline.stages import StageRunner
+from wmpo.utils.device import default_device
+from wmpo.utils.logging import ScalarLogger
+
+
+class Context:
+    """The config, the output folders, the device, the logger, and earlier stages' outputs."""
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner):
+        self.cfg = cfg
+        self.out = out_dir
+        self.runner = runner
+        self.device = default_device()
+        self.logger = ScalarLogger(out_dir / "tb")
+
+    def path(self, *parts: str) -> Path:
+        p = self.out.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def output(self, stage: str) -> dict:
+        return self.runner.outputs[stage]
+
+    # ------------------------------------------------------------------ loaders
+    def load_policy(self, path: str):
+        """(policy, tokenizer) of a policy checkpoint, on the run's device."""
+        from wmpo.models.policy import load_policy
+
+        return load_policy(path, self.device)
+
+    def env_policy(self, policy, tokenizer, temperature):
+        """The policy as the simulator's batched callable (frames, instructions) -> env action chunks."""
+        from wmpo.models.policy import as_env_policy
+
+        return as_env_policy(policy, tokenizer, temperature=temperature, device=self.device)
+
+    def load_vae(self):
+        """The run's VAE (stage `vae`), on the run's device, in eval mode."""
+        from wmpo.models.vae import FrameVAE
+
+        return FrameVAE.from_checkpoint(self.output("vae")["path"]).to(self.device).eval()
+
+    def world_model_env(self, wm_path: str):
+        """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
+        from wmpo.models.world_model import WorldModel
+        from wmpo.rollout.world_model_env import WorldModelEnv
+
+        cfg = self.cfg
+        wm = WorldModel.from_checkpoint(wm_path).to(self.device).eval()
+        return WorldModelEnv(self.load_vae(), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+                             t_context=cfg.world_model.t_context, device=self.device)
+
+    def success_detector(self, reward_path: str):
+        """The reward model at `reward_path` as an incremental success detector over rollout.num_slots rows."""
+        from wmpo.models.reward import IncrementalSuccess, load_reward
+
+        return IncrementalSuccess(load_reward(reward_path, self.device).eval(), self.cfg.rollout.num_slots, self.device)
+
+    def imagination_engine(self, policy, tokenizer, wm_path: str, reward_path: str):
+        """The imagination engine of `policy` in the world model at `wm_path`, judged by the reward model."""
+        from wmpo.rollout.engine import ImaginationEngine
+
+        return ImaginationEngine(self.world_model_env(wm_path), policy, self.success_detector(reward_path), tokenizer, self.cfg.rollout)
+
+    def initial_frames(self, split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(states [n, S], first frames uint8 [n, H, W, 3]) of the task's `split` initial states, cached."""
+        from wmpo.sim import make_env
+        from wmpo.sim.initial_states import get_initial_states
+
+        cache = self.path("data", f"initial_{split}_{n}.npz")
+        if cache.is_file():
+            z = np.load(cache)
+            return z["states"], z["frames"]
+        states = get_initial_states(self.cfg.task, split, n)
+        env = make_env(self.cfg.task, image_size=self.cfg.image_size, seed=self.cfg.seed)
+        try:
+            frames = np.stack([env.reset_to(s) for s in states])
+        finally:
+            env.close()
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, states=states, frames=frames)
+        os.replace(tmp, cache)
+        return states, frames

@@ -1,0 +1,90 @@
+"""WMPO, the paper's Algorithm 1: GRPO inside the world model.
+
+    for each iteration:
+        sample B trajectories in groups of G from the initial-state pool, inside the world model,
+        judged by the reward model, with dynamic sampling        (wmpo.rollout: ImaginationEngine)
+        one GRPO update of the policy on them                    (wmpo.rl.grpo: GRPOTrainer)
+
+Everything is passed in explicitly (the world-model environment, the policy and its tokenizer, the
+reward model's success detector, the GRPO settings, the initial frames); nothing here knows about
+the pipeline's run folder. Resumable per iteration from `state_path`.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer
+from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
+from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint
+from wmpo.utils.logging import ScalarLogger, progress
+
+
+def wmpo_train(
+    wm_env: Any,
+    policy: nn.Module,
+    tokenizer: Any,
+    success_detector: Any,
+    initial_frames: torch.Tensor,
+    instruction: str,
+    *,
+    grpo: GRPOConfig,
+    rollout: RolloutConfig,
+    iterations: int,
+    horizon: int,
+    seed: int = 0,
+    state_path: str | Path | None = None,
+    logger: ScalarLogger | None = None,
+    tag: str = "wmpo",
+) -> list[dict[str, Any]]:
+    """`iterations` WMPO updates of `policy` (in place); -> one record per iteration.
+
+    wm_env: a batched world-model environment (wmpo.rollout.world_model_env.WorldModelEnv).
+    policy / tokenizer: a wmpo.models.protocol.Policy and its action tokenizer.
+    success_detector: the reward model's incremental success detector over rollout.num_slots rows
+      (wmpo.models.reward.IncrementalSuccess), or None (every trajectory runs to the horizon).
+    initial_frames: the initial-state pool, uint8 [I, H, W, 3] or model frames [I, 3, H, W].
+    grpo: batch size B, group size G, temperature and the update's settings (paper Table 4).
+    horizon: imagined trajectory length in env steps. seed: iteration i samples with seed * 1000 + i.
+    state_path: policy + trainer + records saved after every iteration and resumed from.
+    """
+    if iterations < 0:
+        raise ValueError(f"iterations: expected >= 0, got {iterations}")
+    trainer = GRPOTrainer(policy, grpo)
+    history: list[dict[str, Any]] = []
+    start = 0
+    ckpt = Path(state_path) if state_path is not None else None
+    if ckpt is not None and ckpt.is_file():
+        st = load_checkpoint(ckpt)
+        policy.load_state_dict(st["policy"])
+        trainer.load_state_dict(st["trainer"])
+        history, start = st["history"], st["iteration"]
+    engine = ImaginationEngine(wm_env, policy, success_detector, tokenizer, rollout)
+    device = engine.device
+    for it in progress(range(start, iterations), total=iterations, desc=tag):
+        t0 = time.time()
+        policy.eval()
+        batch, rstats = engine.sample_groups(initial_frames, instruction, group_size=grpo.group_size,
+                                             num_trajectories=grpo.batch_size, temperature=grpo.temperature,
+                                             max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
+                                             seed=seed * 1000 + it)
+        rec: dict[str, Any] = {
+            "iteration": it + 1, "trajectories": len(batch), "rollout_seconds": time.time() - t0,
+            "imagined_success_rate": float(batch.success.float().mean()) if len(batch) else 0.0,
+            "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0)),
+        }
+        if len(batch) > 0:
+            rec.update({k: float(v) for k, v in trainer.update(batch.to(device)).items()})
+        else:
+            rec["skipped_update"] = True  # every group was all-success or all-failure
+        rec["seconds"] = time.time() - t0
+        history.append(rec)
+        if logger is not None:
+            logger.scalars({f"{tag}/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)
+        if ckpt is not None:
+            save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": trainer.state_dict(), "history": history, "iteration": it + 1})
+    return history
