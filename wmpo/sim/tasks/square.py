@@ -195,11 +195,7 @@ class SquareExpert(WaypointExpert):
 
 
 SPEC = TaskSpec(
-    name="square",
-    instruction=INSTRUCTION,
-    horizon=HORIZON,
-    make_robosuite_env=make_robosuite_env,
-    make_expert=SquareExpert,
+    "square", INSTRUCTION, HORIZON, make_robosuite_env, SquareExpert,
     disruptions=(
         Disruption("position", f"the square peg at a random spot in x {PEG_X_RANGE}, y {PEG_Y_RANGE} (m) "
                    "instead of fixed at (0.23, 0.10)", make_peg_position_env),

@@ -96,11 +96,7 @@ class StackThreeExpert(WaypointExpert):
 
 
 SPEC = TaskSpec(
-    name="stack_three",
-    instruction=INSTRUCTION,
-    horizon=HORIZON,
-    make_robosuite_env=make_robosuite_env,
-    make_expert=StackThreeExpert,
+    "stack_three", INSTRUCTION, HORIZON, make_robosuite_env, StackThreeExpert,
     disruptions=(Disruption("background", "the table-top drawn plain gray instead of its ceramic texture",
                             make_gray_table_env),),
 )

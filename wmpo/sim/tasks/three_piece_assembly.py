@@ -149,11 +149,7 @@ class ThreePieceAssemblyExpert(WaypointExpert):
 
 
 SPEC = TaskSpec(
-    name="three_piece_assembly",
-    instruction=INSTRUCTION,
-    horizon=HORIZON,
-    make_robosuite_env=make_robosuite_env,
-    make_expert=ThreePieceAssemblyExpert,
+    "three_piece_assembly", INSTRUCTION, HORIZON, make_robosuite_env, ThreePieceAssemblyExpert,
     disruptions=(
         Disruption("texture", "the base drawn in dark wood instead of plain dark gray", make_wooden_base_env),
     ),
