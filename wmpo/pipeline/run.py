@@ -210,7 +210,27 @@ def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, 
     pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
     return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
                       rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
-                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag)
+                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag,
+                      real_eval=_real_eval_curve(ctx, tok), real_eval_every=cfg.wmpo_real_eval_every)
+
+
+def _real_eval_curve(ctx: Context, tok):
+    """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
+    real check; the evaluation states stay untouched until the final comparison). None: no curve."""
+    cfg = ctx.cfg
+    if cfg.wmpo_real_eval_every <= 0:
+        return None
+    from wmpo.sim.evaluate import evaluate
+
+    first = max(1, cfg.real_budget // cfg.grpo.group_size)
+    states, _ = ctx.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
+
+    def real_eval(policy) -> dict[str, float]:
+        r = evaluate(ctx.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
+                     num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
+        return {"success_rate": r.success_rate, "episodes": r.n}
+
+    return real_eval
 
 
 def stage_wmpo(ctx: Context) -> dict:
