@@ -51,6 +51,7 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     assert set(ev) == {"base", "wmpo", "online_grpo", "dpo", "lifelong"} and all(0.0 <= r["success_rate"] <= 1.0 for r in ev.values())
     hist = json.loads((out / "policy_wmpo" / "history.json").read_text())
     assert len(hist) == 1
+    assert 0.0 <= hist[0]["real/success_rate"] <= 1.0 and hist[0]["real/episodes"] == 2  # the real-check curve
     assert list((out / "videos" / "imagined_vs_real").glob("*.mp4"))
     lifelong = json.loads((out / "lifelong" / "lifelong.json").read_text())
     assert lifelong["done"] == 1 and len(lifelong["data"]) == 1

@@ -82,6 +82,11 @@ class RunConfig:
     """tasks of the multi-task pretraining corpus"""
     heldout_episodes: int = 0
     """real base-policy episodes on training states never trained on (diagnostics only; 0: no diagnostics)"""
+    wmpo_real_eval_every: int = 0
+    """every this many WMPO iterations, a greedy real-simulator evaluation on a fixed set of held-out
+    *training* states joins the training curve (0: none); never used to select anything"""
+    wmpo_real_eval_episodes: int = 16
+    """states of that curve: the held-out stage's first ones (training split, after P's states)"""
     diagnostic_sampler_steps: tuple[int, ...] = ()
     """extra Euler step counts at which world-model fidelity is also measured (the rollout's is always)"""
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
@@ -135,8 +140,11 @@ def _preset_paper(task: str) -> RunConfig:
         task=task, preset="paper", image_size=256, num_workers=16, num_demos=300, real_budget=128, eval_episodes=128,
         sampler_steps=30, wmpo_iterations=20,
         vae_train=VAETrainConfig(vae=_vae(256, (128, 256, 512, 512), 2, 32, True), steps=20000, batch_size=32, lr=1e-4),
-        wm_pretrain=WMTrainConfig(model=wm, steps=100000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
-        wm_finetune=WMTrainConfig(model=wm, steps=30000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999),
+        # 393k tokens per step through 56 blocks: activation checkpointing + 4 micro-batches fit one 80 GB GPU
+        wm_pretrain=WMTrainConfig(model=wm, steps=100000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999,
+                                  grad_accum=4, grad_checkpointing=True),
+        wm_finetune=WMTrainConfig(model=wm, steps=30000, batch_size=128, lr=1e-4, grad_clip=0.1, ema_decay=0.9999,
+                                  grad_accum=4, grad_checkpointing=True),
         policy_train=PolicyTrainConfig(policy=_policy(image_size=224, patch_size=16, hidden_size=768, num_heads=12, vision_layers=12,
                                                            instr_layers=2, fusion_layers=6), steps=50000, batch_size=256, lr=3e-4,
                                        warmup_steps=1000, crop_pad=12),
@@ -194,6 +202,7 @@ def _preset_micro(task: str) -> RunConfig:
         cfg, preset="micro", image_size=32, num_workers=1, num_demos=2, real_budget=8, num_initial_states=4, eval_episodes=2,
         max_episode_steps=24, imagined_horizon=16, sampler_steps=2, wmpo_iterations=1, num_videos=1,
         corpus_episodes_per_task=1, corpus_tasks=("square", "coffee"), heldout_episodes=2, diagnostic_sampler_steps=(3,),
+        wmpo_real_eval_every=1, wmpo_real_eval_episodes=2,
         vae_train=replace(cfg.vae_train, vae=_vae(32, (8, 16, 16), 1, 4, False), steps=4, batch_size=4),
         wm_pretrain=replace(cfg.wm_pretrain, model=wm, steps=4, batch_size=2),
         wm_finetune=replace(cfg.wm_finetune, model=wm, steps=2, batch_size=2),
@@ -220,7 +229,8 @@ def _preset_cpu(task: str) -> RunConfig:
     return RunConfig(
         task=task, preset="cpu", image_size=64, num_workers=2, num_demos=100, real_budget=128, num_initial_states=128,
         eval_episodes=128, max_episode_steps=None, imagined_horizon=None, sampler_steps=10, wmpo_iterations=16, num_videos=4,
-        corpus_episodes_per_task=300, heldout_episodes=48, diagnostic_sampler_steps=(30,),
+        corpus_episodes_per_task=300, heldout_episodes=48, diagnostic_sampler_steps=(30,), wmpo_real_eval_every=4,
+        wmpo_real_eval_episodes=24,
         vae_train=VAETrainConfig(vae=_vae(64, (32, 64, 64), 2, 8, False), steps=6000, batch_size=32, lr=5e-4, log_every=100,
                                  ckpt_every=500),
         wm_pretrain=WMTrainConfig(model=wm, steps=30000, batch_size=16, lr=3e-4, grad_clip=1.0, ema_decay=0.999, log_every=100,

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from wmpo import ops as _ops
@@ -128,6 +129,7 @@ class WorldModel(nn.Module):
             raise ValueError(f"latent_size: expected a multiple of patch={cfg.patch}, got {cfg.latent_size}")
         self.cfg = cfg
         self.action_stats: dict[str, np.ndarray] | None = None  # q01/q99 [action_dim] of its training actions
+        self.grad_checkpointing = False  # training: recompute each block's activations in backward (memory)
         D, p, C = cfg.hidden, cfg.patch, cfg.latent_channels
         self.patch_embed = nn.Linear(C * p * p, D)
         self.pos_spatial = nn.Parameter(torch.zeros(cfg.tokens_per_frame, D))
@@ -236,31 +238,40 @@ class WorldModel(nn.Module):
         L = len(self.blocks)
         blk_mod = mod[:, : L * 6 * D].reshape(B * T, L, 6, D)
         fin = mod[:, L * 6 * D:].reshape(B * T, 2, D)
-        g0 = self.cfg.gate_offset
-        tpf = N
-        h = _ops.adaln_modulate(x, blk_mod[:, 0, 0].contiguous(), blk_mod[:, 0, 1].contiguous(), tokens_per_frame=tpf)
+        h = _ops.adaln_modulate(x, blk_mod[:, 0, 0].contiguous(), blk_mod[:, 0, 1].contiguous(), tokens_per_frame=N)
         kvs: list = []
         ti = 0
+        # activation checkpointing (training only): each block's activations are recomputed in backward
+        ckpt = self.grad_checkpointing and self.training and torch.is_grad_enabled() and not keep_kv and past is None
         for i, blk in enumerate(self.blocks):
-            m = blk_mod[:, i]
             p_kv = None
             if blk.kind == "temporal":
                 p_kv = past[ti] if past is not None else None
                 ti += 1
-            y, kv = self._attn(blk, h, B, T, p_kv, keep_kv, past_len=t0, reserve=reserve)
+            if ckpt:
+                x, h = torch.utils.checkpoint.checkpoint(self._block, i, x, h, blk_mod, fin, B, T, None, False, t0, reserve,
+                                                         use_reentrant=False)[:2]
+                continue
+            x, h, kv = self._block(i, x, h, blk_mod, fin, B, T, p_kv, keep_kv, t0, reserve)
             if kv is not None:
                 kvs.append(kv)
-            x, h = _ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
-                                                 tokens_per_frame=tpf)
-            y = blk.mlp(h)
-            if i + 1 < L:
-                nshift, nscale = blk_mod[:, i + 1, 0], blk_mod[:, i + 1, 1]
-            else:
-                nshift, nscale = fin[:, 0], fin[:, 1]
-            x, h = _ops.gated_residual_adaln(x, y, (m[:, 5] + g0).contiguous(), nshift.contiguous(), nscale.contiguous(),
-                                                 tokens_per_frame=tpf)
         out = self._unembed(self.final(h), B, T)
         return out, kvs
+
+    def _block(self, i: int, x, h, blk_mod, fin, B: int, T: int, p_kv, keep_kv: bool, past_len: int, reserve: int):
+        """Block i: attention, gated residual + next AdaLN, MLP, gated residual + next AdaLN -> (x, h, kv)."""
+        blk, m, g0, tpf = self.blocks[i], blk_mod[:, i], self.cfg.gate_offset, self.cfg.tokens_per_frame
+        y, kv = self._attn(blk, h, B, T, p_kv, keep_kv, past_len=past_len, reserve=reserve)
+        x, h = _ops.gated_residual_adaln(x, y, (m[:, 2] + g0).contiguous(), m[:, 3].contiguous(), m[:, 4].contiguous(),
+                                         tokens_per_frame=tpf)
+        y = blk.mlp(h)
+        if i + 1 < len(self.blocks):
+            nshift, nscale = blk_mod[:, i + 1, 0], blk_mod[:, i + 1, 1]
+        else:
+            nshift, nscale = fin[:, 0], fin[:, 1]
+        x, h = _ops.gated_residual_adaln(x, y, (m[:, 5] + g0).contiguous(), nshift.contiguous(), nscale.contiguous(),
+                                         tokens_per_frame=tpf)
+        return x, h, kv
 
     # ------------------------------------------------------------------ public
     def forward(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:

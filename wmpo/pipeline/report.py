@@ -30,7 +30,8 @@ def _plot_curves(history: list[dict], path: Path) -> bool:
 
     it = [h["iteration"] for h in history]
     keys = [("imagined_success_rate", "imagined success rate"), ("grpo/loss", "GRPO loss"),
-            ("grpo/clip_frac", "clip fraction"), ("grpo/entropy", "policy entropy")]
+            ("grpo/clip_frac", "clip fraction"), ("grpo/ratio_mean", "ratio (mean)"), ("grpo/entropy", "policy entropy"),
+            ("real/success_rate", "real success, held-out train states")]
     keys = [(k, t) for k, t in keys if any(k in h for h in history)]
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, (k, title) in zip(axes[0], keys):
@@ -108,10 +109,14 @@ def write_report(ctx: Any) -> Path:
     hist = outs.get("wmpo", {}).get("history", [])
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]
-        lines += ["| iteration | trajectories | imagined success | groups dropped / tried | rollout s |", "|---|---|---|---|---|"]
+        lines += ["| iteration | trajectories | imagined success | groups kept / tried | clip fraction | ratio | entropy | "
+                  "real success (held-out train states) | rollout s |", "|---|---|---|---|---|---|---|---|---|"]
         for h in hist:
+            tried = h.get("groups_tried", 0)
             lines.append(f"| {h['iteration']} | {h['trajectories']} | {_pct(h.get('imagined_success_rate'))} | "
-                         f"{h.get('groups_dropped', '-')} / {h.get('groups_tried', '-')} | {h.get('rollout_seconds', 0):.1f} |")
+                         f"{tried - h.get('groups_dropped', 0)} / {tried} | {_f(h.get('grpo/clip_frac'), '.3f')} | "
+                         f"{_f(h.get('grpo/ratio_mean'), '.3f')} | {_f(h.get('grpo/entropy'), '.3f')} | "
+                         f"{_pct(h.get('real/success_rate'))} | {h.get('rollout_seconds', 0):.1f} |")
     vids = sorted(p.relative_to(out) for p in (out / "videos").rglob("*.mp4")) if (out / "videos").is_dir() else []
     if vids:
         lines += ["", "## Videos", "", "Imagined vs real rollouts of the WMPO policy from the same initial state "

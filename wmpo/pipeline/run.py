@@ -210,7 +210,27 @@ def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, 
     pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
     return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
                       rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
-                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag)
+                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag,
+                      real_eval=_real_eval_curve(ctx, tok), real_eval_every=cfg.wmpo_real_eval_every)
+
+
+def _real_eval_curve(ctx: Context, tok):
+    """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
+    real check; the evaluation states stay untouched until the final comparison). None: no curve."""
+    cfg = ctx.cfg
+    if cfg.wmpo_real_eval_every <= 0:
+        return None
+    from wmpo.sim.evaluate import evaluate
+
+    first = max(1, cfg.real_budget // cfg.grpo.group_size)
+    states, _ = ctx.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
+
+    def real_eval(policy) -> dict[str, float]:
+        r = evaluate(ctx.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
+                     num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
+        return {"success_rate": r.success_rate, "episodes": r.n}
+
+    return real_eval
 
 
 def stage_wmpo(ctx: Context) -> dict:
@@ -391,9 +411,24 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
     ]
 
 
-def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None) -> dict[str, dict]:
+def config_changes(saved: Any, now: Any, prefix: str = "") -> tuple[list[str], list[str]]:
+    """(fields whose value differs or that the code dropped, fields the code added since `saved` was written)."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        changed: list[str] = [prefix + k for k in saved if k not in now]
+        added: list[str] = [prefix + k for k in now if k not in saved]
+        for k in saved.keys() & now.keys():
+            c, a = config_changes(saved[k], now[k], f"{prefix}{k}.")
+            changed += c
+            added += a
+        return changed, added
+    return ([prefix.rstrip(".")] if saved != now else []), []
+
+
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False) -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
-    resuming with a different config is refused (start a new out_dir instead)."""
+    resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
+    written by an older wmpo whose config lacks fields the code has added since (and differs in
+    nothing else) resumes with them recorded; a changed value is still refused."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
     from wmpo.utils.checkpoint import load_json
@@ -413,8 +448,15 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     resolved = asdict(cfg)
     if cfg_path.is_file():
         saved = load_json(cfg_path, what="run config")
-        if json.loads(json.dumps(resolved, default=str)) != saved:
-            raise ValueError(f"out: {out} holds a run with a different config ({cfg_path}); use a new --out or the same options")
+        now = json.loads(json.dumps(resolved, default=str))
+        if now != saved:
+            changed, added = config_changes(saved, now)
+            if changed or not upgrade_config:
+                hint = (f"; fields the code added since: {added[:8]} (--upgrade-config records them)" if added and not changed else "")
+                raise ValueError(f"out: {out} holds a run with a different config ({cfg_path}"
+                                 f"{', changed: ' + str(changed[:8]) if changed else ''}){hint}; use a new --out or the same options")
+            print(f"wmpo run: config of {out} upgraded with the fields added since it was written: {added}")
+            save_json(cfg_path, resolved)
     else:
         save_json(cfg_path, resolved)
     seed_everything(cfg.seed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -40,6 +40,8 @@ def wmpo_train(
     state_path: str | Path | None = None,
     logger: ScalarLogger | None = None,
     tag: str = "wmpo",
+    real_eval: Callable[[nn.Module], dict[str, float]] | None = None,
+    real_eval_every: int = 0,
 ) -> list[dict[str, Any]]:
     """`iterations` WMPO updates of `policy` (in place); -> one record per iteration.
 
@@ -51,7 +53,12 @@ def wmpo_train(
     grpo: batch size B, group size G, temperature and the update's settings (paper Table 4).
     horizon: imagined trajectory length in env steps. seed: iteration i samples with seed * 1000 + i.
     state_path: policy + trainer + records saved after every iteration and resumed from.
+    real_eval / real_eval_every: every `real_eval_every` iterations (and after the last), `real_eval(policy)`
+      -> scalars (e.g. a greedy real-simulator success rate on a fixed set of states) joins that
+      iteration's record under "real/<key>"; a training curve only, never used to select anything.
     """
+    if real_eval_every < 0:
+        raise ValueError(f"real_eval_every: expected >= 0, got {real_eval_every}")
     if iterations < 0:
         raise ValueError(f"iterations: expected >= 0, got {iterations}")
     trainer = GRPOTrainer(policy, grpo)
@@ -82,6 +89,9 @@ def wmpo_train(
         else:
             rec["skipped_update"] = True  # every group was all-success or all-failure
         rec["seconds"] = time.time() - t0
+        if real_eval is not None and real_eval_every > 0 and ((it + 1) % real_eval_every == 0 or it + 1 == iterations):
+            policy.eval()
+            rec.update({f"real/{k}": float(v) for k, v in real_eval(policy).items()})
         history.append(rec)
         if logger is not None:
             logger.scalars({f"{tag}/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)

@@ -41,6 +41,10 @@ class WMTrainConfig(TrainLoopConfig):
     """final lr / peak lr of the 'cosine' schedule"""
     t_sampling: str = "logit_normal"
     """flow time distribution of predicted frames: 'uniform' or 'logit_normal'"""
+    grad_accum: int = 1
+    """micro-batches per optimizer step (batch_size is split evenly; same update, less activation memory)"""
+    grad_checkpointing: bool = False
+    """recompute each block's activations in backward instead of keeping them (memory for compute)"""
     steps: int = 100000  # (loop defaults of the world model)
     grad_clip: float = 0.1
     log_every: int = 25
@@ -84,17 +88,25 @@ class WMTrainer:
         self.amp = autocast_dtype(device)
 
     def step(self) -> float:
+        n_micro = self.cfg.grad_accum
+        if n_micro < 1 or self.cfg.batch_size % n_micro:
+            raise ValueError(f"grad_accum: expected a divisor of batch_size={self.cfg.batch_size}, got {n_micro}")
         x0, act = self.data.sample(self.cfg.batch_size, self.gen)
         t = sample_t(x0.shape[0], self.cfg.t_sampling, self.gen)
         noise = torch.randn(x0.shape, generator=self.gen)
-        x0, act, t, noise = (z.to(self.device) for z in (x0, act, t, noise))
         self.model.train()
+        self.model.grad_checkpointing = self.cfg.grad_checkpointing
         for group in self.opt.param_groups:
             group["lr"] = lr_at(self.step_count, self.cfg)
-        with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
-            loss = flow_loss(self.model, x0, act, t, noise)
         self.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum = 0.0
+        for part in zip(*(z.chunk(n_micro) for z in (x0, act, t, noise))):  # equal micro-batches: mean of means
+            xm, am, tm, nm = (z.to(self.device) for z in part)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.bfloat16, enabled=self.amp is not None):
+                loss = flow_loss(self.model, xm, am, tm, nm) / n_micro
+            loss.backward()
+            loss_sum += float(loss.detach())
+        loss = torch.tensor(loss_sum)
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         if self.ema is not None:
