@@ -22,8 +22,9 @@ import torch
 from wmpo.data.clips import episode_frames, normalize_actions
 from wmpo.models.reward import prf1
 from wmpo.models.vae import psnr
+from wmpo.train.reward import video_scores
 from wmpo.train.wm_eval import ssim
-from wmpo.utils.frames import model_to_uint8, uint8_to_model
+from wmpo.utils.frames import model_to_uint8
 
 HORIZONS = (8, 16, 24, 32, 48, 64, 96, 128)
 """frames after the first at which fidelity is reported"""
@@ -91,18 +92,6 @@ def open_loop_fidelity(vae, world_model, episodes: Sequence, action_stats: dict,
             "vae": {"psnr": curves["vae_psnr"], "ssim": curves["vae_ssim"]},
             "at": at, "num_episodes": B, "lengths": lengths.tolist(),
             "frames": torch.cat(imag_u8, 1).numpy()}
-
-
-@torch.no_grad()
-def video_scores(reward_model, videos: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
-    """Max sliding-window success probability of each uint8 [T+1, H, W, 3] video (as at rollout)."""
-    reward_model.eval()
-    out = []
-    for v in videos:
-        f = uint8_to_model(torch.as_tensor(np.asarray(v)).to(device))[None]
-        probs = reward_model.score_windows(f, pad=True)[0, 1:]
-        out.append(float(probs.max()) if probs.numel() else 0.0)
-    return np.asarray(out, dtype=np.float64)
 
 
 def outcome_agreement(reward_model, imagined: np.ndarray, lengths: Sequence[int], real_success: Sequence[bool],

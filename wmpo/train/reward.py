@@ -102,15 +102,21 @@ def split_episodes(episodes: Sequence[Episode], val_fraction: float, test_fracti
 
 # ---------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def trajectory_scores(model: RewardModel, episodes: Sequence[Episode], device: torch.device) -> np.ndarray:
-    """Max window probability per episode (windows ending at frames 1..T, left-padded), as at rollout."""
+@torch.no_grad()
+def video_scores(model: RewardModel, videos: Sequence[np.ndarray], device: torch.device) -> np.ndarray:
+    """Max window probability per uint8 [T+1, H, W, 3] video (windows ending at frames 1..T, left-padded), as at rollout."""
     model.eval()
     out = []
-    for ep in episodes:
-        f = uint8_to_model(torch.from_numpy(np.asarray(ep.frames)).to(device))[None]
+    for v in videos:
+        f = uint8_to_model(torch.as_tensor(np.asarray(v)).to(device))[None]
         probs = model.score_windows(f, pad=True)[0, 1:]
         out.append(float(probs.max()) if probs.numel() else 0.0)
     return np.asarray(out, dtype=np.float64)
+
+
+def trajectory_scores(model: RewardModel, episodes: Sequence[Episode], device: torch.device) -> np.ndarray:
+    """video_scores of the episodes' frames."""
+    return video_scores(model, [ep.frames for ep in episodes], device)
 
 
 def per_task_metrics(episodes: Sequence[Episode], scores: np.ndarray, threshold: float) -> dict[str, dict[str, float]]:
