@@ -22,6 +22,8 @@ class Context:
         self.runner = runner
         self.device = default_device()
         self.logger = ScalarLogger(out_dir / "tb")
+        self.corpus_as_is = False
+        """the corpus folder is used as it is (wmpo run --corpus-as-is)"""
 
     def path(self, *parts: str) -> Path:
         p = self.out.joinpath(*parts)
@@ -29,7 +31,7 @@ class Context:
         return p
 
     def output(self, stage: str) -> dict:
-        return self.runner.outputs[stage]
+        return self.runner.output(stage, self)
 
     # ------------------------------------------------------------------ loaders
     def load_policy(self, path: str):

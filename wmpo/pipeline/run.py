@@ -51,12 +51,21 @@ def stage_corpus(ctx: Context) -> dict:
     the real budget P). Resumable; a corpus folder shared between runs is topped up, never redone."""
     from wmpo.sim.corpus import CorpusConfig, collect_corpus, corpus_store_path
 
+    from wmpo.sim.corpus import corpus_counts
+
     cfg = ctx.cfg
     folder = _corpus_dir(ctx)
     ccfg = CorpusConfig(tasks=tuple(cfg.corpus_tasks), episodes_per_task=cfg.corpus_episodes_per_task, image_size=cfg.image_size,
                         max_steps=cfg.max_episode_steps)
-    counts = collect_corpus(folder, ccfg, num_workers=cfg.num_workers)
-    return {"folder": str(folder), "stores": [str(corpus_store_path(folder, t)) for t in ccfg.tasks], "counts": counts,
+    if ctx.corpus_as_is:  # streamed pretraining: the corpus folder holds this machine's slice, used as it is
+        counts = corpus_counts(folder, ccfg.tasks)
+        if not any(c["episodes"] for c in counts.values()):
+            raise ValueError(f"corpus: {folder} holds no episodes of {list(ccfg.tasks)} (--corpus-as-is uses the folder as it "
+                             f"is; fill it with `wmpo corpus --out {folder}` first)")
+    else:
+        counts = collect_corpus(folder, ccfg, num_workers=cfg.num_workers)
+    stores = [str(corpus_store_path(folder, t)) for t in ccfg.tasks if counts[t]["episodes"] > 0]
+    return {"folder": str(folder), "stores": stores, "counts": counts, "as_is": bool(ctx.corpus_as_is),
             "episodes": sum(c["episodes"] for c in counts.values()), "successes": sum(c["successes"] for c in counts.values())}
 
 
@@ -389,14 +398,17 @@ def stage_report(ctx: Context) -> dict:
     return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
 
 
-def build_stages(cfg: RunConfig) -> list[Stage]:
+def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
+    """The stages in order. Data stages are regenerable (rerun from their seeds when a run folder kept
+    without its data resumes on another machine); with `corpus_as_is` the corpus stage is live (it
+    records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
     # the policy's branch first: it does not need the (long) corpus and world-model stages
     return [
-        Stage("demos", stage_demos),
+        Stage("demos", stage_demos, regenerable=True),
         Stage("policy_sft", stage_policy_sft),
-        Stage("base_rollouts", stage_base_rollouts),
-        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0),
-        Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0),
+        Stage("base_rollouts", stage_base_rollouts, regenerable=True),
+        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0, regenerable=True),
+        Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0, regenerable=True, live=corpus_as_is),
         Stage("vae", stage_vae),
         Stage("wm_pretrain", stage_wm_pretrain),
         Stage("wm_finetune", stage_wm_finetune),
@@ -424,11 +436,14 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> tuple[list[str], l
     return ([prefix.rstrip(".")] if saved != now else []), []
 
 
-def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False) -> dict[str, dict]:
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False,
+                 corpus_as_is: bool = False) -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
     written by an older wmpo whose config lacks fields the code has added since (and differs in
-    nothing else) resumes with them recorded; a changed value is still refused."""
+    nothing else) resumes with them recorded; a changed value is still refused. `corpus_as_is`: the
+    corpus folder is used as it is (nothing collected; the world model pretrains, or keeps
+    pretraining after a resume, on whatever slice it holds now)."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
     from wmpo.utils.checkpoint import load_json
@@ -440,7 +455,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
             raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
     out = check_output_dir(out_dir, "out")
     if stop_after is not None:
-        names = [s.name for s in build_stages(cfg)]
+        names = [s.name for s in build_stages(cfg, corpus_as_is)]
         if stop_after not in names:
             raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -463,7 +478,8 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     runner = StageRunner(out)
     ctx = Context(cfg, out, runner)
-    stages = build_stages(cfg)
+    ctx.corpus_as_is = corpus_as_is
+    stages = build_stages(cfg, corpus_as_is)
     if stop_after is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(stop_after) + 1]
