@@ -70,6 +70,16 @@ class RolloutConfig:
             raise ValueError(f"inference_dtype: expected 'bf16' or 'fp32', got {self.inference_dtype!r}")
 
 
+def _accepts_rows(env: Any) -> bool:
+    """Whether a world-model env's reset_slots takes `rows` (a user's env may not)."""
+    import inspect
+
+    try:
+        return "rows" in inspect.signature(env.reset_slots).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 class ImaginationEngine:
     """Roll a policy out inside a world-model env, judged by an incremental success detector.
 
@@ -137,11 +147,16 @@ class ImaginationEngine:
             self.wm_env.reset(first_frames)
             self.runner.invalidate()
 
-    def start_rows(self, st: SlotState, mask: torch.Tensor, first_u8: torch.Tensor, instr: torch.Tensor, traj: torch.Tensor) -> None:
+    def start_rows(self, st: SlotState, mask: torch.Tensor, first_u8: torch.Tensor, instr: torch.Tensor, traj: torch.Tensor,
+                   rows: torch.Tensor | None = None) -> None:
         """Start new trajectories in the slots where `mask` (device bool [S]): env, detector and slot
-        state rows reset; device ops only."""
+        state rows reset; device ops only. `rows` (the indices where mask is True, when the caller
+        knows them): the world model's VAE encodes only those first frames, not all S."""
         first_in = uint8_to_model(first_u8, dtype=st.cur_in.dtype)
-        self.wm_env.reset_slots(mask, first_in)
+        if rows is not None and _accepts_rows(self.wm_env):
+            self.wm_env.reset_slots(mask, first_in, rows=rows)
+        else:
+            self.wm_env.reset_slots(mask, first_in)
         if self.detector is not None:
             self.detector.reset_slots(mask, first_in)
         st.reset_rows(mask, first_u8, first_in, instr, traj)
