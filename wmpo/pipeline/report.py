@@ -100,6 +100,9 @@ def write_report(ctx: Any) -> Path:
     if any(ev.get(n, {}).get("vs_base_mcnemar") for n in ev):
         lines += ["", "n01: evaluation states the base policy failed and the method solved; n10: the reverse."]
     lines += _diagnostics_lines(outs.get("diagnostics"), cfg)
+    from wmpo.pipeline.lifelong import report_lines as lifelong_lines
+
+    lines += lifelong_lines(outs, cfg)
     lines += ["", "## Pipeline", "", "| stage | seconds | summary |", "|---|---|---|"]
     for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())

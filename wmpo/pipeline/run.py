@@ -206,111 +206,18 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
-def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo") -> list[dict]:
-    """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
-    states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
-    from wmpo.rl.wmpo import wmpo_train
-    from wmpo.sim import TASKS
-    from wmpo.utils.frames import uint8_to_model
-
-    cfg = ctx.cfg
-    spec = TASKS[cfg.task]
-    _, frames = ctx.initial_frames("train", cfg.num_initial_states)
-    pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
-                      rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
-                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag,
-                      real_eval=_real_eval_curve(ctx, tok), real_eval_every=cfg.wmpo_real_eval_every)
-
-
-def _real_eval_curve(ctx: Context, tok):
-    """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
-    real check; the evaluation states stay untouched until the final comparison). None: no curve."""
-    cfg = ctx.cfg
-    if cfg.wmpo_real_eval_every <= 0:
-        return None
-    from wmpo.sim.evaluate import evaluate
-
-    first = max(1, cfg.real_budget // cfg.grpo.group_size)
-    states, _ = ctx.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
-
-    def real_eval(policy) -> dict[str, float]:
-        r = evaluate(ctx.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
-                     num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
-        return {"success_rate": r.success_rate, "episodes": r.n}
-
-    return real_eval
-
-
 def stage_wmpo(ctx: Context) -> dict:
     """WMPO from the base policy with the fine-tuned world model and the reward model."""
     from wmpo.models.policy import save_policy
 
     cfg = ctx.cfg
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
-    history = wmpo_stage_train(ctx, policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
-                               ctx.out / "policy_wmpo")
+    history = ctx.train_wmpo(policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
+                             ctx.out / "policy_wmpo")
     final = ctx.path("policy_wmpo", "policy.pt")
     save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
     return {"checkpoint": str(final), "iterations": len(history), "history": history}
-
-
-def stage_lifelong(ctx: Context) -> dict:
-    """Lifelong WMPO (paper section 4.5): from the WMPO policy, repeat: collect P real rollouts ->
-    fine-tune world model and reward model on all real data so far -> WMPO -> evaluate."""
-    from wmpo.data.store import TrajectoryStore
-    from wmpo.models.policy import save_policy
-    from wmpo.rl.lifelong import LifelongConfig, LifelongStages, run_lifelong
-    from wmpo.sim.collect import collect
-    from wmpo.sim.evaluate import evaluate
-    from wmpo.train.reward import train_reward
-    from wmpo.train.world_model import train_world_model
-
-    cfg = ctx.cfg
-    root = ctx.out / "lifelong"
-    policy, tok = ctx.load_policy(ctx.output("wmpo")["checkpoint"])
-    G = cfg.grpo.group_size
-    states, _ = ctx.initial_frames("train", cfg.num_initial_states)
-    base_stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
-    prev_wm = [ctx.output("wm_finetune")["path"]]
-
-    def collect_round(pol, budget: int, it: int) -> str:
-        path = root / f"round{it}" / "rollouts.h5"
-        init = group_starts(states, max(1, budget // G), G, offset=it)[:budget]
-        with TrajectoryStore(path, "w") as store:
-            collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
-                    image_size=cfg.image_size, seed=cfg.seed + 30_000 + it, max_steps=cfg.max_episode_steps, show_progress=False)
-        return path.relative_to(ctx.out).as_posix()  # lifelong.json keeps it: relative, so a moved run resumes
-
-    def in_run(rounds: list[str]) -> list[str]:
-        return [str(ctx.out / r) for r in rounds]  # (absolute paths of older runs stay as they are)
-
-    def finetune_wm(rounds: list[str], it: int) -> str:
-        res = train_world_model(cfg.wm_finetune, in_run(rounds) + base_stores, root / f"round{it}" / "wm", vae=ctx.output("vae")["path"],
-                                init_from=prev_wm[-1], device=ctx.device)
-        prev_wm.append(res["path"])
-        return res["path"]
-
-    def finetune_reward(rounds: list[str], it: int) -> str:
-        return train_reward(cfg.reward_train, in_run(rounds) + base_stores, root / f"round{it}" / "reward",
-                            device=ctx.device)["reward_path"]
-
-    def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
-        hist = wmpo_stage_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}")
-        return {"updates": len(hist), "imagined_success_rate": hist[-1]["imagined_success_rate"] if hist else 0.0}
-
-    def evaluate_round(pol, it: int) -> dict:
-        res = evaluate(ctx.env_policy(pol, tok, None), cfg.task, split="eval", n=cfg.eval_episodes, num_workers=cfg.num_workers,
-                       image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
-        return {"success_rate": res.success_rate, "ci95": list(res.ci95), "mean_success_length": res.mean_success_length}
-
-    lcfg = LifelongConfig(iterations=cfg.lifelong_rounds, budget_per_iteration=cfg.real_budget, evaluate_base=False)
-    records = run_lifelong(policy, LifelongStages(collect_round, finetune_wm, finetune_reward, run_round, evaluate_round), lcfg,
-                           out_dir=root, logger=ctx.logger)
-    final = root / "policy.pt"
-    save_policy(final, policy, tok, cfg.policy_train.policy)
-    return {"checkpoint": str(final), "records": _jsonable(records)}
 
 
 def stage_baselines(ctx: Context) -> dict:
@@ -399,6 +306,8 @@ def stage_report(ctx: Context) -> dict:
 
 
 def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
+    from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
+
     """The stages in order. Data stages are regenerable (rerun from their seeds when a run folder kept
     without its data resumes on another machine); with `corpus_as_is` the corpus stage is live (it
     records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
@@ -417,6 +326,7 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
         Stage("wmpo", stage_wmpo),
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
+        Stage("lifelong_baselines", stage_lifelong_baselines, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
