@@ -306,11 +306,11 @@ def stage_report(ctx: Context) -> dict:
 
 
 def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
-    from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
-
     """The stages in order. Data stages are regenerable (rerun from their seeds when a run folder kept
     without its data resumes on another machine); with `corpus_as_is` the corpus stage is live (it
     records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
+    from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
+
     # the policy's branch first: it does not need the (long) corpus and world-model stages
     return [
         Stage("demos", stage_demos, regenerable=True),
@@ -389,7 +389,8 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     runner = StageRunner(out)
     ctx = Context(cfg, out, runner)
     ctx.corpus_as_is = corpus_as_is
-    stages = build_stages(cfg, corpus_as_is)
+    # the corpus is read as it is only while something still pretrains on it; after that its marker stands
+    stages = build_stages(cfg, corpus_as_is and not runner.is_done("wm_pretrain"))
     if stop_after is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(stop_after) + 1]
