@@ -1,7 +1,7 @@
 """The whole WMPO pipeline (README command 1), resumable stage by stage: each stage calls the library.
 
-expert demos -> VAE -> world-model pretraining -> policy SFT -> P real rollouts of the base policy
--> world-model fine-tuning -> reward model -> WMPO (GRPO in imagination) -> [baselines: online
+expert demos -> policy SFT -> [corpus] -> VAE -> world-model pretraining -> P real rollouts of the
+base policy -> [held-out rollouts] -> world-model fine-tuning -> reward model -> WMPO (GRPO in imagination) -> [baselines: online
 GRPO, DPO on the same budget P] -> evaluation on the evaluation initial states -> report.
 """
 from __future__ import annotations
@@ -311,15 +311,16 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
     records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
     from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
 
-    # the policy's branch first: it does not need the (long) corpus and world-model stages
+    # the base policy first (it needs neither the corpus nor the world model); the real rollouts of the
+    # base policy (data, not kept when a run moves between machines) right before the stages that train on them
     return [
         Stage("demos", stage_demos, regenerable=True),
         Stage("policy_sft", stage_policy_sft),
-        Stage("base_rollouts", stage_base_rollouts, regenerable=True),
-        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0, regenerable=True),
         Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0, regenerable=True, live=corpus_as_is),
         Stage("vae", stage_vae),
         Stage("wm_pretrain", stage_wm_pretrain),
+        Stage("base_rollouts", stage_base_rollouts, regenerable=True),
+        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0, regenerable=True),
         Stage("wm_finetune", stage_wm_finetune),
         Stage("reward", stage_reward),
         Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
