@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wmpo.config import RunConfig
+from wmpo.dist import SINGLE, DistContext
 from wmpo.pipeline.stages import StageRunner
 from wmpo.utils.device import default_device
 from wmpo.utils.logging import ScalarLogger
@@ -16,12 +17,14 @@ from wmpo.utils.logging import ScalarLogger
 class Context:
     """The config, the output folders, the device, the logger, and earlier stages' outputs."""
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner):
+    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner, dist: DistContext = SINGLE, strategy: str = "ddp"):
         self.cfg = cfg
         self.out = out_dir
         self.runner = runner
-        self.device = default_device()
-        self.logger = ScalarLogger(out_dir / "tb")
+        self.dist = dist  # the process group (torchrun); SINGLE in one process
+        self.strategy = strategy  # the distributed GRPO update: ddp | fsdp2 | deepspeed
+        self.device = default_device()  # this rank's GPU under NCCL (wmpo.dist.init_distributed sets WMPO_DEVICE)
+        self.logger = ScalarLogger(out_dir / "tb" if dist.is_main else None)
 
     def path(self, *parts: str) -> Path:
         p = self.out.joinpath(*parts)

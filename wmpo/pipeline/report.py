@@ -106,6 +106,10 @@ def write_report(ctx: Any) -> Path:
         summ = {k: v for k, v in m["outputs"].items() if isinstance(v, (int, float, str)) and not str(v).startswith("/")}
         summ_s = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(summ.items())[:6])
         lines.append(f"| {m['stage']} | {m['seconds']:.1f} | {summ_s} |")
+    d = outs.get("wmpo", {}).get("distributed")
+    if d:  # docs/distributed.md
+        lines += ["", f"WMPO and evaluation ran on world size {d.get('world_size', 1)} (torch.distributed backend "
+                      f"{d.get('backend', 'none')}, update strategy {d.get('strategy', '-')})."]
     hist = outs.get("wmpo", {}).get("history", [])
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]

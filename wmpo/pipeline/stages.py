@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from wmpo.dist import SINGLE, DistContext
 from wmpo.utils.checkpoint import load_json, save_json
 
 KeyPath = list  # keys (str) and list indices (int) from `outputs` down to a value
@@ -31,6 +32,8 @@ class Stage:
     name: str
     fn: Callable[[Any], dict]
     enabled: bool = True
+    distributed: bool = False
+    """run on every rank of a process group (the stage splits its work); else rank 0 runs it alone"""
 
 
 def _inside(path: str, root: Path) -> Path | None:
@@ -89,11 +92,14 @@ def absolutize(outputs: Any, run_relative: list[KeyPath], root: Path) -> Any:
 
 
 class StageRunner:
-    def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print, dist: DistContext = SINGLE):
+        """dist: under torchrun, rank 0 runs the single-process stages and writes every marker while the other
+        ranks wait; stages marked `distributed` run on every rank; all ranks then read the marker."""
         self.out_dir = Path(out_dir)
         self.marker_dir = self.out_dir / "stages"
         self.marker_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log
+        self.dist = dist
+        self.log = log if dist.is_main else (lambda msg: None)
         self.outputs: dict[str, dict] = {}
 
     def marker(self, name: str) -> Path:
@@ -129,19 +135,25 @@ class StageRunner:
         for st in stages:
             if not st.enabled:
                 continue
-            if self.is_done(st.name):
+            if self.dist.broadcast_object(self.is_done(st.name)):  # rank 0's answer for every rank
                 self.outputs[st.name] = self.load_marker(st.name)
                 self.log(f"[stage {st.name}] done earlier, skipped")
                 continue
-            self.log(f"[stage {st.name}] running")
+            self.log(f"[stage {st.name}] running" + (f" on {self.dist.world_size} ranks" if st.distributed and self.dist.enabled else ""))
             t0 = time.time()
-            out = st.fn(ctx) or {}
-            dt = time.time() - t0
-            self.outputs[st.name] = out
-            stored, rel = relativize(out, self.out_dir)
-            save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                             "outputs": stored, "run_relative": rel})
-            self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+            if st.distributed or self.dist.is_main:
+                out = st.fn(ctx) or {}
+            if self.dist.is_main:
+                dt = time.time() - t0
+                self.outputs[st.name] = out
+                stored, rel = relativize(out, self.out_dir)
+                save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                 "outputs": stored, "run_relative": rel})
+                self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+            if self.dist.enabled:
+                self.dist.barrier()  # the other ranks wait for rank 0's marker, then read it
+                if not self.dist.is_main:
+                    self.outputs[st.name] = self.load_marker(st.name)
         return self.outputs
 
 

@@ -1,0 +1,175 @@
+"""Data-parallel GRPO updates across ranks: DDP (default), FSDP2 (`fully_shard`), DeepSpeed ZeRO-2.
+
+Each rank holds its own trajectories (whole groups, so group advantages are local). The loss weights
+of a mini-batch are normalised by the token count summed over every rank (all-reduced), each rank
+back-propagates its share of that one loss, and DDP / FSDP2 average the gradients over the N ranks,
+which `loss_scale = N` turns back into the sum: the update equals the single-process update on the
+batch whose mini-batch i is the ranks' mini-batches i side by side (`minibatch_shard_rows`).
+Micro-batch counts are padded to the largest rank's (zero-weight passes), so every rank runs the
+same collectives. Gradient clipping sees the synchronised (global) gradient; AdamW then steps
+identically everywhere (DDP) or on each rank's shard (FSDP2).
+
+The policy passed in stays the *rollout replica* every rank samples with: DDP trains it in place;
+FSDP2 trains a sharded copy and writes the gathered weights back into it after each update.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+from torch import nn
+
+from wmpo.dist import DistContext
+from wmpo.rl.deepspeed_strategy import check_deepspeed
+from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, _Micro
+
+STRATEGIES = ("ddp", "fsdp2", "deepspeed")
+
+
+class _LogProb(nn.Module):
+    """The policy's log_prob as a forward(), so DDP / FSDP2 hooks see the passes that train it."""
+
+    def __init__(self, policy: nn.Module, temperature: float):
+        super().__init__()
+        self.policy = policy
+        self.temperature = temperature
+
+    def forward(self, frames, instr, tokens):
+        return self.policy.log_prob(frames, instr, tokens, temperature=self.temperature)
+
+
+def minibatch_shard_rows(batch_size: int, minibatch_size: int, rank: int, world_size: int) -> np.ndarray:
+    """Rows of a B-trajectory batch that rank `rank` holds so that its mini-batch i is its share of
+    the single-process mini-batch i: rows [i*M + r*M/N, i*M + (r+1)*M/N) for each i."""
+    if minibatch_size % world_size:
+        raise ValueError(f"minibatch_size: expected a multiple of the world size {world_size}, got {minibatch_size}")
+    m = minibatch_size // world_size
+    starts = np.arange(0, batch_size, minibatch_size) + rank * m
+    return (starts[:, None] + np.arange(m)[None]).reshape(-1)
+
+
+def local_grpo_config(cfg: GRPOConfig, world_size: int) -> GRPOConfig:
+    """The per-rank GRPO settings: B/N trajectories in mini-batches of M/N (B, M divisible by N;
+    B/N whole groups)."""
+    B, M, G = cfg.batch_size, cfg.minibatch_size, cfg.group_size
+    if (B // G) % world_size:
+        raise ValueError(f"batch_size: {B} trajectories = {B // G} groups of {G}, not divisible over {world_size} ranks "
+                         f"(each rank samples whole groups); use a batch of a multiple of {G * world_size}")
+    if M % world_size:
+        raise ValueError(f"minibatch_size: expected a multiple of the world size {world_size}, got {M}")
+    return dataclasses.replace(cfg, batch_size=B // world_size, minibatch_size=M // world_size)
+
+
+class DistributedGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose updates are data-parallel over `dist`'s ranks (strategy ddp | fsdp2 | deepspeed).
+
+    `cfg` is the per-rank config (local_grpo_config); `policy` is the rollout replica (see module doc).
+    """
+
+    def __init__(self, policy: nn.Module, cfg: GRPOConfig, dist: DistContext, strategy: str = "ddp"):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+        device = next(policy.parameters()).device
+        if strategy == "deepspeed":
+            check_deepspeed(device, dist)  # raises: see wmpo.rl.deepspeed_strategy
+        self.dist, self.strategy = dist, strategy
+        self.rollout_policy = policy
+        self.loss_scale = float(dist.world_size)
+        if strategy == "fsdp2" and dist.enabled:
+            from torch.distributed.fsdp import fully_shard
+
+            train_policy = copy.deepcopy(policy)
+            self.model = _LogProb(train_policy, cfg.temperature)
+            for m in _shard_units(train_policy):
+                fully_shard(m)
+            fully_shard(self.model)
+        elif dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_policy = policy
+            ids = [device.index] if device.type == "cuda" else None
+            # no buffer sync per forward: ranks run different numbers of no-grad passes (old log-probs)
+            self.model = DDP(_LogProb(train_policy, cfg.temperature), device_ids=ids, forward_sync_buffers=False)
+        else:
+            train_policy = policy
+            self.model = _LogProb(train_policy, cfg.temperature)
+        super().__init__(train_policy, cfg)
+
+    # -- hooks ---------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        return next(self.rollout_policy.parameters()).device
+
+    def _log_prob(self, frames, instr, tokens):
+        return self.model(frames, instr, tokens)
+
+    def _global_sums(self, xs: list[float]) -> list[float]:
+        return self.dist.all_reduce(xs, "sum")
+
+    def _equalize(self, micro: list[_Micro]) -> list[_Micro]:
+        n = int(self.dist.all_reduce([len(micro)], "max")[0])
+        if len(micro) == 0 and n > 0:
+            raise RuntimeError(f"rank {self.dist.rank}: no chunks in a mini-batch that other ranks have (local batches must "
+                               f"be of equal size, every trajectory at least one chunk)")
+        pad = micro[-1] if micro else None
+        return micro + [_Micro(pad.rows, pad.steps, torch.zeros_like(pad.keep), torch.zeros_like(pad.weight))
+                        for _ in range(n - len(micro))]
+
+    def _grad_sync(self, last: bool):
+        if not self.dist.enabled:
+            return nullcontext()
+        if self.strategy == "fsdp2":
+            self.model.set_requires_gradient_sync(last)
+            return nullcontext()
+        return nullcontext() if last else self.model.no_sync()
+
+    def _reduce_acc(self, acc: dict) -> dict:
+        keys = ["loss", "entropy", "n_tok", "n", "clip", "ratio", "kl"]
+        sums = self.dist.all_reduce([acc[k] for k in keys], "sum")
+        out = dict(zip(keys, sums))
+        out["rmax"] = self.dist.all_reduce([acc["rmax"]], "max")[0]
+        out["rmin"] = self.dist.all_reduce([acc["rmin"]], "min")[0]
+        return out
+
+    # -- weights -------------------------------------------------------------------------------
+    def update(self, batch):
+        out = super().update(batch)
+        if self.strategy == "fsdp2" and self.dist.enabled:
+            self.rollout_policy.load_state_dict(self._full_model_state(cpu_offload=False))
+        return out
+
+    def _full_model_state(self, cpu_offload: bool) -> dict:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
+
+    def state_dict(self) -> dict:
+        """Full (unsharded) state; a collective under FSDP2 (every rank calls it, rank 0 writes it)."""
+        if self.strategy != "fsdp2" or not self.dist.enabled:
+            return super().state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return {"policy": self._full_model_state(cpu_offload=True),
+                "optimizer": get_optimizer_state_dict(self.policy, self.optimizer, options=opts),
+                "step": self.step, "updates": self.updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.strategy != "fsdp2" or not self.dist.enabled:
+            return super().load_state_dict(state)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(self.policy, state["policy"], options=opts)
+        set_optimizer_state_dict(self.policy, self.optimizer, state["optimizer"], options=opts)
+        self.rollout_policy.load_state_dict(state["policy"])
+        self.step, self.updates = int(state["step"]), int(state["updates"])
+
+
+def _shard_units(policy: nn.Module) -> list[nn.Module]:
+    """FSDP2 units: every element of the policy's ModuleLists (transformer blocks), deepest first."""
+    units = [m for ml in policy.modules() if isinstance(ml, nn.ModuleList) for m in ml
+             if any(True for _ in m.parameters(recurse=True))]
+    return list(reversed(units))
