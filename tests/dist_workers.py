@@ -3,6 +3,7 @@ or run under torchrun as a script (`python -m torch.distributed.run ... tests/di
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -55,12 +56,15 @@ class _LocalMean(DistributedGRPOTrainer):
 
 def update_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
     """Each rank updates on its share of the same batch with ddp, fsdp2 and the local-mean control."""
+    os.environ.update({"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world)})
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     ctx = DistContext(rank=rank, world_size=world, local_rank=rank, local_world_size=world, backend="gloo")
     cfg = update_config()
     rows = torch.from_numpy(minibatch_shard_rows(cfg.batch_size, cfg.minibatch_size, rank, world))
-    for name, cls, strategy in (("ddp", DistributedGRPOTrainer, "ddp"), ("fsdp2", DistributedGRPOTrainer, "fsdp2"),
-                                ("local_mean", _LocalMean, "ddp")):
+    runs = [("ddp", DistributedGRPOTrainer, "ddp"), ("fsdp2", DistributedGRPOTrainer, "fsdp2"), ("local_mean", _LocalMean, "ddp")]
+    if importlib.util.find_spec("deepspeed") is not None:  # an optional extra
+        runs.append(("deepspeed", DistributedGRPOTrainer, "deepspeed"))
+    for name, cls, strategy in runs:
         pol, batch = same_batch()
         from wmpo.data.groups import group_advantages
 

@@ -9,8 +9,9 @@ Micro-batch counts are padded to the largest rank's (zero-weight passes), so eve
 same collectives. Gradient clipping sees the synchronised (global) gradient; AdamW then steps
 identically everywhere (DDP) or on each rank's shard (FSDP2).
 
-The policy passed in stays the *rollout replica* every rank samples with: DDP trains it in place;
-FSDP2 trains a sharded copy and writes the gathered weights back into it after each update.
+The policy passed in stays the *rollout replica* every rank samples with: DDP and DeepSpeed ZeRO-2
+(replicated weights, sharded optimizer state and gradients) train it in place; FSDP2 trains a sharded
+copy and writes the gathered weights back into it after each update.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from wmpo.dist import DistContext
-from wmpo.rl.deepspeed_strategy import check_deepspeed
+from wmpo.rl.deepspeed_strategy import check_deepspeed, deepspeed_config
 from wmpo.rl.grpo import GRPOConfig, GRPOTrainer, _Micro
 
 STRATEGIES = ("ddp", "fsdp2", "deepspeed")
@@ -97,6 +98,14 @@ class DistributedGRPOTrainer(GRPOTrainer):
             train_policy = policy
             self.model = _LogProb(train_policy, cfg.temperature)
         super().__init__(train_policy, cfg)
+        if strategy == "deepspeed":
+            import deepspeed
+
+            N = dist.world_size
+            ds_cfg = deepspeed_config(dataclasses.replace(cfg, batch_size=cfg.batch_size * N, minibatch_size=cfg.minibatch_size * N),
+                                      N, bf16=device.type == "cuda")
+            # the client optimizer is GRPOConfig's AdamW, as for ddp / fsdp2; ZeRO-2 shards its moments
+            self.model, self.optimizer, _, _ = deepspeed.initialize(model=self.model, optimizer=self.optimizer, config=ds_cfg)
 
     # -- hooks ---------------------------------------------------------------------------------
     def _device(self) -> torch.device:
@@ -118,12 +127,28 @@ class DistributedGRPOTrainer(GRPOTrainer):
                         for _ in range(n - len(micro))]
 
     def _grad_sync(self, last: bool):
+        if self.strategy == "deepspeed":
+            self.model.set_gradient_accumulation_boundary(last)  # ZeRO-2 reduces at the mini-batch's last pass
+            return nullcontext()
         if not self.dist.enabled:
             return nullcontext()
         if self.strategy == "fsdp2":
             self.model.set_requires_gradient_sync(last)
             return nullcontext()
         return nullcontext() if last else self.model.no_sync()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.strategy == "deepspeed":
+            self.model.backward(loss * self.loss_scale, scale_wrt_gas=False)  # the weights already make the mean
+        else:
+            super()._backward(loss)
+
+    def _optimizer_step(self, params: list) -> float:
+        if self.strategy != "deepspeed":
+            return super()._optimizer_step(params)
+        self.model.step()  # clips to gradient_clipping (= max_grad_norm) and steps AdamW on this rank's shard
+        gn = self.model.get_global_grad_norm()
+        return float(gn) if gn is not None else float("nan")
 
     def _reduce_acc(self, acc: dict) -> dict:
         keys = ["loss", "entropy", "n_tok", "n", "clip", "ratio", "kl"]
@@ -146,7 +171,11 @@ class DistributedGRPOTrainer(GRPOTrainer):
         return get_model_state_dict(self.policy, options=StateDictOptions(full_state_dict=True, cpu_offload=cpu_offload))
 
     def state_dict(self) -> dict:
-        """Full (unsharded) state; a collective under FSDP2 (every rank calls it, rank 0 writes it)."""
+        """Full (unsharded) state; a collective under FSDP2 and DeepSpeed (every rank calls it, rank 0 writes it).
+        DeepSpeed: the ZeRO-2 optimizer's per-rank partitions, gathered (resume on as many ranks)."""
+        if self.strategy == "deepspeed":
+            return {"policy": self.rollout_policy.state_dict(), "zero2_partitions": self.dist.all_gather_object(self.optimizer.state_dict()),
+                    "world_size": self.dist.world_size, "step": self.step, "updates": self.updates}
         if self.strategy != "fsdp2" or not self.dist.enabled:
             return super().state_dict()
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
@@ -157,6 +186,15 @@ class DistributedGRPOTrainer(GRPOTrainer):
                 "step": self.step, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
+        if self.strategy == "deepspeed":
+            parts = state.get("zero2_partitions")
+            if parts is None or len(parts) != self.dist.world_size:
+                raise ValueError(f"strategy: a deepspeed run resumes with its own ZeRO-2 state on as many ranks "
+                                 f"({state.get('world_size', 'no deepspeed state')}), not {self.dist.world_size}")
+            self.rollout_policy.load_state_dict(state["policy"])
+            self.optimizer.load_state_dict(parts, load_optimizer_states=True, load_from_fp32_weights=True)
+            self.step, self.updates = int(state["step"]), int(state["updates"])
+            return
         if self.strategy != "fsdp2" or not self.dist.enabled:
             return super().load_state_dict(state)
         from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict

@@ -333,6 +333,20 @@ class GRPOTrainer:
         """Context of a micro-batch's forward + backward: gradients synchronised on the last only."""
         return nullcontext()
 
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss * self.loss_scale).backward()
+
+    def _optimizer_step(self, params: list) -> float:
+        """Clip the (synchronised) gradient to max_grad_norm, step; -> its norm before clipping."""
+        cfg = self.cfg
+        if cfg.max_grad_norm > 0:
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2: a DTensor of the global norm
+        self.optimizer.step()
+        return float(gn)
+
     def _reduce_acc(self, acc: dict) -> dict:
         """A mini-batch's diagnostics summed (max / min) over the ranks."""
         return acc
@@ -395,7 +409,7 @@ class GRPOTrainer:
                     with self._grad_sync(i_mb == len(micro) - 1):
                         logp, ent = self._forward(batch, mb)
                         loss, st, keep = self._micro_loss(batch, mb, logp, dev)
-                        (loss * self.loss_scale).backward()
+                        self._backward(loss)
                     with torch.no_grad():
                         # diagnostics: means over the mini-batch's kept ratios (tokens or chunks) and tokens
                         n = st["num_ratios"]
@@ -411,12 +425,7 @@ class GRPOTrainer:
                             acc["rmax"] = max(acc["rmax"], st["ratio_max"])
                             acc["rmin"] = min(acc["rmin"], st["ratio_min"])
                 acc = self._reduce_acc(acc)
-                if cfg.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                else:
-                    gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
-                gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2: a DTensor of the global norm
-                self.optimizer.step()
+                gn = self._optimizer_step(params)
                 self.step += 1
                 self.minibatch_stats.append(
                     {
