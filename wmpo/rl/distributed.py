@@ -197,11 +197,7 @@ class DistributedGRPOTrainer(GRPOTrainer):
             return
         if self.strategy != "fsdp2" or not self.dist.enabled:
             return super().load_state_dict(state)
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-        opts = StateDictOptions(full_state_dict=True)
-        set_model_state_dict(self.policy, state["policy"], options=opts)
-        set_optimizer_state_dict(self.policy, self.optimizer, state["optimizer"], options=opts)
+        _load_full_into_sharded(self.policy, self.optimizer, state["policy"], state["optimizer"])
         self.rollout_policy.load_state_dict(state["policy"])
         self.step, self.updates = int(state["step"]), int(state["updates"])
 
@@ -211,3 +207,30 @@ def _shard_units(policy: nn.Module) -> list[nn.Module]:
     units = [m for ml in policy.modules() if isinstance(ml, nn.ModuleList) for m in ml
              if any(True for _ in m.parameters(recurse=True))]
     return list(reversed(units))
+
+
+@torch.no_grad()
+def _load_full_into_sharded(module: nn.Module, optimizer: torch.optim.Optimizer, model_state: dict, optim_state: dict) -> None:
+    """Load full (unsharded) weights and AdamW state, keyed by parameter name as get_model_state_dict /
+    get_optimizer_state_dict(full_state_dict=True) write them, into FSDP2-sharded `module` and `optimizer`:
+    every rank holds the full tensors and keeps its shard (distribute_tensor on the parameter's mesh)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    def shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        full = full.to(like.device, like.dtype)
+        return distribute_tensor(full, like.device_mesh, like.placements) if isinstance(like, DTensor) else full
+
+    names = {}
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        if name not in model_state:
+            raise ValueError(f"checkpoint: no weights for {name!r} in the policy state")
+        src = shard_like(model_state[name], t)
+        (t.to_local() if isinstance(t, DTensor) else t).copy_(src.to_local() if isinstance(src, DTensor) else src)
+        names[id(t)] = name
+    state = optim_state["state"]
+    for group, saved in zip(optimizer.param_groups, optim_state["param_groups"]):
+        group.update({k: v for k, v in saved.items() if k != "params"})
+        for p in group["params"]:
+            st = state.get(names[id(p)])
+            if st is not None:
+                optimizer.state[p] = {k: (shard_like(v, p) if torch.is_tensor(v) and v.dim() > 0 else v) for k, v in st.items()}
