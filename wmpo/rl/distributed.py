@@ -128,7 +128,7 @@ class DistributedGRPOTrainer(GRPOTrainer):
 
     def _grad_sync(self, last: bool):
         if self.strategy == "deepspeed":
-            self.model.set_gradient_accumulation_boundary(last)  # ZeRO-2 reduces at the mini-batch's last pass
+            self.model.set_gradient_accumulation_boundary(last)  # the mini-batch ends at its last pass (then engine.step)
             return nullcontext()
         if not self.dist.enabled:
             return nullcontext()
