@@ -3,6 +3,10 @@
 expert demos -> VAE -> world-model pretraining -> policy SFT -> P real rollouts of the base policy
 -> world-model fine-tuning -> reward model -> WMPO (GRPO in imagination) -> [baselines: online
 GRPO, DPO on the same budget P] -> evaluation on the evaluation initial states -> report.
+
+Across processes: `torchrun --nproc-per-node N -m wmpo run ...` (one rank per GPU with NCCL, or per
+CPU core with gloo): rank 0 runs the single-process stages; WMPO and evaluation are spread over the
+ranks (docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -13,7 +17,9 @@ from pathlib import Path
 
 def main(argv: list[str] | None = None) -> int:
     from wmpo.config import get_preset
+    from wmpo.dist import init_distributed, shutdown_distributed
     from wmpo.pipeline.run import run_pipeline
+    from wmpo.rl.distributed import STRATEGIES
 
     ap = argparse.ArgumentParser(prog="wmpo run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", required=True, help="square | stack_three | three_piece_assembly | coffee")
@@ -29,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="use the --corpus folder as it is, collecting nothing (pretraining streamed over machines: each "
                          "resume pretrains on the slice the folder holds then; fill it with `wmpo corpus --seed-base`)")
     ap.add_argument("--stop-after", default=None, help="stop after this stage (a long run in parts)")
+    ap.add_argument("--strategy", default="ddp", choices=STRATEGIES,
+                    help="data-parallel GRPO update under torchrun: ddp (default), fsdp2 (fully_shard), deepspeed (ZeRO-2, GPUs only)")
     ap.add_argument("--upgrade-config", action="store_true",
                     help="resume a run written by an older wmpo whose config lacks fields added since (values unchanged)")
     args = ap.parse_args(argv)
@@ -36,8 +44,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--corpus-as-is: needs --corpus DIR")
     extra = {"corpus_dir": str(Path(args.corpus).resolve())} if args.corpus else {}
     cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines, lifelong_rounds=args.lifelong, **extra)
+    dist = init_distributed()  # torchrun's process group; one process without it
     t0 = time.time()
-    outs = run_pipeline(cfg, args.out, stop_after=args.stop_after, upgrade_config=args.upgrade_config,
-                        corpus_as_is=args.corpus_as_is)
-    print(f"wmpo run: finished in {time.time() - t0:.0f} s; report: {outs.get('report', {}).get('report', '(not reached)')}")
+    try:
+        outs = run_pipeline(cfg, args.out, stop_after=args.stop_after, upgrade_config=args.upgrade_config,
+                            corpus_as_is=args.corpus_as_is, dist=dist, strategy=args.strategy)
+    finally:
+        shutdown_distributed()
+    if dist.is_main:
+        print(f"wmpo run: finished in {time.time() - t0:.0f} s on world size {dist.world_size} ({dist.backend or 'one process'}"
+              f"{', ' + args.strategy if dist.enabled else ''}); report: {outs.get('report', {}).get('report', '(not reached)')}")
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from wmpo.config import RunConfig
+from wmpo.dist import SINGLE, DistContext
 from wmpo.pipeline.stages import StageRunner
 from wmpo.utils.device import default_device
 from wmpo.utils.logging import ScalarLogger
@@ -16,12 +17,14 @@ from wmpo.utils.logging import ScalarLogger
 class Context:
     """The config, the output folders, the device, the logger, and earlier stages' outputs."""
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner):
+    def __init__(self, cfg: RunConfig, out_dir: Path, runner: StageRunner, dist: DistContext = SINGLE, strategy: str = "ddp"):
         self.cfg = cfg
         self.out = out_dir
         self.runner = runner
-        self.device = default_device()
-        self.logger = ScalarLogger(out_dir / "tb")
+        self.dist = dist  # the process group (torchrun); SINGLE in one process
+        self.strategy = strategy  # the distributed GRPO update: ddp | fsdp2 | deepspeed
+        self.device = default_device()  # this rank's GPU under NCCL (wmpo.dist.init_distributed sets WMPO_DEVICE)
+        self.logger = ScalarLogger(out_dir / "tb" if dist.is_main else None)
         self.corpus_as_is = False
         """the corpus folder is used as it is (wmpo run --corpus-as-is)"""
 
@@ -95,9 +98,12 @@ class Context:
         return states, frames
 
     # ------------------------------------------------------------------ WMPO
-    def train_wmpo(self, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo") -> list[dict]:
+    def train_wmpo(self, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo",
+                   dist: DistContext | None = None) -> list[dict]:
         """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
-        states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
+        states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records.
+        dist: the ranks that call this together (default: the run's; SINGLE from a stage rank 0 runs alone)."""
+        dist = self.dist if dist is None else dist
         import torch
 
         from wmpo.rl.wmpo import wmpo_train
@@ -111,22 +117,24 @@ class Context:
         return wmpo_train(self.world_model_env(wm_path), policy, tok, self.success_detector(reward_path), pool, spec.instruction,
                           grpo=cfg.grpo, rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
                           seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=self.logger, tag=tag,
-                          real_eval=self._real_eval_curve(tok), real_eval_every=cfg.wmpo_real_eval_every)
+                          real_eval=self._real_eval_curve(tok, dist), real_eval_every=cfg.wmpo_real_eval_every,
+                          dist=dist, strategy=self.strategy)
 
-    def _real_eval_curve(self, tok):
+    def _real_eval_curve(self, tok, dist: DistContext):
         """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
         real check; the evaluation states stay untouched until the final comparison). None: no curve."""
         cfg = self.cfg
         if cfg.wmpo_real_eval_every <= 0:
             return None
-        from wmpo.sim.evaluate import evaluate
+        from wmpo.sim.evaluate_ranks import evaluate_across_ranks
 
         first = max(1, cfg.real_budget // cfg.grpo.group_size)
         states, _ = self.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
 
         def real_eval(policy) -> dict[str, float]:
-            r = evaluate(self.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
-                         num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
+            r = evaluate_across_ranks(self.env_policy(policy, tok, None), cfg.task, dist, init_states=states[first:],
+                                      split="train-heldout", num_workers=cfg.num_workers, image_size=cfg.image_size,
+                                      max_steps=cfg.max_episode_steps, show_progress=False)
             return {"success_rate": r.success_rate, "episodes": r.n}
 
         return real_eval

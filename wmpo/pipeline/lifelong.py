@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from wmpo.data.groups import group_starts
+from wmpo.dist import SINGLE
 from wmpo.pipeline.context import Context
 from wmpo.utils.checkpoint import save_json
 from wmpo.utils.jsonable import jsonable
@@ -76,7 +77,7 @@ def stage_lifelong(ctx: Context) -> dict:
                             device=ctx.device)["reward_path"]
 
     def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
-        hist = ctx.train_wmpo(pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}")
+        hist = ctx.train_wmpo(pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}", dist=SINGLE)
         return {"updates": len(hist), "imagined_success_rate": hist[-1]["imagined_success_rate"] if hist else 0.0}
 
     def evaluate_round(pol, it: int) -> dict:

@@ -113,6 +113,10 @@ def write_report(ctx: Any) -> Path:
         summ_s = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(summ.items())[:6])
         tot = all_runs.get(m["stage"])
         lines.append(f"| {m['stage']} | {m['seconds']:.1f} | {'-' if tot is None else f'{tot:.0f}'} | {summ_s} |")
+    d = outs.get("wmpo", {}).get("distributed")
+    if d:  # docs/distributed.md
+        lines += ["", f"WMPO and evaluation ran on world size {d.get('world_size', 1)} (torch.distributed backend "
+                      f"{d.get('backend', 'none')}, update strategy {d.get('strategy', '-')})."]
     hist = outs.get("wmpo", {}).get("history", [])
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]

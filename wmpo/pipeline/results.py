@@ -70,4 +70,5 @@ def result_summary(cfg: Any, outputs: dict[str, dict], out_dir: Path) -> dict[st
         "diagnostics": diag or None,
         "wall_s": stage_seconds(out_dir),
         "wmpo_history": outputs.get("wmpo", {}).get("history"),
+        "distributed": outputs.get("wmpo", {}).get("distributed"),
     })

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,9 @@ import torch
 
 from wmpo.config import RunConfig
 from wmpo.data.groups import group_starts
+from wmpo.dist import SINGLE, DistContext
 from wmpo.pipeline.context import Context
+from wmpo.pipeline.run_config import check_or_write_config, config_changes  # noqa: F401 (config_changes re-exported)
 from wmpo.pipeline.stages import Stage, StageRunner
 from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import seed_everything
@@ -215,9 +216,11 @@ def stage_wmpo(ctx: Context) -> dict:
     history = ctx.train_wmpo(policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
                              ctx.out / "policy_wmpo")
     final = ctx.path("policy_wmpo", "policy.pt")
-    save_policy(final, policy, tok, cfg.policy_train.policy)
-    save_json(ctx.path("policy_wmpo", "history.json"), history)
-    return {"checkpoint": str(final), "iterations": len(history), "history": history}
+    if ctx.dist.is_main:  # every rank holds the same policy; rank 0 writes it
+        save_policy(final, policy, tok, cfg.policy_train.policy)
+        save_json(ctx.path("policy_wmpo", "history.json"), history)
+    return {"checkpoint": str(final), "iterations": len(history), "history": history,
+            "distributed": {**ctx.dist.describe(), "strategy": ctx.strategy if ctx.dist.enabled else "single process"}}
 
 
 def stage_baselines(ctx: Context) -> dict:
@@ -254,7 +257,8 @@ def stage_baselines(ctx: Context) -> dict:
 
 
 def stage_evaluate(ctx: Context) -> dict:
-    from wmpo.sim.evaluate import evaluate
+    """Every policy on the evaluation initial states; under torchrun each rank runs a share of the episodes."""
+    from wmpo.sim.evaluate_ranks import evaluate_across_ranks
 
     cfg = ctx.cfg
     policies = {"base": ctx.output("policy_sft")["policy_path"], "wmpo": ctx.output("wmpo")["checkpoint"]}
@@ -268,25 +272,27 @@ def stage_evaluate(ctx: Context) -> dict:
     results, evals = {}, {}
     for name, ck in policies.items():
         done = ctx.out / "eval" / f"{name}.json"  # per-policy resume: a long evaluation killed midway keeps what finished
-        if done.is_file():
+        if ctx.dist.broadcast_object(done.is_file()):
             d = json.loads(done.read_text())
             evals[name] = EvalResult(**{**d, "ci95": tuple(d["ci95"]), "episodes": [EpisodeResult(**e) for e in d["episodes"]]})
             results[name] = d
             continue
         policy, tok = ctx.load_policy(ck)
-        res = evaluate(ctx.env_policy(policy, tok, None), cfg.task, split="eval", n=cfg.eval_episodes,
-                       num_workers=cfg.num_workers, image_size=cfg.image_size,
-                       video_dir=str(ctx.out / "videos" / f"real_{name}"), n_videos=cfg.num_videos, max_steps=cfg.max_episode_steps)
+        res = evaluate_across_ranks(ctx.env_policy(policy, tok, None), cfg.task, ctx.dist, split="eval", n=cfg.eval_episodes,
+                                    num_workers=cfg.num_workers, image_size=cfg.image_size, n_videos=cfg.num_videos,
+                                    video_dir=str(ctx.out / "videos" / f"real_{name}"), max_steps=cfg.max_episode_steps)
         results[name] = _jsonable(res)
         evals[name] = res
-        save_json(ctx.path("eval", f"{name}.json"), results[name])
+        if ctx.dist.is_main:
+            save_json(ctx.path("eval", f"{name}.json"), results[name])
     # paired comparison with the base policy on the same evaluation states (exact McNemar test)
     from wmpo.sim.evaluate import mcnemar_exact, paired_outcomes
 
     for name in results:
         if name != "base":
             results[name]["vs_base_mcnemar"] = mcnemar_exact(*paired_outcomes(evals["base"], evals[name]))
-    save_json(ctx.path("eval", "results.json"), results)
+    if ctx.dist.is_main:
+        save_json(ctx.path("eval", "results.json"), results)
     return results
 
 
@@ -324,40 +330,28 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
         Stage("wm_finetune", stage_wm_finetune),
         Stage("reward", stage_reward),
         Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
-        Stage("wmpo", stage_wmpo),
+        Stage("wmpo", stage_wmpo, distributed=True),
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
         Stage("lifelong_baselines", stage_lifelong_baselines, enabled=cfg.lifelong_rounds > 0),
-        Stage("evaluate", stage_evaluate),
+        Stage("evaluate", stage_evaluate, distributed=True),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
     ]
 
 
-def config_changes(saved: Any, now: Any, prefix: str = "") -> tuple[list[str], list[str]]:
-    """(fields whose value differs or that the code dropped, fields the code added since `saved` was written)."""
-    if isinstance(saved, dict) and isinstance(now, dict):
-        changed: list[str] = [prefix + k for k in saved if k not in now]
-        added: list[str] = [prefix + k for k in now if k not in saved]
-        for k in saved.keys() & now.keys():
-            c, a = config_changes(saved[k], now[k], f"{prefix}{k}.")
-            changed += c
-            added += a
-        return changed, added
-    return ([prefix.rstrip(".")] if saved != now else []), []
-
-
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False,
-                 corpus_as_is: bool = False) -> dict[str, dict]:
+                 corpus_as_is: bool = False, dist: DistContext = SINGLE, strategy: str = "ddp") -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
     written by an older wmpo whose config lacks fields the code has added since (and differs in
     nothing else) resumes with them recorded; a changed value is still refused. `corpus_as_is`: the
     corpus folder is used as it is (nothing collected; the world model pretrains, or keeps
-    pretraining after a resume, on whatever slice it holds now)."""
+    pretraining after a resume, on whatever slice it holds now). dist / strategy: under torchrun
+    (wmpo.dist.init_distributed) rank 0 runs the single-process stages and writes every file; WMPO and
+    evaluation run on all ranks (docs/distributed.md)."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
-    from wmpo.utils.checkpoint import load_json
 
     # bad input fails here, before anything is written
     get_task(cfg.task)
@@ -365,30 +359,27 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
         if getattr(cfg, name) < 0:
             raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
     out = check_output_dir(out_dir, "out")
+    from wmpo.rl.distributed import STRATEGIES
+
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
+    if strategy == "deepspeed":
+        from wmpo.rl.deepspeed_strategy import check_deepspeed
+        from wmpo.utils.device import default_device
+
+        check_deepspeed(default_device(), dist)  # refused before anything is written when it cannot run here
     if stop_after is not None:
         names = [s.name for s in build_stages(cfg, corpus_as_is)]
         if stop_after not in names:
             raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    cfg_path = out / "config.json"
-    resolved = asdict(cfg)
-    if cfg_path.is_file():
-        saved = load_json(cfg_path, what="run config")
-        now = json.loads(json.dumps(resolved, default=str))
-        if now != saved:
-            changed, added = config_changes(saved, now)
-            if changed or not upgrade_config:
-                hint = (f"; fields the code added since: {added[:8]} (--upgrade-config records them)" if added and not changed else "")
-                raise ValueError(f"out: {out} holds a run with a different config ({cfg_path}"
-                                 f"{', changed: ' + str(changed[:8]) if changed else ''}){hint}; use a new --out or the same options")
-            print(f"wmpo run: config of {out} upgraded with the fields added since it was written: {added}")
-            save_json(cfg_path, resolved)
-    else:
-        save_json(cfg_path, resolved)
+    error = check_or_write_config(cfg, out, upgrade_config) if dist.is_main else None
+    error = dist.broadcast_object(error)  # rank 0 alone reads and writes config.json; every rank fails alike
+    if error is not None:
+        raise ValueError(error)
     seed_everything(cfg.seed)
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
-    runner = StageRunner(out)
-    ctx = Context(cfg, out, runner)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, dist.local_world_size)))  # ranks share the node's cores
+    runner = StageRunner(out, dist=dist)
+    ctx = Context(cfg, out, runner, dist=dist, strategy=strategy)
     ctx.corpus_as_is = corpus_as_is
     # the corpus is read as it is only while something still pretrains on it; after that its marker stands
     stages = build_stages(cfg, corpus_as_is and not runner.is_done("wm_pretrain"))

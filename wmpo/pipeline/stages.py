@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from wmpo.dist import SINGLE, DistContext
 from wmpo.utils.checkpoint import load_json, save_json
 
 KeyPath = list  # keys (str) and list indices (int) from `outputs` down to a value
@@ -46,6 +47,8 @@ class Stage:
     """a data stage: rerun (same seeds, same checkpoints) when the files its marker names are gone"""
     live: bool = False
     """run on every invocation, never skipped (its outputs describe the present, not the past)"""
+    distributed: bool = False
+    """run on every rank of a process group (the stage splits its work); else rank 0 runs it alone"""
 
 
 def _inside(path: str, root: Path) -> Path | None:
@@ -104,11 +107,14 @@ def absolutize(outputs: Any, run_relative: list[KeyPath], root: Path) -> Any:
 
 
 class StageRunner:
-    def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print):
+    def __init__(self, out_dir: str | Path, log: Callable[[str], None] = print, dist: DistContext = SINGLE):
+        """dist: under torchrun, rank 0 runs the single-process stages and writes every marker while the other
+        ranks wait; stages marked `distributed` run on every rank; all ranks then read the marker."""
         self.out_dir = Path(out_dir)
         self.marker_dir = self.out_dir / "stages"
         self.marker_dir.mkdir(parents=True, exist_ok=True)
-        self.log = log
+        self.dist = dist
+        self.log = log if dist.is_main else (lambda msg: None)
         self.outputs: dict[str, dict] = {}
 
     def marker(self, name: str) -> Path:
@@ -152,8 +158,9 @@ class StageRunner:
         for st in stages:
             if not st.enabled:
                 continue
-            if self.is_done(st.name) and not st.live:
-                gone = self.missing_files(st.name) if st.regenerable else []
+            done = self.dist.broadcast_object(self.is_done(st.name) and not st.live)  # rank 0's answer for every rank
+            if done:
+                gone = self.dist.broadcast_object(self.missing_files(st.name) if st.regenerable and self.dist.is_main else [])
                 if gone:
                     self.stale[st.name] = gone
                     self.log(f"[stage {st.name}] done earlier; its data is gone ({gone[0]}{', ...' if len(gone) > 1 else ''}): "
@@ -168,26 +175,39 @@ class StageRunner:
     def output(self, name: str, ctx: Any) -> dict:
         """The outputs of stage `name`; a regenerable stage whose data is gone is rerun first."""
         if name in getattr(self, "stale", {}):
+            if not self.dist.is_main:
+                raise RuntimeError(f"stage {name}: its data is gone and only rank 0 regenerates data; a stage that needs it "
+                                   f"must not be `distributed`")
             self.log(f"[stage {name}] regenerating its data (gone: {self.stale[name][0]})")
             self._run_one(self.stages[name], ctx, regenerated=True)
             del self.stale[name]
         return self.outputs[name]
 
     def _run_one(self, st: Stage, ctx: Any, regenerated: bool = False) -> None:
-        self.log(f"[stage {st.name}] running")
+        """Run one stage. Under a process group (and not a regeneration, which rank 0 does alone inside
+        another stage): a `distributed` stage runs on every rank, any other on rank 0 while the others
+        wait; rank 0 writes the marker, every rank then reads it."""
+        collective = self.dist.enabled and not regenerated
+        self.log(f"[stage {st.name}] running" + (f" on {self.dist.world_size} ranks" if st.distributed and collective else ""))
         t0 = time.time()
-        out = st.fn(ctx) or {}
-        dt = time.time() - t0
-        self.outputs[st.name] = out
-        stored, rel = relativize(out, self.out_dir)
-        files = [at for at in _path_strings(out) if Path(str(_get(out, at))).exists()]
-        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
-        save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": finished, "outputs": stored,
-                                         "run_relative": rel, "files": files})
-        with open(self.marker_dir / "history.jsonl", "a") as f:
-            f.write(json.dumps({"stage": st.name, "finished": finished, "seconds": round(dt, 1), "regenerated": regenerated,
-                                "host": socket.gethostname()}) + "\n")
-        self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+        if st.distributed or self.dist.is_main:
+            out = st.fn(ctx) or {}
+        if self.dist.is_main:
+            dt = time.time() - t0
+            self.outputs[st.name] = out
+            stored, rel = relativize(out, self.out_dir)
+            files = [at for at in _path_strings(out) if Path(str(_get(out, at))).exists()]
+            finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+            save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": finished, "outputs": stored,
+                                             "run_relative": rel, "files": files})
+            with open(self.marker_dir / "history.jsonl", "a") as f:
+                f.write(json.dumps({"stage": st.name, "finished": finished, "seconds": round(dt, 1), "regenerated": regenerated,
+                                    "host": socket.gethostname()}) + "\n")
+            self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+        if collective:
+            self.dist.barrier()  # the other ranks wait for rank 0's marker, then read it
+            if not self.dist.is_main:
+                self.outputs[st.name] = self.load_marker(st.name)
 
     def history_seconds(self) -> dict[str, float]:
         """Per stage: seconds summed over every time it ran (across machines and resumes)."""

@@ -16,6 +16,7 @@ Conventions (see docs/rl.md):
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -233,7 +234,11 @@ class GRPOTrainer:
     """Policy updates of Algorithm 1 on TrajectoryBatch batches (no KL, no reference model).
 
     The policy must be an nn.Module implementing wmpo.models.protocol.Policy.
+    Data-parallel training (wmpo.rl.distributed) overrides the hooks marked "hook": the forward
+    module, the sums of token counts over ranks, equal micro-batch counts and gradient sync.
     """
+
+    loss_scale = 1.0  # hook: gradients averaged over N ranks by DDP / FSDP2 are scaled back to sums
 
     STAT_KEYS = ("grpo/loss", "grpo/clip_frac", "grpo/ratio_mean", "grpo/entropy", "grpo/grad_norm")
 
@@ -285,11 +290,11 @@ class GRPOTrainer:
         keep = executed_token_mask(batch.length.cpu()[r], s, K)
         kept = keep.to(torch.float32)
         if self.cfg.loss_agg == "token_mean":
-            w = kept / (kept.sum().clamp_min(1.0) * D)
+            w = kept / (max(self._global_sum(float(kept.sum())), 1.0) * D)  # the mean over every rank's tokens
         else:
             per_traj = torch.zeros(mask.shape[0]).index_add_(0, r - rows.start, kept.sum(1))  # kept steps per trajectory
-            n_traj = int((per_traj > 0).sum())
-            w = kept / (per_traj[r - rows.start].clamp_min(1.0)[:, None] * D * max(n_traj, 1))
+            n_traj = self._global_sum(float((per_traj > 0).sum()))
+            w = kept / (per_traj[r - rows.start].clamp_min(1.0)[:, None] * D * max(n_traj, 1.0))
         out = []
         step = max(1, self.cfg.micro_batch_chunks)
         for i in range(0, n_chunks, step):
@@ -299,12 +304,52 @@ class GRPOTrainer:
 
     def _forward(self, batch: TrajectoryBatch, mb: _Micro) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (logp, entropy) [C, K, D] of the micro-batch's chunks at the sampling temperature."""
-        dev = policy_device(self.policy)
+        dev = self._device()
         rows, steps = mb.rows.to(batch.obs.device), mb.steps.to(batch.obs.device)
         frames = uint8_to_model(batch.obs[rows, steps].to(dev, non_blocking=True))
         instr = batch.instr[rows.to(batch.instr.device)].to(dev)
         tokens = batch.tokens[rows.to(batch.tokens.device), steps.to(batch.tokens.device)].to(dev)
+        return self._log_prob(frames, instr, tokens)
+
+    # -- hooks (identity in one process; see wmpo.rl.distributed) ------------------------------
+    def _device(self) -> torch.device:
+        return policy_device(self.policy)
+
+    def _log_prob(self, frames, instr, tokens):
         return self.policy.log_prob(frames, instr, tokens, temperature=self.cfg.temperature)
+
+    def _global_sum(self, x: float) -> float:
+        """A count summed over the data-parallel ranks."""
+        return self._global_sums([x])[0]
+
+    def _global_sums(self, xs: list[float]) -> list[float]:
+        return [float(x) for x in xs]
+
+    def _equalize(self, micro: list[_Micro]) -> list[_Micro]:
+        """The micro-batches of a mini-batch, padded so every rank runs as many passes."""
+        return micro
+
+    def _grad_sync(self, last: bool):
+        """Context of a micro-batch's forward + backward: gradients synchronised on the last only."""
+        return nullcontext()
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        (loss * self.loss_scale).backward()
+
+    def _optimizer_step(self, params: list) -> float:
+        """Clip the (synchronised) gradient to max_grad_norm, step; -> its norm before clipping."""
+        cfg = self.cfg
+        if cfg.max_grad_norm > 0:
+            gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        else:
+            gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
+        gn = gn.full_tensor() if hasattr(gn, "full_tensor") else gn  # FSDP2: a DTensor of the global norm
+        self.optimizer.step()
+        return float(gn)
+
+    def _reduce_acc(self, acc: dict) -> dict:
+        """A mini-batch's diagnostics summed (max / min) over the ranks."""
+        return acc
 
     def _set_mode(self, train: bool) -> None:
         self.policy.train(train and self.cfg.dropout_in_update)
@@ -335,7 +380,7 @@ class GRPOTrainer:
         self._set_mode(True)
         old = torch.zeros_like(batch.old_logp, dtype=torch.float32)
         for rows in self._minibatches(len(batch)):
-            for mb in self._micro_batches(batch, rows):
+            for mb in self._equalize(self._micro_batches(batch, rows)):
                 logp, _ = self._forward(batch, mb)
                 old[mb.rows.to(old.device), mb.steps.to(old.device)] = logp.float().to(old.device)
         batch.old_logp = old
@@ -350,25 +395,21 @@ class GRPOTrainer:
         if cfg.recompute_old_logp:
             self.recompute_old_logp(batch)
         self._set_mode(True)
-        dev = policy_device(self.policy)
+        dev = self._device()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         self.minibatch_stats = []
         for _epoch in range(cfg.epochs):
             for rows in self._minibatches(len(batch)):
-                micro = self._micro_batches(batch, rows)
+                micro = self._equalize(self._micro_batches(batch, rows))
                 if not micro:
                     continue
                 self.optimizer.zero_grad(set_to_none=True)
                 acc = {"loss": 0.0, "entropy": 0.0, "n_tok": 0, "n": 0, "clip": 0.0, "ratio": 0.0, "kl": 0.0, "rmax": 0.0, "rmin": float("inf")}
-                for mb in micro:
-                    logp, ent = self._forward(batch, mb)
-                    old = batch.old_logp[mb.rows.to(batch.old_logp.device), mb.steps.to(batch.old_logp.device)].to(dev, torch.float32)
-                    adv = batch.advantage[mb.rows.to(batch.advantage.device)].to(dev, torch.float32)
-                    keep = mb.keep.to(dev)[:, :, None]  # [C, K, 1]: broadcast over the D tokens of a step
-                    # the tested loss (grpo_loss) with the mini-batch's weights: micro-batch losses add up
-                    loss, st = grpo_loss(logp.float(), old, adv, keep, cfg.clip_low, cfg.clip_high,
-                                         token_weight=mb.weight.to(dev)[:, :, None], ratio_level=cfg.ratio_level)
-                    loss.backward()
+                for i_mb, mb in enumerate(micro):
+                    with self._grad_sync(i_mb == len(micro) - 1):
+                        logp, ent = self._forward(batch, mb)
+                        loss, st, keep = self._micro_loss(batch, mb, logp, dev)
+                        self._backward(loss)
                     with torch.no_grad():
                         # diagnostics: means over the mini-batch's kept ratios (tokens or chunks) and tokens
                         n = st["num_ratios"]
@@ -383,11 +424,8 @@ class GRPOTrainer:
                         if n:
                             acc["rmax"] = max(acc["rmax"], st["ratio_max"])
                             acc["rmin"] = min(acc["rmin"], st["ratio_min"])
-                if cfg.max_grad_norm > 0:
-                    gn = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                else:
-                    gn = torch.sqrt(sum((p.grad.float() ** 2).sum() for p in params if p.grad is not None))
-                self.optimizer.step()
+                acc = self._reduce_acc(acc)
+                gn = self._optimizer_step(params)
                 self.step += 1
                 self.minibatch_stats.append(
                     {
@@ -401,15 +439,31 @@ class GRPOTrainer:
                         "grpo/grad_norm": float(gn),
                     }
                 )
+        return self._finish_update(batch)
+
+    def _micro_loss(self, batch: TrajectoryBatch, mb: _Micro, logp: torch.Tensor, dev: torch.device):
+        """-> (loss with the mini-batch's weights, grpo_loss stats, kept-step mask [C, K, 1])."""
+        cfg = self.cfg
+        old = batch.old_logp[mb.rows.to(batch.old_logp.device), mb.steps.to(batch.old_logp.device)].to(dev, torch.float32)
+        adv = batch.advantage[mb.rows.to(batch.advantage.device)].to(dev, torch.float32)
+        keep = mb.keep.to(dev)[:, :, None]  # [C, K, 1]: broadcast over the D tokens of a step
+        # the tested loss (grpo_loss) with the mini-batch's weights: micro-batch losses add up
+        loss, st = grpo_loss(logp.float(), old, adv, keep, cfg.clip_low, cfg.clip_high,
+                             token_weight=mb.weight.to(dev)[:, :, None], ratio_level=cfg.ratio_level)
+        return loss, st, keep
+
+    def _finish_update(self, batch: TrajectoryBatch) -> dict[str, float]:
         self.updates += 1
         self.policy.train(False)
         out = {k: sum(s[k] for s in self.minibatch_stats) / max(1, len(self.minibatch_stats)) for k in self.minibatch_stats[0]} if self.minibatch_stats else {k: 0.0 for k in self.STAT_KEYS}
         if self.minibatch_stats:
             out["grpo/ratio_max"] = max(s["grpo/ratio_max"] for s in self.minibatch_stats)
             out["grpo/ratio_min"] = min(s["grpo/ratio_min"] for s in self.minibatch_stats)
-        succ = batch.success.float()
-        out["grpo/success_rate"] = float(succ.mean()) if len(batch) else 0.0
-        out["grpo/adv_abs_mean"] = float(batch.advantage.abs().mean()) if len(batch) else 0.0
-        out["grpo/chunks"] = float(batch.chunk_mask.sum())
+        # batch statistics over every rank's trajectories (sums: identity in one process)
+        n, succ, adv, chunks = self._global_sums([len(batch), float(batch.success.float().sum()),
+                                                  float(batch.advantage.abs().sum()), float(batch.chunk_mask.sum())])
+        out["grpo/success_rate"] = succ / n if n else 0.0
+        out["grpo/adv_abs_mean"] = adv / n if n else 0.0
+        out["grpo/chunks"] = chunks
         out["grpo/optimizer_steps"] = float(len(self.minibatch_stats))
         return out

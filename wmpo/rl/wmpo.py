@@ -8,6 +8,12 @@
 Everything is passed in explicitly (the world-model environment, the policy and its tokenizer, the
 reward model's success detector, the GRPO settings, the initial frames); nothing here knows about
 the pipeline's run folder. Resumable per iteration from `state_path`.
+
+Across processes (`dist`, launched by torchrun; docs/distributed.md): every rank holds the world
+model, reward model and policy; each samples B/N trajectories in whole groups from its share of the
+initial states (wmpo.rl.dist_sampling), the update is data-parallel with the token mean taken over
+all ranks (wmpo.rl.distributed: DDP, FSDP2 or DeepSpeed ZeRO-2), only statistics are gathered, and
+rank 0 writes the checkpoint (atomically) that every rank resumes from.
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from wmpo.dist import SINGLE, DistContext
+from wmpo.rl.dist_sampling import sample_groups_across_ranks
+from wmpo.rl.distributed import DistributedGRPOTrainer, local_grpo_config
 from wmpo.rl.grpo import GRPOConfig, GRPOTrainer
 from wmpo.rollout.engine import ImaginationEngine, RolloutConfig
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint
@@ -42,6 +51,8 @@ def wmpo_train(
     tag: str = "wmpo",
     real_eval: Callable[[nn.Module], dict[str, float]] | None = None,
     real_eval_every: int = 0,
+    dist: DistContext = SINGLE,
+    strategy: str = "ddp",
 ) -> list[dict[str, Any]]:
     """`iterations` WMPO updates of `policy` (in place); -> one record per iteration.
 
@@ -56,35 +67,54 @@ def wmpo_train(
     real_eval / real_eval_every: every `real_eval_every` iterations (and after the last), `real_eval(policy)`
       -> scalars (e.g. a greedy real-simulator success rate on a fixed set of states) joins that
       iteration's record under "real/<key>"; a training curve only, never used to select anything.
+      Under `dist` every rank calls it (it may spread its episodes over the ranks).
+    dist / strategy: the process group (wmpo.dist.init_distributed; SINGLE: one process) and the update's
+      strategy 'ddp' | 'fsdp2' | 'deepspeed'. Rank r samples with seed derive_seed(seed * 1000 + i, r).
     """
     if real_eval_every < 0:
         raise ValueError(f"real_eval_every: expected >= 0, got {real_eval_every}")
     if iterations < 0:
         raise ValueError(f"iterations: expected >= 0, got {iterations}")
-    trainer = GRPOTrainer(policy, grpo)
+    if dist.enabled or strategy != "ddp":
+        trainer: GRPOTrainer = DistributedGRPOTrainer(policy, local_grpo_config(grpo, dist.world_size), dist, strategy)
+    else:
+        trainer = GRPOTrainer(policy, grpo)
     history: list[dict[str, Any]] = []
     start = 0
     ckpt = Path(state_path) if state_path is not None else None
-    if ckpt is not None and ckpt.is_file():
+    if ckpt is not None and ckpt.is_file():  # every rank reads the file rank 0 wrote
         st = load_checkpoint(ckpt)
         policy.load_state_dict(st["policy"])
         trainer.load_state_dict(st["trainer"])
         history, start = st["history"], st["iteration"]
+        was = int(st.get("world_size", 1))
+        if was != dist.world_size and dist.is_main:
+            print(f"{tag}: resuming a {was}-rank run on {dist.world_size} ranks (the per-rank sampling seeds change)")
     engine = ImaginationEngine(wm_env, policy, success_detector, tokenizer, rollout)
     device = engine.device
-    for it in progress(range(start, iterations), total=iterations, desc=tag):
+    for it in progress(range(start, iterations), total=iterations, desc=tag, disable=None if dist.is_main else True):
         t0 = time.time()
         policy.eval()
-        batch, rstats = engine.sample_groups(initial_frames, instruction, group_size=grpo.group_size,
-                                             num_trajectories=grpo.batch_size, temperature=grpo.temperature,
-                                             max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
-                                             seed=seed * 1000 + it)
+        if dist.enabled:
+            batch, rstats = sample_groups_across_ranks(engine, initial_frames, instruction, dist, group_size=grpo.group_size,
+                                                       num_trajectories=grpo.batch_size, temperature=grpo.temperature,
+                                                       max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
+                                                       seed=seed * 1000 + it)
+            n_traj, succ_rate = rstats["trajectories"], rstats["success"] / max(rstats["trajectories"], 1)
+        else:
+            batch, rstats = engine.sample_groups(initial_frames, instruction, group_size=grpo.group_size,
+                                                 num_trajectories=grpo.batch_size, temperature=grpo.temperature,
+                                                 max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
+                                                 seed=seed * 1000 + it)
+            n_traj, succ_rate = len(batch), float(batch.success.float().mean()) if len(batch) else 0.0
         rec: dict[str, Any] = {
-            "iteration": it + 1, "trajectories": len(batch), "rollout_seconds": time.time() - t0,
-            "imagined_success_rate": float(batch.success.float().mean()) if len(batch) else 0.0,
+            "iteration": it + 1, "trajectories": n_traj, "rollout_seconds": time.time() - t0,
+            "imagined_success_rate": succ_rate,
             "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0)),
         }
-        if len(batch) > 0:
+        if dist.enabled:
+            rec["world_size"] = dist.world_size
+        if len(batch) > 0:  # equal on every rank (dist_sampling keeps the same count everywhere)
             rec.update({k: float(v) for k, v in trainer.update(batch.to(device)).items()})
         else:
             rec["skipped_update"] = True  # every group was all-success or all-failure
@@ -93,8 +123,12 @@ def wmpo_train(
             policy.eval()
             rec.update({f"real/{k}": float(v) for k, v in real_eval(policy).items()})
         history.append(rec)
-        if logger is not None:
+        if logger is not None and dist.is_main:
             logger.scalars({f"{tag}/{k}": v for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}, it + 1)
         if ckpt is not None:
-            save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": trainer.state_dict(), "history": history, "iteration": it + 1})
+            tstate = trainer.state_dict()  # a collective under FSDP2: every rank takes part
+            if dist.is_main:
+                save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": tstate, "history": history, "iteration": it + 1,
+                                       "world_size": dist.world_size})
+            dist.barrier()  # no rank runs ahead of the checkpoint it would resume from
     return history

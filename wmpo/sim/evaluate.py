@@ -91,11 +91,13 @@ def write_video(path: str | os.PathLike, frames: np.ndarray, fps: int = 20) -> N
 def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_workers: int = 1,
              image_size: int = 64, video_dir: str | os.PathLike | None = None, n_videos: int = 4,
              init_states: np.ndarray | None = None, max_steps: int | None = None,
-             show_progress: bool = True, disruption: str | None = None) -> EvalResult:
+             show_progress: bool = True, disruption: str | None = None, first_index: int = 0) -> EvalResult:
     """Run `policy` from the first `n` initial states of `split` (or the given `init_states`);
     write mp4s of the first `n_videos` episodes (by start index) to `video_dir`. `max_steps` caps
     episodes below the task horizon (for smoke tests). `disruption`: evaluate on this variant of the
-    task (see wmpo.sim.tasks.DISRUPTIONS) from the same initial states."""
+    task (see wmpo.sim.tasks.DISRUPTIONS) from the same initial states. `first_index`: the index of
+    init_states[0] in a larger set (a rank's share, wmpo.sim.evaluate_ranks): episodes and videos
+    carry first_index + their position."""
     from wmpo.sim.initial_states import get_initial_states
     from wmpo.sim.tasks import get_task
     from wmpo.sim.vec_env import VecEnv
@@ -113,23 +115,30 @@ def evaluate(policy: Policy, task: str, split: str = "eval", n: int = 128, num_w
         it = run_episodes(venv, policy, starts, task, max_steps=max_steps)
         desc = f"eval {task}" + (f" ({disruption})" if disruption else "")
         for start, ep in progress(it, total=len(starts), desc=desc, disable=None if show_progress else True):
-            results.append(EpisodeResult(index=start.index, success=ep.success, length=len(ep)))
-            if video_dir is not None and start.index < n_videos and image_size > 0:
+            index = first_index + start.index
+            results.append(EpisodeResult(index=index, success=ep.success, length=len(ep)))
+            if video_dir is not None and index < n_videos and image_size > 0:
                 tag = "success" if ep.success else "fail"
                 variant = "" if disruption is None else f"{disruption}_"
-                path = Path(video_dir) / f"{task}_{variant}{split}_{start.index:03d}_{tag}.mp4"
+                path = Path(video_dir) / f"{task}_{variant}{split}_{index:03d}_{tag}.mp4"
                 write_video(path, ep.frames)
                 videos.append(str(path))
     finally:
         venv.close()
-    results.sort(key=lambda r: r.index)
+    return summarize(task, split, results, videos, time.time() - t0, disruption)
+
+
+def summarize(task: str, split: str, results: list[EpisodeResult], videos: list[str], seconds: float,
+              disruption: str | None = None) -> EvalResult:
+    """The EvalResult of a set of episodes (any order; sorted by start index)."""
+    results = sorted(results, key=lambda r: r.index)
     k = sum(r.success for r in results)
     lengths = [r.length for r in results if r.success]
     return EvalResult(
         task=task, split=split, n=len(results), success_rate=k / max(1, len(results)),
         ci95=wilson_interval(k, len(results)),
         mean_success_length=float(np.mean(lengths)) if lengths else float("nan"),
-        episodes=results, videos=sorted(videos), seconds=time.time() - t0, disruption=disruption,
+        episodes=results, videos=sorted(videos), seconds=seconds, disruption=disruption,
     )
 
 
