@@ -22,16 +22,25 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from wmpo.build_info import strict as _strict_env
+from wmpo.build_info import torch_mismatch
 from wmpo.utils.logging import warn_once
 
-try:  # the compiled extension registers torch.ops.wmpo_C.*
-    from wmpo import _C  # noqa: F401
 
-    HAS_EXTENSION = True
-    _EXTENSION_ERROR = ""
-except ImportError as _e:  # pragma: no cover - depends on the build
-    HAS_EXTENSION = False
-    _EXTENSION_ERROR = str(_e)
+def _load_extension() -> tuple[bool, str]:
+    """Import wmpo._C (it registers torch.ops.wmpo_C.*) unless it was built for another torch
+    (wmpo.build_info: loading it there could crash). (loaded, why not)."""
+    mismatch = torch_mismatch()
+    if mismatch:
+        return False, mismatch
+    try:
+        importlib.import_module("wmpo._C")
+    except ImportError as e:  # pragma: no cover - depends on the build
+        return False, str(e)
+    return True, ""
+
+
+HAS_EXTENSION, _EXTENSION_ERROR = _load_extension()
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "ref")
 
@@ -95,7 +104,7 @@ def requested_backend(backend: Optional[str] = None) -> str:
 
 def strict() -> bool:
     """WMPO_STRICT=1: every fallback to another backend or to the reference raises."""
-    return os.environ.get("WMPO_STRICT", "").strip() in ("1", "true", "yes")
+    return _strict_env()
 
 
 class BackendUnavailableError(RuntimeError):
