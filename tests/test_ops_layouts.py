@@ -206,6 +206,20 @@ def test_flow_step_strided_view_warns_once_and_stays_correct(monkeypatch):
             ops.flow_step(x, v, 0.75, 0.5, num_context=1, backend="cpp")
 
 
+@pytest.mark.parametrize("x_dtype,v_dtype", [(torch.float32, torch.bfloat16), (torch.bfloat16, torch.float32)], ids=str)
+def test_flow_step_mixed_dtypes_are_fused(x_dtype, v_dtype):
+    """fp32 latents with a bf16 velocity (autocast) take the kernels (v cast once), no fallback warning."""
+    g = torch.Generator().manual_seed(11)
+    x, v = torch.randn(2, 5, 3, 4, generator=g).to(x_dtype), torch.randn(2, 5, 3, 4, generator=g).to(v_dtype)
+    want = ops.flow_step_ref(x.clone(), v, 0.8, 0.55, num_context=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = ops.flow_step(x.clone(), v, 0.8, 0.55, num_context=2)
+    assert got.dtype == x_dtype
+    tol = 1e-6 if x_dtype == torch.float32 else 2 * BF16_ULP
+    torch.testing.assert_close(got.float(), want.float(), rtol=tol, atol=tol)
+
+
 def test_flow_step_frame_dim_errors():
     x = torch.randn(2, 4, 5)
     with pytest.raises(ValueError, match="^frame_dim"):

@@ -85,6 +85,8 @@ def flow_step(x: Tensor, v: Tensor, t_now, t_next, *, num_context: int, frame_di
     if dispatch.reference_forced() and not backend:
         return flow_step_ref(x, v, tnv if tn is None else tn, txv if tx is None else tx, num_context=num_context,
                              frame_dim=k)
+    if v.dtype != x.dtype and dispatch.requested_backend(backend) != "ref":
+        v = v.to(x.dtype)  # mixed dtypes (fp32 latents, bf16 model output): one cast of v, then the kernel
     xs, vs = x, v
     if k != 1:
         if not (x.is_contiguous() and v.is_contiguous()):
