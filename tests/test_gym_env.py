@@ -137,3 +137,29 @@ def test_load_world_model_env_from_a_run_folder(tmp_path):
     (run / "stages" / "reward.json").unlink()
     with pytest.raises(ValueError, match="^run_dir: .* no finished stage 'reward'"):
         load_world_model_env(run, num_envs=B)
+
+
+def test_diffusers_autoencoder_kl_drives_the_world_model_env():
+    """A user's diffusers AutoencoderKL (with its own scaling/shift factors) as the env's VAE."""
+    from diffusers import AutoencoderKL
+
+    from wmpo.models.vae import FrameVAE
+
+    torch.manual_seed(5)
+    ae = AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                       up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                       latent_channels=4, norm_num_groups=8, sample_size=32, scaling_factor=0.5,
+                       shift_factor=0.1).eval()
+    vae = FrameVAE.from_autoencoder_kl(ae)
+    assert vae.ae is ae and vae.latent_size == 16
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(vae.encode(x), (ae.encode(x).latent_dist.mean - 0.1) * 0.5)
+        torch.testing.assert_close(vae.decode(vae.encode(x)), ae.decode(ae.encode(x).latent_dist.mean).sample)
+    wm = WorldModel(WorldModelConfig(latent_size=16, hidden=32, spatial_blocks=1, temporal_blocks=1, heads=2,
+                                     num_context=2, chunk_len=K, action_dim=A)).eval()
+    env = WorldModelEnv(vae, wm, steps=2, device="cpu")
+    env.reset(x)
+    assert env.step(torch.zeros(2, K, A)).shape == (2, K, 3, 32, 32)
+    with pytest.raises(ValueError, match="^ae"):
+        FrameVAE.from_autoencoder_kl(torch.nn.Linear(2, 2))
