@@ -29,8 +29,17 @@ test: setup
 test-slow: setup
 	$(VPY) -m pytest -q -m slow
 
+# make wheel: build outside the source tree (WHEEL_BUILD), against the installed torch, then
+# `auditwheel repair` to a manylinux tag, leaving torch's own libraries (libtorch*, libc10*) out of
+# the wheel (they come from the torch requirement). Result in dist/. See docs/install.md.
+WHEEL_BUILD ?= $(or $(TMPDIR),/tmp)/wmpo-wheel-build
+TORCH_LIBS  := --exclude 'libtorch*.so*' --exclude 'libc10*.so*'
 wheel: setup
-	$(VPY) -m pip wheel --no-build-isolation --no-deps -w dist .
+	rm -rf $(WHEEL_BUILD) && mkdir -p dist
+	$(VPY) -m pip wheel -q --no-build-isolation --no-deps -C build-dir=$(WHEEL_BUILD)/build -w $(WHEEL_BUILD)/raw .
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(VENV)/bin/auditwheel repair $(TORCH_LIBS) -w $(WHEEL_BUILD)/repaired $(WHEEL_BUILD)/raw/wmpo-*.whl
+	$(VENV)/bin/auditwheel show $(WHEEL_BUILD)/repaired/wmpo-*.whl
+	cp $(WHEEL_BUILD)/repaired/wmpo-*.whl dist/ && ls dist/
 
 clean:
 	rm -rf build dist $(VENV)

@@ -42,6 +42,16 @@ def test_wheel_builds_and_installs_into_fresh_venv(tmp_path):
     for op in ("adaln_modulate", "gated_residual_adaln", "noisy_context", "flow_step", "action_logprob"):
         assert f"wmpo/kernels/{op}.py" in names and f"wmpo/ops/{op}.py" in names
     assert "wmpo/ops/__init__.py" in names and not any("torch/" in n for n in names)
+    # the version names the torch it was built against, and the wheel requires that torch minor
+    minor = ".".join(torch.__version__.split("+")[0].split(".")[:2])
+    flavour = "cu" + torch.version.cuda.replace(".", "") if torch.version.cuda else "cpu"
+    assert wheels[0].name.startswith(f"wmpo-0.1.0+pt{minor.replace('.', '')}{flavour}-"), wheels[0].name
+    zf = zipfile.ZipFile(wheels[0])
+    meta = zf.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+    assert f"Requires-Dist: torch=={minor}.*" in meta and "License: Apache-2.0" in meta
+    assert any(n.endswith("LICENSE") and ".dist-info/" in n for n in names) and "wmpo/_build_info.py" in names
+    so = zf.read(next(n for n in names if n.startswith("wmpo/_C") and n.endswith(".so")))
+    assert str(ROOT).encode() not in so and b"site-packages" not in so  # no build-machine paths inside
 
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
@@ -50,3 +60,5 @@ def test_wheel_builds_and_installs_into_fresh_venv(tmp_path):
     _run([str(vpy), "-m", "pip", "install", "-q", "--no-deps", str(wheels[0])])
     r = _run([str(vpy), "-c", SMOKE], cwd=tmp_path)
     assert r.stdout.strip().endswith("ok")
+    r = _run([str(vpy), "-m", "wmpo.info"], cwd=tmp_path)
+    assert f"built with:  torch {torch.__version__.split('+')[0]}" in r.stdout and "wmpo._C loaded" in r.stdout

@@ -20,6 +20,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# optional packages (pip install "wmpo[full]"), by import name -> pip name
+EXTRAS = {"h5py": "h5py", "robosuite": "robosuite", "mujoco": "mujoco", "diffusers": "diffusers",
+          "transformers": "transformers", "tensorboard": "tensorboard", "rich": "rich", "tqdm": "tqdm",
+          "imageio": "imageio", "imageio_ffmpeg": "imageio-ffmpeg", "onnx": "onnx", "onnxruntime": "onnxruntime",
+          "matplotlib": "matplotlib", "triton": "triton"}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str:
+    """The pip name of the optional package `e` is about, or '' when it is not one."""
+    top = (e.name or "").split(".")[0]
+    return EXTRAS.get(top, "")
+
+
 def _usage() -> str:
     lines = ["usage: wmpo <command> [options]", "", "commands:"]
     lines += [f"  {name:<14}{help_}" for name, (_, help_) in COMMANDS.items()]
@@ -38,9 +51,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wmpo: unknown command {cmd!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     mod_name, fn_name = COMMANDS[cmd][0].split(":")
-    fn = getattr(importlib.import_module(mod_name), fn_name)
     try:
+        fn = getattr(importlib.import_module(mod_name), fn_name)
         return int(fn(rest) or 0)
+    except ModuleNotFoundError as e:
+        # an optional package this command needs (a plain `pip install wmpo` has only numpy + torch)
+        if not missing_extra(e) or os.environ.get("WMPO_DEBUG"):
+            raise
+        print(f"wmpo {cmd}: error: this command needs the optional package '{missing_extra(e)}', which is not "
+              "installed: pip install \"wmpo[full]\" (all optional packages) or pip install "
+              f"{missing_extra(e)}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as e:
         # bad input (a value, a path, a damaged file, a store another writer holds): one line naming
         # what is wrong, exit 2 (WMPO_DEBUG=1 for the traceback)

@@ -64,6 +64,30 @@ class FrameVAE(nn.Module):
         self.register_buffer("scaling_factor", torch.ones(()))
         self.register_buffer("shift_factor", torch.zeros(()))
 
+    @classmethod
+    def from_autoencoder_kl(cls, ae) -> "FrameVAE":
+        """Wrap an existing diffusers AutoencoderKL (e.g. a pretrained Stable Diffusion VAE, loaded by
+        the caller) as the frame VAE of `WorldModelEnv`, without copying it: its scaling_factor and
+        shift_factor (config) become this VAE's, so `encode` gives the scaled latents that model's
+        diffusion models use. It must be made of DownEncoderBlock2D / UpDecoderBlock2D blocks."""
+        conf = getattr(ae, "config", None)
+        if conf is None or not hasattr(ae, "encode") or not hasattr(ae, "decode"):
+            raise ValueError(f"ae: expected a diffusers AutoencoderKL, got {type(ae).__name__}")
+        if any(b != "DownEncoderBlock2D" for b in conf.down_block_types) or any(b != "UpDecoderBlock2D" for b in conf.up_block_types):
+            raise ValueError(f"ae: expected DownEncoderBlock2D/UpDecoderBlock2D blocks, got {conf.down_block_types}")
+        size = conf.sample_size if isinstance(conf.sample_size, int) else conf.sample_size[0]
+        cfg = VAEConfig(frame_size=int(size), latent_channels=int(conf.latent_channels),
+                        block_channels=tuple(int(c) for c in conf.block_out_channels),
+                        layers_per_block=int(conf.layers_per_block), norm_groups=int(conf.norm_num_groups),
+                        mid_attention=bool(getattr(conf, "mid_block_add_attention", True)))
+        m = cls.__new__(cls)
+        nn.Module.__init__(m)
+        m.cfg, m.ae = cfg, ae
+        dev = next(ae.parameters()).device
+        m.register_buffer("scaling_factor", torch.tensor(float(getattr(conf, "scaling_factor", None) or 1.0), device=dev))
+        m.register_buffer("shift_factor", torch.tensor(float(getattr(conf, "shift_factor", None) or 0.0), device=dev))
+        return m
+
     # ----------------------------------------------------------------- shapes
     @property
     def latent_channels(self) -> int:

@@ -1,5 +1,7 @@
 """adaln_modulate: LayerNorm + per-frame scale/shift, y = layer_norm(x) * (1 + scale[f]) + shift[f],
-f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]. Reference, custom op + fake, backward, API."""
+f = row // tokens_per_frame. Kernel form x [R, D], shift/scale [F, D]; the public function also takes
+x [*B, N, D] / [*B, F, S, D] with shift/scale [*B, F, D] / [*B, D] and LayerNorm weight/bias (see
+wmpo.ops.layout). Reference, custom op + fake, backward, API."""
 from __future__ import annotations
 
 from typing import Optional
@@ -10,7 +12,7 @@ from torch import Tensor
 
 from wmpo.ops import dispatch
 from wmpo.ops.checks import check_eps, check_rows
-from wmpo.utils.logging import warn_once
+from wmpo.ops.layout import fold_affine, frame_layout
 
 _LOW_PRECISION = (torch.bfloat16, torch.float16)
 
@@ -26,8 +28,9 @@ def pick_adaln(backend: str, x: Tensor, mod_dtype: torch.dtype) -> str:
     """Backend for an AdaLN call whose rows are x.dtype and whose modulation is mod_dtype."""
     be = dispatch.resolve_backend(x.device, backend or None)
     if be != "ref" and not adaln_fusable_dtypes(x.dtype, mod_dtype):
-        warn_once("wmpo.ops.mixed-dtype-adaln", f"wmpo.ops: AdaLN rows in {x.dtype} with modulation in {mod_dtype} "
-                  "run the reference implementation (fused: one dtype, or fp32 rows with bf16/fp16 modulation)")
+        dispatch.fallback("wmpo.ops.mixed-dtype-adaln", f"wmpo.ops: AdaLN rows in {x.dtype} with modulation in "
+                          f"{mod_dtype} run the reference implementation (fused: one dtype, or fp32 rows with "
+                          "bf16/fp16 modulation)", explicit=bool(backend) and backend != "auto")
         return "ref"
     return be
 
@@ -37,12 +40,17 @@ def as_dtype(dtype: torch.dtype, *tensors: Tensor) -> tuple[Tensor, ...]:
     return tuple(t if t.dtype == dtype else t.to(dtype) for t in tensors)
 
 
-def adaln_modulate_ref(x, shift, scale, *, tokens_per_frame: int, eps: float = 1e-6):
-    """y = layer_norm(x) * (1 + scale[f]) + shift[f], f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]."""
-    n = F.layer_norm(x.float(), (x.shape[-1],), eps=eps)
-    sc = scale.float().repeat_interleave(tokens_per_frame, 0)
-    sh = shift.float().repeat_interleave(tokens_per_frame, 0)
-    return (n * (1 + sc) + sh).to(x.dtype)
+def adaln_modulate_ref(x, shift, scale, *, tokens_per_frame: Optional[int] = None, weight=None, bias=None,
+                       eps: float = 1e-6):
+    """y = layer_norm(x; weight, bias) * (1 + scale[f]) + shift[f] in float32 math (float64 for float64
+    inputs), rounded once to x.dtype. Layouts as `adaln_modulate`."""
+    lay = frame_layout("x", x, {"shift": shift, "scale": scale}, tokens_per_frame)
+    up = torch.float64 if x.dtype == torch.float64 else torch.float32
+    w = None if weight is None else weight.to(up)
+    b = None if bias is None else bias.to(up)
+    n = F.layer_norm(lay.rows(x).to(up), (lay.dim,), w, b, eps=eps).view(lay.frames, lay.tokens_per_frame, lay.dim)
+    y = n * (1 + lay.per_frame(scale).to(up)).unsqueeze(1) + lay.per_frame(shift).to(up).unsqueeze(1)
+    return y.to(x.dtype).view(lay.shape)
 
 
 def adaln_backward_ref(dy, x, scale, tpf, eps):
@@ -115,12 +123,22 @@ def _backward(ctx, dy):
 _op.register_autograd(_backward, setup_context=_setup)
 
 
-def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, tokens_per_frame: int, eps: float = 1e-6,
+def adaln_modulate(x: Tensor, shift: Tensor, scale: Tensor, *, tokens_per_frame: Optional[int] = None,
+                   weight: Optional[Tensor] = None, bias: Optional[Tensor] = None, eps: float = 1e-6,
                    backend: Optional[str] = None) -> Tensor:
-    """y = layer_norm(x) * (1 + scale[f]) + shift[f], f = row // tokens_per_frame. x [R, D]; shift/scale [F, D]."""
-    check_rows(x, shift, scale, tokens_per_frame)
+    """y = layer_norm(x; weight, bias) * (1 + scale[f]) + shift[f] for every token of frame f.
+
+    x [R, D] with shift/scale [F, D] (tokens_per_frame = R / F), or x [*B, N, D] / [*B, F, S, D]
+    with shift/scale [*B, F, D] (one vector per frame; N must be a multiple of F) or [*B, D] (one per
+    sample). tokens_per_frame is inferred; when given it must agree. weight/bias [D]: LayerNorm's
+    affine (folded into the per-frame modulation, see wmpo.ops.layout.fold_affine). Returns x's shape."""
+    lay = frame_layout("x", x, {"shift": shift, "scale": scale}, tokens_per_frame)
     check_eps(eps)
     if dispatch.reference_forced() and not backend:
-        return adaln_modulate_ref(x, shift, scale, tokens_per_frame=tokens_per_frame, eps=eps)
-    op = _impl if dispatch.eager_direct(x, shift, scale) else _op
-    return op(x, shift, scale, tokens_per_frame, float(eps), backend or "")
+        return adaln_modulate_ref(x, shift, scale, weight=weight, bias=bias, eps=eps)
+    if weight is not None or bias is not None:
+        shift, scale = fold_affine(shift, scale, weight, bias, lay.dim, x.dtype)
+    x2, sh2, sc2 = lay.rows(x), lay.per_frame(shift), lay.per_frame(scale)
+    check_rows(x2, sh2, sc2, lay.tokens_per_frame)
+    op = _impl if dispatch.eager_direct(x2, sh2, sc2) else _op
+    return lay.restore(op(x2, sh2, sc2, lay.tokens_per_frame, float(eps), backend or ""))

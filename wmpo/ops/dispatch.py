@@ -4,6 +4,11 @@ Backends: ``triton`` (kernels/), ``cuda`` and ``cpp`` (the compiled extension wm
 torch.ops.wmpo_C) and ``ref`` (plain PyTorch). The choice comes from, in order: the ``backend=``
 argument of a call, the `reference_ops()` context, the ``WMPO_BACKEND`` environment variable
 (default ``auto``). `resolve_backend` is the only place that reads WMPO_BACKEND.
+
+Falling back: a call that cannot run the backend it was meant to (no extension, no Triton, a dtype
+mix or a strided tensor the kernels do not take) runs the reference and warns once per reason
+(`fallback`). It raises instead when the backend was asked for by the call's ``backend=`` argument
+or when ``WMPO_STRICT=1`` is set.
 """
 from __future__ import annotations
 
@@ -17,16 +22,25 @@ from typing import Iterator, Optional
 import torch
 from torch import Tensor
 
+from wmpo.build_info import strict as _strict_env
+from wmpo.build_info import torch_mismatch
 from wmpo.utils.logging import warn_once
 
-try:  # the compiled extension registers torch.ops.wmpo_C.*
-    from wmpo import _C  # noqa: F401
 
-    HAS_EXTENSION = True
-    _EXTENSION_ERROR = ""
-except ImportError as _e:  # pragma: no cover - depends on the build
-    HAS_EXTENSION = False
-    _EXTENSION_ERROR = str(_e)
+def _load_extension() -> tuple[bool, str]:
+    """Import wmpo._C (it registers torch.ops.wmpo_C.*) unless it was built for another torch
+    (wmpo.build_info: loading it there could crash). (loaded, why not)."""
+    mismatch = torch_mismatch()
+    if mismatch:
+        return False, mismatch
+    try:
+        importlib.import_module("wmpo._C")
+    except ImportError as e:  # pragma: no cover - depends on the build
+        return False, str(e)
+    return True, ""
+
+
+HAS_EXTENSION, _EXTENSION_ERROR = _load_extension()
 
 BACKENDS = ("auto", "triton", "cuda", "cpp", "ref")
 
@@ -88,36 +102,63 @@ def requested_backend(backend: Optional[str] = None) -> str:
     return want
 
 
+def strict() -> bool:
+    """WMPO_STRICT=1: every fallback to another backend or to the reference raises."""
+    return _strict_env()
+
+
+class BackendUnavailableError(RuntimeError):
+    """An op could not run the backend that was asked for (explicit ``backend=`` or WMPO_STRICT=1)."""
+
+
+def fallback(key: str, message: str, explicit: bool = False) -> None:
+    """A call falls back (to the reference, or from an unavailable backend to auto): warn once per
+    `key` naming the reason, or raise BackendUnavailableError when `explicit` (the call's own
+    ``backend=``) or WMPO_STRICT=1."""
+    if explicit or strict():
+        why = "backend= was given" if explicit else "WMPO_STRICT=1"
+        raise BackendUnavailableError(f"{message} [raised instead of falling back: {why}]")
+    warn_once(key, message)
+
+
 def resolve_backend(device, backend: Optional[str] = None) -> str:
     """The backend an op on `device` runs with (see the module docstring).
 
-    auto = triton (else cuda) on GPU tensors, cpp on CPU tensors, ref as the last resort. An explicit
-    backend that cannot run on `device` falls back to auto; every fallback warns once.
+    auto = triton (else cuda) on GPU tensors, cpp on CPU tensors, ref as the last resort. A backend
+    from WMPO_BACKEND that cannot run on `device` falls back to auto with a warning; one given as the
+    ``backend=`` argument (or any, under WMPO_STRICT=1) raises BackendUnavailableError instead.
     """
     want = requested_backend(backend)
     dev = torch.device(device).type if not isinstance(device, torch.device) else device.type
-    return _resolve(want, dev, triton_interpreting())
+    explicit = bool(backend) and want not in ("auto", "ref")
+    if explicit or strict():  # not cached: raises every time
+        return _resolve.__wrapped__(want, dev, triton_interpreting(), explicit)
+    return _resolve(want, dev, triton_interpreting(), False)
 
 
 @functools.lru_cache(maxsize=None)
-def _resolve(want: str, dev: str, _interp: bool) -> str:
+def _resolve(want: str, dev: str, _interp: bool, explicit: bool) -> str:
     if want == "ref":
         return "ref"
     if want == "triton":
         if triton_usable(dev):
             return "triton"
-        warn_once(f"wmpo.ops.no-triton.{dev}", f"wmpo.ops: backend 'triton' cannot run on {dev} tensors "
-                  "(no triton, or CPU without TRITON_INTERPRET=1); using backend 'auto' instead")
+        why = "triton is not installed" if not _triton_importable() else "CPU tensors need TRITON_INTERPRET=1"
+        fallback(f"wmpo.ops.no-triton.{dev}", f"wmpo.ops: backend 'triton' cannot run on {dev} tensors ({why}); "
+                 "using backend 'auto' instead", explicit)
     elif want == "cuda":
         if dev == "cuda" and extension_has_cuda():
             return "cuda"
-        warn_once(f"wmpo.ops.no-cuda.{dev}", f"wmpo.ops: backend 'cuda' is not available for {dev} tensors "
-                  "(wmpo._C without CUDA kernels, or not a CUDA tensor); using backend 'auto' instead")
+        why = ("not a CUDA tensor" if dev != "cuda" else
+               f"wmpo._C did not load: {_EXTENSION_ERROR}" if not HAS_EXTENSION else "wmpo._C was built without CUDA kernels")
+        fallback(f"wmpo.ops.no-cuda.{dev}", f"wmpo.ops: backend 'cuda' is not available for {dev} tensors ({why}); "
+                 "using backend 'auto' instead", explicit)
     elif want == "cpp":
         if dev == "cpu" and HAS_EXTENSION:
             return "cpp"
-        warn_once(f"wmpo.ops.no-cpp.{dev}", f"wmpo.ops: backend 'cpp' is not available for {dev} tensors; "
-                  "using backend 'auto' instead")
+        why = "not a CPU tensor" if dev != "cpu" else f"wmpo._C did not load: {_EXTENSION_ERROR}"
+        fallback(f"wmpo.ops.no-cpp.{dev}", f"wmpo.ops: backend 'cpp' is not available for {dev} tensors ({why}); "
+                 "using backend 'auto' instead", explicit)
     if dev == "cuda":
         if triton_usable("cuda"):
             return "triton"
@@ -125,10 +166,10 @@ def _resolve(want: str, dev: str, _interp: bool) -> str:
             return "cuda"
     elif dev == "cpu" and HAS_EXTENSION:
         return "cpp"
-    why = _EXTENSION_ERROR if not HAS_EXTENSION else "no fused kernel for this device"
-    warn_once(f"wmpo.ops.ref.{dev}", f"wmpo.ops: no fused backend for {dev} tensors ({why}); "
-              "falling back to the plain-PyTorch reference ops (slow). Build the extension with "
-              "`pip install --no-build-isolation -e .`")
+    why = f"wmpo._C did not load: {_EXTENSION_ERROR}" if not HAS_EXTENSION else "no fused kernel for this device"
+    fallback(f"wmpo.ops.ref.{dev}", f"wmpo.ops: no fused backend for {dev} tensors ({why}); falling back to the "
+             "plain-PyTorch reference ops (slow). `python -m wmpo.info` shows what this install has; a wheel "
+             "needs the torch it was built with, a source checkout `pip install --no-build-isolation -e .`")
     return "ref"
 
 
@@ -138,8 +179,9 @@ def pick(backend: str, *tensors: Tensor) -> str:
     if be != "ref":
         dts = {t.dtype for t in tensors if t is not None and t.is_floating_point()}
         if len(dts) > 1:
-            warn_once("wmpo.ops.mixed-dtype", f"wmpo.ops: inputs with mixed dtypes {sorted(map(str, dts))} "
-                      "run the reference implementation; pass one dtype to use the fused kernels")
+            fallback("wmpo.ops.mixed-dtype", f"wmpo.ops: inputs with mixed dtypes {sorted(map(str, dts))} "
+                     "run the reference implementation; pass one dtype to use the fused kernels",
+                     explicit=bool(backend) and backend != "auto")
             return "ref"
     return be
 

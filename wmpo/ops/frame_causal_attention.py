@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from wmpo.ops import dispatch
 from wmpo.utils.checks import check_same_device, check_tensor
-from wmpo.utils.logging import warn_once
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -68,24 +67,28 @@ def _load_kernel():
 def backend_for(q: torch.Tensor, backend: str | None = None) -> str:
     """'triton' or 'ref': what frame_causal_attention runs for inputs like `q` (and `backend`)."""
     want = dispatch.requested_backend(backend)
-    if q.dtype == torch.float64:
-        return "ref"
+    explicit = bool(backend) and want not in ("auto", "ref")
     cuda = q.device.type == "cuda"
-    if want == "auto":
-        want = "triton" if cuda else "ref"
-    if want == "cuda":
-        want = "triton" if cuda else "ref"
-    if want == "cpp":
+    if want == "ref" or (want == "auto" and not cuda):  # CPU: the reference is torch's SDPA, by design
         return "ref"
-    if want == "triton":
-        if not cuda and not dispatch.triton_interpreting():
-            warn_once("attn-triton-cpu", "wmpo.frame_causal_attention: Triton on CPU tensors needs TRITON_INTERPRET=1; using the reference")
-            return "ref"
-        if _load_kernel() is None:
-            warn_once("attn-no-triton", "wmpo.frame_causal_attention: Triton kernel unavailable (import failed); using the reference (SDPA)")
-            return "ref"
-        return "triton"
-    return "ref"
+    if q.dtype == torch.float64:
+        dispatch.fallback("attn-float64", "wmpo.frame_causal_attention: float64 inputs run the reference (SDPA); "
+                          "the Triton kernel takes float32/bfloat16/float16", explicit)
+        return "ref"
+    if want == "cpp" or (want == "cuda" and not cuda):
+        dispatch.fallback(f"attn-no-{want}", f"wmpo.frame_causal_attention: no '{want}' kernel for {q.device.type} "
+                          "tensors (attention has a Triton kernel for CUDA tensors only); using the reference (SDPA)",
+                          explicit)
+        return "ref"
+    if not cuda and not dispatch.triton_interpreting():
+        dispatch.fallback("attn-triton-cpu", "wmpo.frame_causal_attention: Triton on CPU tensors needs "
+                          "TRITON_INTERPRET=1; using the reference (SDPA)", explicit)
+        return "ref"
+    if _load_kernel() is None:
+        dispatch.fallback("attn-no-triton", "wmpo.frame_causal_attention: Triton kernel unavailable (import failed); "
+                          "using the reference (SDPA)", explicit)
+        return "ref"
+    return "triton"
 
 
 # ---------------------------------------------------------------------------------- custom op
