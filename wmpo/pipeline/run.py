@@ -389,8 +389,10 @@ def stage_report(ctx: Context) -> dict:
     return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
 
 
-def build_stages(cfg: RunConfig) -> list[Stage]:
+def build_stages(cfg: RunConfig, disruptions: bool = False) -> list[Stage]:
     # the policy's branch first: it does not need the (long) corpus and world-model stages
+    from wmpo.pipeline.disruptions import stage_disruptions
+
     return [
         Stage("demos", stage_demos),
         Stage("policy_sft", stage_policy_sft),
@@ -406,6 +408,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate),
+        Stage("disruptions", stage_disruptions, enabled=disruptions),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
     ]
@@ -424,11 +427,14 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> tuple[list[str], l
     return ([prefix.rstrip(".")] if saved != now else []), []
 
 
-def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False) -> dict[str, dict]:
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False,
+                 disruptions: bool = False) -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
     written by an older wmpo whose config lacks fields the code has added since (and differs in
-    nothing else) resumes with them recorded; a changed value is still refused."""
+    nothing else) resumes with them recorded; a changed value is still refused. `disruptions`: also
+    evaluate every policy on the task's disruption (an evaluation, not part of the config: a finished
+    run gains the section by rerunning with it; the report is rewritten)."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
     from wmpo.utils.checkpoint import load_json
@@ -440,7 +446,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
             raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
     out = check_output_dir(out_dir, "out")
     if stop_after is not None:
-        names = [s.name for s in build_stages(cfg)]
+        names = [s.name for s in build_stages(cfg, disruptions=True)]
         if stop_after not in names:
             raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -463,7 +469,10 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     runner = StageRunner(out)
     ctx = Context(cfg, out, runner)
-    stages = build_stages(cfg)
+    # an earlier --disruptions result stays in the report; a new one rewrites the report
+    stages = build_stages(cfg, disruptions=disruptions or runner.is_done("disruptions"))
+    if disruptions and not runner.is_done("disruptions"):
+        runner.marker("report").unlink(missing_ok=True)
     if stop_after is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(stop_after) + 1]
