@@ -1,25 +1,15 @@
-"""Crash-safe, appendable HDF5 trajectory store in robomimic layout.
+"""Crash-safe, appendable HDF5 trajectory store in robomimic layout (docs/data.md has the details).
 
 On disk, a store `demos.h5` is
   demos.h5            the index: a robomimic file whose `data/demo_<i>` are HDF5 external links,
                       `data.attrs["env_args"]` (JSON env metadata), `data.attrs["total"]`,
-                      `action_stats/q01`, `action_stats/q99` (float32 [7]), a format marker,
-                      `attrs["store_id"]`, and robomimic's `mask/<filter key>` groups (kept when the
-                      index is rewritten);
+                      `action_stats/q01|q99` (float32 [7]), a format marker, `attrs["store_id"]`,
+                      and robomimic's `mask/<filter key>` groups (kept when the index is rewritten);
   demos.h5.episodes/  one complete HDF5 file per episode, `demo_<i>.h5`, holding `data/demo_<i>`
-                      (wmpo.data.episode_file), also reachable as `stores/<store_id>/demo_<i>`:
-      obs/agentview_image  uint8   [T+1, H, W, 3]   (frames[t] is seen before actions[t];
-                                                     frames[T] follows the last action: one more
-                                                     frame than robomimic's usual T)
-      next_obs/agentview_image     [T, H, W, 3]     virtual dataset = obs/agentview_image[1:]
-      actions              float32 [T, 7]
-      rewards              float32 [T]
-      dones                uint8   [T]
-      states               float64 [T+1, S]          flattened MjSimState [time, qpos, qvel]
-      attrs: num_samples (T), success, finish_step, instruction, task, meta (JSON)
-
-      attrs["checksums"]: JSON {dataset: sha256 of its dtype, shape and bytes, "attrs": sha256 of the
-                          attributes above}
+                      in the layout of wmpo.data.episode_file (obs/agentview_image [T+1],
+                      next_obs/agentview_image [T] as a virtual dataset, actions, rewards, dones,
+                      states [T+1, S], attributes and sha256 checksums), also reachable as
+                      `stores/<store_id>/demo_<i>`;
   demos.h5.lock       while a writer has the store open: its pid, host and start time.
 
 What the store guarantees:
@@ -29,25 +19,20 @@ What the store guarantees:
   "a" mode deletes stray temporary files and re-indexes complete episode files the index missed.
   Readers see a consistent snapshot and pick up new episodes on the next `len()` / `refresh()`.
 - A single writer. Modes "a" and "w" hold `demos.h5.lock` (wmpo.data.writer_lock) until `close()`;
-  a second writer gets `LockedError` naming the lock and its owner, so two collections into one
-  store cannot overwrite each other's `demo_<n>`. A lock left by a killed writer is taken over
-  with a warning. Readers take no lock.
-- Checksums. Every episode carries sha256 checksums of its datasets and attributes, verified on
-  every load: a damaged episode raises `CorruptEpisodeError` naming its file, or, with
-  `on_corrupt="skip"`, is left out (one warning naming the skipped files). Episodes written before
-  checksums existed have none and load unverified. The index's action statistics carry one too.
-- Nothing indexed is dropped. Appending refuses (StoreFormatError) when the `.episodes` folder or
-  an episode file the index names is missing, instead of rewriting the index without them.
+  a second writer gets `LockedError` naming the lock and its owner. A lock left by a killed writer
+  is taken over with a warning. Readers take no lock.
+- Checksums, verified on every load: a damaged episode raises `CorruptEpisodeError` naming its
+  file, or, with `on_corrupt="skip"`, is left out (one warning). Episodes written before checksums
+  existed load unverified. The index's action statistics carry one too.
+- Nothing indexed is dropped: appending refuses (StoreFormatError) when the `.episodes` folder or
+  an episode file the index names is missing.
 - Resume without duplicates: each episode's meta records its start (D0 `seed`, or `start_index`
-  and `start_state_sha256`); `starts()` / `stored_seeds()` read them so collectors skip starts that
-  are already stored (wmpo.sim.collect).
-
-Through the external links, h5py/robomimic tools read `demos.h5` like a single file (keep the
-`.episodes` folder next to it; `wmpo export --single-file` makes a self-contained copy, which this
-class reads in mode "r"). HDF5 resolves an external link against the index's folder and then the
-current directory; the links name `stores/<store_id>/demo_<i>`, which only this store's episode
-files hold, so an index separated from its folder fails instead of reading another store's
-episodes from the current directory (episodes written before store ids existed keep `data/...`).
+  and `start_state_sha256`), read by collectors to skip stored starts (wmpo.sim.collect).
+- Links resolve next to the index only. HDF5 tries an external link against the index's folder,
+  then the current directory; the links name `stores/<store_id>/demo_<i>`, which only this store's
+  episode files hold, so a separated index fails instead of reading another store's episodes
+  (episodes written before store ids existed keep `data/...`). `wmpo export --single-file` makes a
+  self-contained copy, which this class reads in mode "r".
 """
 from __future__ import annotations
 
@@ -157,7 +142,7 @@ class TrajectoryStore:
             self._check_indexed_files()
         self.episode_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
-        self._store_id = self._store_id or self._episodes_store_id() or uuid.uuid4().hex
+        self._store_id = self._store_id or self._episodes_store_id() or uuid.uuid4().hex  # new: a fresh id
         if env_meta is not None:
             self._env_meta = dict(env_meta)
         self._actions = []
@@ -232,7 +217,7 @@ class TrajectoryStore:
 
     def _episodes_store_id(self) -> str | None:
         """The store id the episode files carry (an index rebuilt from them keeps it)."""
-        for name in self._names:
+        for name in self._names:  # (only when the index has none: an old or a lost index)
             try:
                 with h5py.File(self._episode_file(name), "r", locking=False) as f:
                     if "store_id" in f.attrs:
@@ -269,14 +254,12 @@ class TrajectoryStore:
 
     def _copy_masks(self, f: h5py.File) -> None:
         """robomimic's train/validation filter keys (`mask/`), carried from the index being replaced."""
-        if not self.path.is_file():
-            return
         try:
             with h5py.File(self.path, "r", locking=False) as old:
                 if "mask" in old:
                     old.copy(old["mask"], f, "mask")
         except OSError:
-            pass  # a damaged old index: nothing to carry
+            pass  # no old index, or a damaged one: nothing to carry
 
     def refresh(self) -> None:
         """Re-read the index if another process appended since."""
@@ -433,7 +416,7 @@ class TrajectoryStore:
         return list(self._names[: len(self)])
 
     @property
-    def store_id(self) -> str | None:
+    def store_id(self) -> str | None:  # None: a store written before store ids, not appended to since
         return self._store_id
 
     def episode_lengths(self) -> list[int]:
