@@ -107,6 +107,16 @@ def test_export_single_file_is_self_contained(tmp_path):
         assert [x.decode() for x in f["mask/train"][()]] == ["demo_0"]
     with pytest.raises(StoreFormatError, match="read-only"):
         TrajectoryStore(moved, "a")
+    # and back in: the export is a robomimic file that `wmpo import` reads episode for episode
+    from wmpo.cli import main
+
+    assert main(["import", "--format", "robomimic", str(moved), "--out", str(tmp_path / "back.h5")]) == 0
+    with TrajectoryStore(tmp_path / "back.h5") as s:
+        for i in range(3):
+            e, want = s.load(i), _episode(4 + i, i)
+            for k in ("frames", "actions", "states", "rewards", "dones"):
+                np.testing.assert_array_equal(getattr(e, k), getattr(want, k))
+            assert (e.success, e.finish_step, e.instruction, e.meta["success_from"]) == (True, 4 + i, "x", "success flag")
 
 
 def test_stores_written_before_version_2_still_read_and_append(tmp_path):
