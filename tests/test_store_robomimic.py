@@ -138,6 +138,11 @@ def test_stores_written_before_version_2_still_read_and_append(tmp_path):
         _same(s.load(2), _episode(3, 7))
         assert f["data"].get("demo_0", getlink=True).path == "/data/demo_0"
         assert f["data"].get("demo_2", getlink=True).path == f"/stores/{s.store_id}/demo_2"
+        sid = s.store_id
+    path.unlink()  # a lost index is rebuilt from the mixed episode files, keeping their store id
+    with TrajectoryStore(path, "a") as s:
+        assert len(s) == 3 and s.store_id == sid
+        _same(s.load(2), _episode(3, 7))
 
 
 @pytest.fixture(scope="module")
