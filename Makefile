@@ -8,7 +8,7 @@ TASK      ?= square
 OUT       ?= runs/tiny-$(TASK)
 export MUJOCO_GL ?= egl
 
-.PHONY: setup tiny test test-slow build wheel clean
+.PHONY: setup tiny test test-slow robomimic build wheel clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml CMakeLists.txt $(wildcard csrc/* csrc/cpu/* csrc/cuda/*)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -28,6 +28,10 @@ test: setup
 
 test-slow: setup
 	$(VPY) -m pytest -q -m slow
+
+# robomimic's own loaders for tests/test_store_robomimic.py (optional; --no-deps: see docs/data.md)
+robomimic: setup
+	$(VPY) -m pip install -q --no-deps robomimic==0.3.0
 
 wheel: setup
 	$(VPY) -m pip wheel --no-build-isolation --no-deps -w dist .
