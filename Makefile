@@ -8,7 +8,7 @@ TASK      ?= square
 OUT       ?= runs/tiny-$(TASK)
 export MUJOCO_GL ?= egl
 
-.PHONY: setup tiny test test-slow build wheel clean
+.PHONY: setup tiny test test-slow robomimic build wheel clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml CMakeLists.txt $(wildcard csrc/* csrc/cpu/* csrc/cuda/*)
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test-slow: setup
 # the wheel (they come from the torch requirement). Result in dist/. See docs/install.md.
 WHEEL_BUILD ?= $(or $(TMPDIR),/tmp)/wmpo-wheel-build
 TORCH_LIBS  := --exclude 'libtorch*.so*' --exclude 'libc10*.so*'
+# robomimic's own loaders for tests/test_store_robomimic.py (optional; --no-deps: see docs/data.md)
+robomimic: setup
+	$(VPY) -m pip install -q --no-deps robomimic==0.3.0
+
 wheel: setup
 	rm -rf $(WHEEL_BUILD) && mkdir -p dist
 	$(VPY) -m pip wheel -q --no-build-isolation --no-deps -C build-dir=$(WHEEL_BUILD)/build -w $(WHEEL_BUILD)/raw .

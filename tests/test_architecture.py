@@ -16,7 +16,8 @@ MAX_LINES = 500
 # The record formats (Episode, the HDF5 store) are the ground floor that the simulator writes and
 # every consumer reads; the rest of `data` (batches, groups, loaders, datasets) sits above `sim`.
 LAYERS: list[set[str]] = [
-    {"wmpo", "build_info", "info", "utils", "ops", "accel", "dist", "data.episode", "data.integrity", "data.store", "data.writer_lock"},
+    {"wmpo", "build_info", "info", "utils", "ops", "accel", "dist", "data.episode", "data.episode_file", "data.integrity",
+     "data.store", "data.writer_lock"},
     {"sim"},
     {"data"},
     {"models", "nn"},

@@ -16,6 +16,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "wm-eval": ("wmpo.cli.train:wm_eval_main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),
     "train-policy": ("wmpo.cli.train:policy_main", "behaviour cloning of the VLA policy on expert demos"),
     "train-reward": ("wmpo.cli.train:reward_main", "train the VideoMAE success classifier"),
+    "import": ("wmpo.cli.data:import_main", "import robomimic / LeRobot-style HDF5 episodes into a new trajectory store"),
+    "export": ("wmpo.cli.data:export_main", "write a trajectory store as one self-contained HDF5 file (--single-file)"),
     "run": ("wmpo.cli.run:main", "the whole WMPO pipeline for one task and preset, resumable stage by stage"),
 }
 

@@ -34,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--corpus-as-is", action="store_true",
                     help="use the --corpus folder as it is, collecting nothing (pretraining streamed over machines: each "
                          "resume pretrains on the slice the folder holds then; fill it with `wmpo corpus --seed-base`)")
+    ap.add_argument("--disruptions", action="store_true",
+                    help="also evaluate every policy on the task's disruption (square: position, stack_three: background, "
+                         "three_piece_assembly: texture; coffee has none) and add the Table-2 section to the report")
     ap.add_argument("--stop-after", default=None, help="stop after this stage (a long run in parts)")
     ap.add_argument("--strategy", default="ddp", choices=STRATEGIES,
                     help="data-parallel GRPO update under torchrun: ddp (default), fsdp2 (fully_shard), deepspeed (ZeRO-2, GPUs only)")
@@ -48,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     try:
         outs = run_pipeline(cfg, args.out, stop_after=args.stop_after, upgrade_config=args.upgrade_config,
-                            corpus_as_is=args.corpus_as_is, dist=dist, strategy=args.strategy)
+                            corpus_as_is=args.corpus_as_is, disruptions=args.disruptions, dist=dist,
+                            strategy=args.strategy)
     finally:
         shutdown_distributed()
     if dist.is_main:

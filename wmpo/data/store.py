@@ -1,21 +1,15 @@
-"""Crash-safe, appendable HDF5 trajectory store in robomimic layout.
+"""Crash-safe, appendable HDF5 trajectory store in robomimic layout (docs/data.md has the details).
 
 On disk, a store `demos.h5` is
   demos.h5            the index: a robomimic file whose `data/demo_<i>` are HDF5 external links,
                       `data.attrs["env_args"]` (JSON env metadata), `data.attrs["total"]`,
-                      `action_stats/q01`, `action_stats/q99` (float32 [7]) and a format marker;
-  demos.h5.episodes/  one complete HDF5 file per episode, `demo_<i>.h5`, holding `data/demo_<i>`:
-      obs/agentview_image  uint8   [T+1, H, W, 3]   (frames[t] is seen before actions[t];
-                                                     frames[T] follows the last action: one more
-                                                     frame than robomimic's usual T)
-      actions              float32 [T, 7]
-      rewards              float32 [T]
-      dones                uint8   [T]
-      states               float64 [T+1, S]          flattened MjSimState [time, qpos, qvel]
-      attrs: num_samples (T), success, finish_step, instruction, task, meta (JSON)
-
-      attrs["checksums"]: JSON {dataset: sha256 of its dtype, shape and bytes, "attrs": sha256 of the
-                          attributes above}
+                      `action_stats/q01|q99` (float32 [7]), a format marker, `attrs["store_id"]`,
+                      and robomimic's `mask/<filter key>` groups (kept when the index is rewritten);
+  demos.h5.episodes/  one complete HDF5 file per episode, `demo_<i>.h5`, holding `data/demo_<i>`
+                      in the layout of wmpo.data.episode_file (obs/agentview_image [T+1],
+                      next_obs/agentview_image [T] as a virtual dataset, actions, rewards, dones,
+                      states [T+1, S], attributes and sha256 checksums), also reachable as
+                      `stores/<store_id>/demo_<i>`;
   demos.h5.lock       while a writer has the store open: its pid, host and start time.
 
 What the store guarantees:
@@ -25,21 +19,20 @@ What the store guarantees:
   "a" mode deletes stray temporary files and re-indexes complete episode files the index missed.
   Readers see a consistent snapshot and pick up new episodes on the next `len()` / `refresh()`.
 - A single writer. Modes "a" and "w" hold `demos.h5.lock` (wmpo.data.writer_lock) until `close()`;
-  a second writer gets `LockedError` naming the lock and its owner, so two collections into one
-  store cannot overwrite each other's `demo_<n>`. A lock left by a killed writer is taken over
-  with a warning. Readers take no lock.
-- Checksums. Every episode carries sha256 checksums of its datasets and attributes, verified on
-  every load: a damaged episode raises `CorruptEpisodeError` naming its file, or, with
-  `on_corrupt="skip"`, is left out (one warning naming the skipped files). Episodes written before
-  checksums existed have none and load unverified. The index's action statistics carry one too.
-- Nothing indexed is dropped. Appending refuses (StoreFormatError) when the `.episodes` folder or
-  an episode file the index names is missing, instead of rewriting the index without them.
+  a second writer gets `LockedError` naming the lock and its owner. A lock left by a killed writer
+  is taken over with a warning. Readers take no lock.
+- Checksums, verified on every load: a damaged episode raises `CorruptEpisodeError` naming its
+  file, or, with `on_corrupt="skip"`, is left out (one warning). Episodes written before checksums
+  existed load unverified. The index's action statistics carry one too.
+- Nothing indexed is dropped: appending refuses (StoreFormatError) when the `.episodes` folder or
+  an episode file the index names is missing.
 - Resume without duplicates: each episode's meta records its start (D0 `seed`, or `start_index`
-  and `start_state_sha256`); `starts()` / `stored_seeds()` read them so collectors skip starts that
-  are already stored (wmpo.sim.collect).
-
-Through the external links, h5py/robomimic tools read `demos.h5` like a single file (keep the
-`.episodes` folder next to it).
+  and `start_state_sha256`), read by collectors to skip stored starts (wmpo.sim.collect).
+- Links resolve next to the index only. HDF5 tries an external link against the index's folder,
+  then the current directory; the links name `stores/<store_id>/demo_<i>`, which only this store's
+  episode files hold, so a separated index fails instead of reading another store's episodes
+  (episodes written before store ids existed keep `data/...`). `wmpo export --single-file` makes a
+  self-contained copy, which this class reads in mode "r".
 """
 from __future__ import annotations
 
@@ -47,6 +40,7 @@ import json
 import os
 import re
 import shutil
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -55,16 +49,17 @@ import h5py
 import numpy as np
 
 from wmpo.data.episode import ACTION_DIM, Episode, action_quantiles, check_episode
-from wmpo.data.integrity import (CorruptEpisodeError, StoreFormatError, _attrs_digest, _digest, _fsync_dir, _fsync_file,
-                                 _stats_digest, read_checksums, verify_checksum)
+from wmpo.data.episode_file import DATASETS, episode_record, read_actions, read_episode_group, write_episode_group
+from wmpo.data.integrity import CorruptEpisodeError, StoreFormatError, _fsync_dir, _fsync_file, _stats_digest
 from wmpo.data.writer_lock import LockedError, StaleLockWarning, WriterLock
 
 FORMAT = "wmpo-trajectory-store"
-VERSION = 1
-DATASETS = ("obs/agentview_image", "actions", "rewards", "dones", "states")
+VERSION = 2  # 2: next_obs virtual datasets, store_id, mask/ kept, single-file exports (1 still reads)
+SINGLE_FILE = "single-file"
+"""attrs["layout"] of a self-contained export: the episodes are groups of the file itself"""
 _DEMO_RE = re.compile(r"^demo_(\d+)\.h5$")
 
-__all__ = ["CorruptEpisodeError", "LockedError", "StaleLockWarning", "StoreFormatError", "TrajectoryStore",
+__all__ = ["CorruptEpisodeError", "DATASETS", "LockedError", "StaleLockWarning", "StoreFormatError", "TrajectoryStore",
            "action_quantiles", "check_episode"]
 
 
@@ -106,10 +101,19 @@ class TrajectoryStore:
         self._stats_ok = True
         self._actions: list[np.ndarray] = []  # writer-side cache for the statistics
         self._lock: WriterLock | None = None
+        self._store_id: str | None = None
+        self._single_file = False
+        self._total = 0  # actions counted in the statistics
+        self._link_paths: dict[str, str] = {}  # name -> object path the index's external link names
         if mode == "r":
             if not self.path.exists():
                 raise FileNotFoundError(f"trajectory store not found: {self.path}")
             self._read_index()
+            if self._indexed and not self._single_file and not self.episode_dir.is_dir():
+                raise StoreFormatError(
+                    f"{self.path}: its episode folder {self.episode_dir} is missing, but the index names {len(self._indexed)} "
+                    f"episode(s) (an index copied without its folder?). Copy the folder along with it, or make a "
+                    f"self-contained file with `wmpo export --single-file`")
             self._names = list(self._indexed)
             self._screen()
             return
@@ -132,15 +136,19 @@ class TrajectoryStore:
                 shutil.rmtree(self.episode_dir)
         if self.path.exists():
             self._read_index()  # validates that the file is ours
+            if self._single_file:
+                raise StoreFormatError(f"{self.path}: a self-contained export (`wmpo export --single-file`) is read-only; "
+                                       f"append to the store it was exported from, or import it into a new store")
             self._check_indexed_files()
         self.episode_dir.mkdir(parents=True, exist_ok=True)
         self._recover()
+        self._store_id = self._store_id or self._episodes_store_id() or uuid.uuid4().hex  # new: a fresh id
         if env_meta is not None:
             self._env_meta = dict(env_meta)
         self._actions = []
         for name in self._names:
             try:
-                self._actions.append(self._read_actions(name))
+                self._actions.append(self._read_actions(name))  # also finds the episode's link path
             except CorruptEpisodeError as e:
                 if self.on_corrupt == "raise":
                     raise CorruptEpisodeError(e.path, f"{str(e).split(': ', 1)[1]}; cannot append to {self.path} "
@@ -167,6 +175,9 @@ class TrajectoryStore:
                 data = f["data"]
                 self._env_meta = json.loads(data.attrs.get("env_args", "{}"))
                 self._indexed = sorted(data.keys(), key=_index_of)
+                self._total = int(data.attrs.get("total", 0))
+                self._store_id = str(f.attrs["store_id"]) if "store_id" in f.attrs else None
+                self._single_file = f.attrs.get("layout") == SINGLE_FILE
                 if "action_stats" in f:
                     self._stats = {k: np.asarray(f["action_stats"][k], np.float32) for k in ("q01", "q99")}
                     want = f["action_stats"].attrs.get("sha256")
@@ -204,18 +215,32 @@ class TrajectoryStore:
         self._names = sorted(present, key=_index_of)
         self._indexed = list(self._names)
 
+    def _episodes_store_id(self) -> str | None:
+        """The store id the episode files carry (an index rebuilt from them keeps it)."""
+        for name in self._names:  # (only when the index has none: an old or a lost index)
+            try:
+                with h5py.File(self._episode_file(name), "r", locking=False) as f:
+                    if "store_id" in f.attrs:
+                        return str(f.attrs["store_id"])
+            except OSError:
+                continue
+        return None
+
     def _write_index(self) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         total = 0
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT
             f.attrs["version"] = VERSION
+            f.attrs["store_id"] = self._store_id
             data = f.create_group("data")
             for name in self._names:
-                data[name] = h5py.ExternalLink(f"{self.episode_dir.name}/{name}.h5", f"/data/{name}")
+                data[name] = h5py.ExternalLink(f"{self.episode_dir.name}/{name}.h5", self._link_paths.get(name, f"/data/{name}"))
             for a in self._actions:
                 total += len(a)
             data.attrs["total"] = total
+            self._total = total
+            self._copy_masks(f)
             data.attrs["env_args"] = json.dumps(self._env_meta)
             g = f.create_group("action_stats")
             for k, v in self._stats.items():
@@ -226,6 +251,15 @@ class TrajectoryStore:
         _fsync_dir(self.path.parent)
         st = self.path.stat()
         self._stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def _copy_masks(self, f: h5py.File) -> None:
+        """robomimic's train/validation filter keys (`mask/`), carried from the index being replaced."""
+        try:
+            with h5py.File(self.path, "r", locking=False) as old:
+                if "mask" in old:
+                    old.copy(old["mask"], f, "mask")
+        except OSError:
+            pass  # no old index, or a damaged one: nothing to carry
 
     def refresh(self) -> None:
         """Re-read the index if another process appended since."""
@@ -273,38 +307,22 @@ class TrajectoryStore:
         self._check_open()
         if self.mode == "r":
             raise ValueError(f"append: store {self.path} is open read-only (mode 'r')")
-        check_episode(ep)
+        arrays, attrs = episode_record(ep)
         idx = _index_of(self._names[-1]) + 1 if self._names else 0
         name = f"demo_{idx}"
         final = self.episode_dir / f"{name}.h5"
         tmp = self.episode_dir / f"{name}.h5.tmp"
-        arrays = {
-            "obs/agentview_image": np.ascontiguousarray(ep.frames, np.uint8),
-            "actions": np.ascontiguousarray(ep.actions, np.float32),
-            "rewards": np.ascontiguousarray(ep.rewards, np.float32),
-            "dones": np.ascontiguousarray(ep.dones, np.uint8),
-            "states": np.ascontiguousarray(ep.states, np.float64),
-        }
-        frames = arrays["obs/agentview_image"]
-        attrs = {"num_samples": len(frames) - 1, "success": bool(ep.success), "finish_step": int(ep.finish_step),
-                 "instruction": str(ep.instruction), "task": str(ep.task), "meta": json.dumps(ep.meta, default=str)}
-        sums = {k: _digest(v) for k, v in arrays.items()}
-        sums["attrs"] = _attrs_digest(attrs)
         with h5py.File(tmp, "w", locking=False) as f:
             f.attrs["format"] = FORMAT + "-episode"
-            g = f.create_group(f"data/{name}")
-            g.create_dataset("obs/agentview_image", data=frames, chunks=(1, *frames.shape[1:]),
-                             compression="gzip", compression_opts=1)
-            for k in DATASETS[1:]:
-                g[k] = arrays[k]
-            for k, v in attrs.items():
-                g.attrs[k] = v
-            g.attrs["checksums"] = json.dumps(sums, sort_keys=True)
+            f.attrs["store_id"] = self._store_id
+            g = write_episode_group(f.create_group("data"), name, arrays, attrs)
+            f[self._link_path(name)] = g  # a hard link: the same group under this store's own name
         _fsync_file(tmp)
         os.replace(tmp, final)
         _fsync_dir(self.episode_dir)
         self._names.append(name)
         self._indexed = list(self._names)
+        self._link_paths[name] = self._link_path(name)
         self._actions.append(arrays["actions"])
         self._stats = action_quantiles(np.concatenate(self._actions))
         self._write_index()
@@ -316,8 +334,11 @@ class TrajectoryStore:
         self.refresh()
         return len(self._names)
 
+    def _link_path(self, name: str) -> str:
+        return f"/stores/{self._store_id}/{name}"
+
     def _episode_file(self, name: str) -> Path:
-        return self.episode_dir / f"{name}.h5"
+        return self.path if self._single_file else self.episode_dir / f"{name}.h5"
 
     def _open_episode(self, name: str):
         path = self._episode_file(name)
@@ -328,60 +349,41 @@ class TrajectoryStore:
         except OSError as e:
             raise CorruptEpisodeError(path, f"unreadable episode file ({e})") from None
 
-    def _get(self, f: h5py.File, name: str, key: str):
-        path = f"data/{name}/{key}"
-        if path not in f:
-            raise CorruptEpisodeError(self._episode_file(name), f"missing key {path!r}")
-        return f[path][()]
+    def _group(self, f: h5py.File, name: str) -> h5py.Group:
+        """data/<name> of an episode file, checked to belong to this store (not one of another store
+        placed next to this index)."""
+        path = self._episode_file(name)
+        key = f"data/{name}"
+        if key not in f:
+            raise CorruptEpisodeError(path, f"missing key {key!r}")
+        if self._store_id and not self._single_file and "stores" in f and self._link_path(name).lstrip("/") not in f:
+            raise CorruptEpisodeError(path, f"episode file of another trajectory store (store ids {list(f['stores'])}, this "
+                                            f"index {self._store_id}): {self.episode_dir} is not this index's folder")
+        return f[key]
 
     def _read_actions(self, name: str) -> np.ndarray:
         path = self._episode_file(name)
         with self._open_episode(name) as f:
             try:
-                a = self._get(f, name, "actions")
-                verify_checksum(read_checksums(f[f"data/{name}"], path), "actions", a, path)
+                g = self._group(f, name)
+                if self.mode != "r" and self._link_path(name).lstrip("/") in f:
+                    self._link_paths[name] = self._link_path(name)
+                return read_actions(g, path)
             except CorruptEpisodeError:
                 raise
             except (OSError, KeyError, ValueError, RuntimeError) as e:
                 raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
-        return np.asarray(a, np.float32)
 
     def _read_episode(self, name: str) -> Episode:
         path = self._episode_file(name)
         with self._open_episode(name) as f:
             try:
-                raw = {k: self._get(f, name, k) for k in DATASETS}
-                g = f[f"data/{name}"]
-                for attr in ("num_samples", "success", "finish_step", "instruction", "task"):
-                    if attr not in g.attrs:
-                        raise CorruptEpisodeError(path, f"missing attribute {attr!r} of data/{name}")
-                attrs = {k: g.attrs[k] for k in ("num_samples", "success", "finish_step", "instruction", "task")}
-                attrs["meta"] = g.attrs.get("meta", "{}")
-                sums = read_checksums(g, path)
-                for k in DATASETS:
-                    verify_checksum(sums, k, raw[k], path)
-                verify_checksum(sums, "attrs", attrs, path)
-                ep = Episode(
-                    frames=np.asarray(raw["obs/agentview_image"], np.uint8),
-                    actions=np.asarray(raw["actions"], np.float32),
-                    states=np.asarray(raw["states"], np.float64),
-                    rewards=np.asarray(raw["rewards"], np.float32),
-                    dones=np.asarray(raw["dones"]).astype(bool),
-                    success=bool(attrs["success"]),
-                    finish_step=int(attrs["finish_step"]),
-                    instruction=str(attrs["instruction"]),
-                    task=str(attrs["task"]),
-                    meta=json.loads(attrs["meta"]),
-                )
+                g = self._group(f, name)
             except CorruptEpisodeError:
                 raise
-            except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+            except (OSError, KeyError, ValueError, RuntimeError) as e:
                 raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
-        try:
-            check_episode(ep)
-        except ValueError as e:
-            raise CorruptEpisodeError(path, f"malformed episode {name}: {e}") from None
-        return ep
+            return read_episode_group(g, path)
 
     def load(self, i: int) -> Episode:
         """Episode number i (0 <= i < len). A damaged episode raises CorruptEpisodeError naming its file."""
@@ -406,6 +408,16 @@ class TrajectoryStore:
                 return {k: g.attrs[k] for k in g.attrs}
             except (OSError, KeyError, ValueError) as e:
                 raise CorruptEpisodeError(path, f"unreadable episode file ({type(e).__name__}: {e})") from None
+
+    @property
+    def names(self) -> list[str]:
+        """The episodes' group names (`demo_<i>`), in order."""
+        self._check_open()
+        return list(self._names[: len(self)])
+
+    @property
+    def store_id(self) -> str | None:  # None: a store written before store ids, not appended to since
+        return self._store_id
 
     def episode_lengths(self) -> list[int]:
         """T of every episode (reads only attributes, not verified)."""
@@ -433,9 +445,13 @@ class TrajectoryStore:
         return [bool(self._attrs(name)["success"]) for name in list(self._names[: len(self)])]
 
     def action_stats(self) -> dict[str, np.ndarray]:
-        """{"q01": float32 [7], "q99": float32 [7]} over all stored actions."""
+        """{"q01": float32 [7], "q99": float32 [7]} over all stored actions; StoreFormatError when the
+        store holds no actions (no statistics are made up)."""
         self._check_open()
         self.refresh()
+        if self._total == 0:
+            raise StoreFormatError(f"{self.path}: holds no actions (no episodes{', all damaged' if self._damaged else ''}), "
+                                   f"so it has no action statistics; collect or import episodes first")
         if not self._stats_ok:
             raise StoreFormatError(f"{self.path}: the index's action statistics fail their checksum (damaged index); "
                                    f"opening the store once in mode 'a' recomputes them from the episodes")

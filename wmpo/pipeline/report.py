@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from wmpo.pipeline.disruptions import disruption_report_lines
+
 LABELS = {"base": "Base policy (SFT)", "online_grpo": "Online GRPO (real env)", "dpo": "DPO (offline)", "wmpo": "WMPO (ours)",
           "lifelong": "Lifelong WMPO (ours)"}
 
@@ -99,6 +101,7 @@ def write_report(ctx: Any) -> Path:
                          f"{'-' if msl is None or msl != msl else f'{msl:.1f}'} | {r.get('n', '-')} | {mc_s} |")
     if any(ev.get(n, {}).get("vs_base_mcnemar") for n in ev):
         lines += ["", "n01: evaluation states the base policy failed and the method solved; n10: the reverse."]
+    lines += disruption_report_lines(outs.get("disruptions"), ev)
     lines += _diagnostics_lines(outs.get("diagnostics"), cfg)
     from wmpo.pipeline.lifelong import report_lines as lifelong_lines
 

@@ -3,7 +3,8 @@ wall time per stage), with stable top-level keys so any tool can read it:
 
 task, preset, methods.<base|wmpo|online_grpo|dpo|lifelong>.{successes, episodes, success_rate, ci95,
 mean_success_length, vs_base_mcnemar}, wmpo_vs_base_mcnemar_p, outcome_agreement, reward_f1_policy,
-imagined_vs_real_base.{imagined, real}, fidelity_at_48, wall_s.{<stage>, total}, wmpo_history.
+imagined_vs_real_base.{imagined, real}, fidelity_at_48, wall_s.{<stage>, total}, wmpo_history,
+disruption.{name, methods.<policy>} (`--disruptions`; null otherwise).
 Values a run did not produce are null.
 """
 from __future__ import annotations
@@ -44,6 +45,16 @@ def _git_sha() -> str | None:
         return None
 
 
+def _disruption_summary(out: dict | None) -> dict | None:
+    """{name, methods.<policy>.{success_rate, ci95, episodes, vs_nominal_mcnemar, vs_base_mcnemar}} (None: not run)."""
+    if not out:
+        return None
+    return {"name": out.get("disruption"), "methods": {
+        k: {"success_rate": r.get("success_rate"), "ci95": r.get("ci95"), "episodes": r.get("n"),
+            "vs_nominal_mcnemar": r.get("vs_nominal_mcnemar"), "vs_base_mcnemar": r.get("vs_base_mcnemar")}
+        for k, r in (out.get("results") or {}).items()}}
+
+
 def result_summary(cfg: Any, outputs: dict[str, dict], out_dir: Path) -> dict[str, Any]:
     ev = outputs.get("evaluate", {})
     methods = {}
@@ -71,4 +82,5 @@ def result_summary(cfg: Any, outputs: dict[str, dict], out_dir: Path) -> dict[st
         "wall_s": stage_seconds(out_dir),
         "wmpo_history": outputs.get("wmpo", {}).get("history"),
         "distributed": outputs.get("wmpo", {}).get("distributed"),
+        "disruption": _disruption_summary(outputs.get("disruptions")),
     })

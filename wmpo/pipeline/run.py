@@ -311,10 +311,11 @@ def stage_report(ctx: Context) -> dict:
     return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
 
 
-def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
+def build_stages(cfg: RunConfig, corpus_as_is: bool = False, disruptions: bool = False) -> list[Stage]:
     """The stages in order. Data stages are regenerable (rerun from their seeds when a run folder kept
     without its data resumes on another machine); with `corpus_as_is` the corpus stage is live (it
     records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
+    from wmpo.pipeline.disruptions import stage_disruptions
     from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
 
     # the base policy first (it needs neither the corpus nor the world model); the real rollouts of the
@@ -335,19 +336,23 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
         Stage("lifelong_baselines", stage_lifelong_baselines, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate, distributed=True),
+        Stage("disruptions", stage_disruptions, enabled=disruptions),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
     ]
 
 
 def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False,
-                 corpus_as_is: bool = False, dist: DistContext = SINGLE, strategy: str = "ddp") -> dict[str, dict]:
+                 corpus_as_is: bool = False, disruptions: bool = False, dist: DistContext = SINGLE,
+                 strategy: str = "ddp") -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
     written by an older wmpo whose config lacks fields the code has added since (and differs in
     nothing else) resumes with them recorded; a changed value is still refused. `corpus_as_is`: the
     corpus folder is used as it is (nothing collected; the world model pretrains, or keeps
-    pretraining after a resume, on whatever slice it holds now). dist / strategy: under torchrun
+    pretraining after a resume, on whatever slice it holds now). `disruptions`: also evaluate every
+    policy on the task's disruption (an evaluation, not part of the config: a finished run gains the
+    section by rerunning with it; the report is rewritten). dist / strategy: under torchrun
     (wmpo.dist.init_distributed) rank 0 runs the single-process stages and writes every file; WMPO and
     evaluation run on all ranks (docs/distributed.md)."""
     from wmpo.sim.tasks import get_task
@@ -369,7 +374,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
 
         check_deepspeed(default_device(), dist)  # refused before anything is written when it cannot run here
     if stop_after is not None:
-        names = [s.name for s in build_stages(cfg, corpus_as_is)]
+        names = [s.name for s in build_stages(cfg, corpus_as_is, disruptions=True)]
         if stop_after not in names:
             raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
     error = check_or_write_config(cfg, out, upgrade_config) if dist.is_main else None
@@ -382,7 +387,11 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     ctx = Context(cfg, out, runner, dist=dist, strategy=strategy)
     ctx.corpus_as_is = corpus_as_is
     # the corpus is read as it is only while something still pretrains on it; after that its marker stands
-    stages = build_stages(cfg, corpus_as_is and not runner.is_done("wm_pretrain"))
+    # an earlier --disruptions result stays in the report; a new one rewrites the report
+    stages = build_stages(cfg, corpus_as_is and not runner.is_done("wm_pretrain"),
+                          disruptions=disruptions or runner.is_done("disruptions"))
+    if disruptions and not runner.is_done("disruptions") and dist.is_main:
+        runner.marker("report").unlink(missing_ok=True)
     if stop_after is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(stop_after) + 1]

@@ -224,7 +224,12 @@ def make_starts(init_states: np.ndarray | None = None, n_episodes: int | None = 
 
 
 def env_meta(task: str, image_size: int) -> dict:
-    """Environment metadata stored with the episodes (robomimic's env_args, plus ours)."""
+    """Environment metadata stored with the episodes (robomimic's `env_args`).
+
+    robomimic reads `env_name`, `type` and `env_kwargs`. These say what the env is: a wmpo task
+    built by `wmpo.sim.make_env(**env_kwargs)` (robosuite underneath, rendered by wmpo's own
+    agentview renderer), so `type` is "wmpo", not one of robomimic's EnvType numbers (1 robosuite,
+    2 gym, 3 iGibson): robomimic's env builder refuses it instead of building another env."""
     import mujoco
     import robosuite
 
@@ -232,10 +237,14 @@ def env_meta(task: str, image_size: int) -> dict:
 
     spec = get_task(task)
     return {
-        "env_name": task, "type": 1, "instruction": spec.instruction, "horizon": spec.horizon,
-        "image_size": image_size, "camera": "agentview", "robots": "Panda", "controller": "OSC_POSE",
+        "env_name": task, "type": "wmpo", "make_env": "wmpo.sim.make_env",
+        "env_kwargs": {"task": task, "image_size": image_size, "camera": "agentview"},
+        "about": (f"wmpo.sim task {task!r}: robosuite {robosuite.__version__} / MuJoCo {mujoco.__version__}, Panda, "
+                  f"OSC_POSE at 20 Hz, agentview frames {image_size}x{image_size} from wmpo.sim.render; not buildable "
+                  f"by robomimic's EnvUtils (type 'wmpo')"),
+        "instruction": spec.instruction, "horizon": spec.horizon, "image_size": image_size, "camera": "agentview",
+        "robots": "Panda", "controller": "OSC_POSE", "control_freq": 20,
         "robosuite_version": robosuite.__version__, "mujoco_version": mujoco.__version__,
-        "env_kwargs": {"camera_heights": image_size, "camera_widths": image_size, "control_freq": 20},
     }
 
 
