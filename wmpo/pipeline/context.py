@@ -50,14 +50,22 @@ class Context:
 
         return FrameVAE.from_checkpoint(self.output("vae")["path"]).to(self.device).eval()
 
-    def world_model_env(self, wm_path: str):
-        """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
+    def imagination_world_model(self) -> tuple[str, int]:
+        """(checkpoint, Euler steps) WMPO imagines with: the few-step student when cfg.distill_wm, else the
+        fine-tuned world model at cfg.sampler_steps."""
+        if self.cfg.distill_wm:
+            return self.output("distill_wm")["path"], self.cfg.student_steps
+        return self.output("wm_finetune")["path"], self.cfg.sampler_steps
+
+    def world_model_env(self, wm_path: str, steps: int | None = None):
+        """The batched world-model environment of the run's VAE and the world model at `wm_path`
+        (steps: Euler steps per chunk, default cfg.sampler_steps)."""
         from wmpo.models.world_model import WorldModel
         from wmpo.rollout.world_model_env import WorldModelEnv
 
         cfg = self.cfg
         wm = WorldModel.from_checkpoint(wm_path).to(self.device).eval()
-        return WorldModelEnv(self.load_vae(), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+        return WorldModelEnv(self.load_vae(), wm, steps=steps or cfg.sampler_steps, num_context=cfg.world_model.num_context,
                              t_context=cfg.world_model.t_context, device=self.device)
 
     def success_detector(self, reward_path: str):

@@ -19,6 +19,7 @@ import torch
 from wmpo.config import RunConfig
 from wmpo.data.groups import group_starts
 from wmpo.pipeline.context import Context
+from wmpo.pipeline.distill_stage import stage_distill_wm
 from wmpo.pipeline.stages import Stage, StageRunner
 from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import seed_everything
@@ -197,7 +198,8 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
-def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo") -> list[dict]:
+def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo",
+                     steps: int | None = None) -> list[dict]:
     """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
     states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
     from wmpo.rl.wmpo import wmpo_train
@@ -208,7 +210,7 @@ def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, 
     spec = TASKS[cfg.task]
     _, frames = ctx.initial_frames("train", cfg.num_initial_states)
     pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    return wmpo_train(ctx.world_model_env(wm_path), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
+    return wmpo_train(ctx.world_model_env(wm_path, steps), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
                       rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
                       seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag,
                       real_eval=_real_eval_curve(ctx, tok), real_eval_every=cfg.wmpo_real_eval_every)
@@ -239,8 +241,8 @@ def stage_wmpo(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
-    history = wmpo_stage_train(ctx, policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
-                               ctx.out / "policy_wmpo")
+    wm_path, steps = ctx.imagination_world_model()  # the few-step student with distill_wm
+    history = wmpo_stage_train(ctx, policy, tok, wm_path, ctx.output("reward")["reward_path"], ctx.out / "policy_wmpo", steps=steps)
     final = ctx.path("policy_wmpo", "policy.pt")
     save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
@@ -400,6 +402,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("vae", stage_vae),
         Stage("wm_pretrain", stage_wm_pretrain),
         Stage("wm_finetune", stage_wm_finetune),
+        Stage("distill_wm", stage_distill_wm, enabled=cfg.distill_wm),
         Stage("reward", stage_reward),
         Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
         Stage("wmpo", stage_wmpo),
