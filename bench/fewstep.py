@@ -7,7 +7,8 @@ frame, wmpo.pipeline.diagnostics):
     psnr_at_h / ssim_at_h at the longest horizon reached, `horizon`),
   - outcome agreement: the reward model's verdict on the imagined replay vs the real outcome,
   - imagined frames/s: WorldModelEnv.step (world model + VAE decode of all K frames) on one batch of
-    --batch first frames and random actions, the same batch and engine for every row, measured in this run.
+    --batch first frames and random actions, the same batch and engine for every row, measured in this run
+    (--repeats rounds interleaved over the rows, best of each row kept: the CPU is shared).
 Writes bench/results/fewstep-<UTC stamp>.json ({"rows": [...], "curves": ..., header}) and a PSNR/SSIM plot.
 
   python bench/fewstep.py --teacher T.pt --student S.pt --vae vae.pt --reward reward.pt --heldout H.h5 \
