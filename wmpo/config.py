@@ -280,6 +280,10 @@ def check_consistent(cfg: RunConfig) -> None:
     """The shared values (K, D, bins, G, temperature) agree across the sections; else a ValueError
     naming both fields (an override must change every section that carries the value)."""
     wm, pol = cfg.world_model, cfg.policy_train.policy
+    if isinstance(cfg.student_steps, bool) or not isinstance(cfg.student_steps, int) or cfg.student_steps < 1:
+        raise ValueError(f"student_steps: expected an int >= 1 (Euler steps of the few-step student), got {cfg.student_steps!r}")
+    if cfg.distill_wm:
+        cfg.distill.check()
     pairs = [
         ("policy_train.policy.chunk_len", pol.chunk_len, "wm_pretrain.model.chunk_len", wm.chunk_len),
         ("policy_train.policy.action_dim", pol.action_dim, "wm_pretrain.model.action_dim", wm.action_dim),

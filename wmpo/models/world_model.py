@@ -454,4 +454,6 @@ def world_model_flops(cfg: WorldModelConfig, batch: int, frames: int, kv_frames:
     total += 2 * R * p2c * D * 2  # patch embed + final
     Fr = batch * frames
     total += 2 * Fr * D * (L * 6 * D + 2 * D) + 2 * Fr * (cfg.freq_dim * D + D * D + cfg.action_dim * D + D * D)
+    if cfg.step_conditioned:  # the step-size embedding MLP
+        total += 2 * Fr * (cfg.freq_dim * D + D * D)
     return float(total)

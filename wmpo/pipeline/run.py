@@ -163,6 +163,11 @@ def stage_diagnostics(ctx: Context) -> dict:
             for b in range(min(cfg.num_videos, len(eps))):
                 T = len(eps[b])
                 write_side_by_side(ctx.path("videos", "heldout_replay", f"episode_{b:03d}.mp4"), eps[b].frames, frames[b, : T + 1])
+    if cfg.distill_wm:  # the few-step student on the same episodes (docs/fewstep.md)
+        student = WorldModel.from_checkpoint(ctx.output("distill_wm")["path"]).to(ctx.device).eval()
+        r = dg.open_loop_fidelity(vae, student, eps, stats, steps=cfg.student_steps, device=ctx.device, seed=cfg.seed)
+        r["outcome"] = dg.outcome_agreement(reward, r.pop("frames"), r["lengths"], [e.success for e in eps], ctx.device)
+        fidelity[f"student_{cfg.student_steps}_steps"] = r
     dg.write_fidelity_plot(fidelity, ctx.path("diagnostics", "fidelity.png"))
     out["fidelity"] = fidelity
     main_key = f"{cfg.sampler_steps}_steps"
