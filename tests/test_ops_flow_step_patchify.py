@@ -89,3 +89,25 @@ def test_flow_step_patchify_rejects_bad_inputs():
         ops.flow_step_patchify(x, v, 1.0, torch.zeros(5), patch=2)
     with pytest.raises(RuntimeError, match="in place"):
         ops.flow_step_patchify(x.clone().requires_grad_(), v, 1.0, 0.5, patch=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_flow_step_patchify_on_gpu(backend, dtype):
+    """The Triton and CUDA kernels on a GPU (paper shapes: 64 x 8 frames, 4 x 32 x 32 latents, patch 2)
+    against the reference; run by bench/gpu_check.sh (pytest -m gpu)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if backend == "cuda" and not ops.extension_has_cuda():
+        pytest.skip("wmpo._C was built without its CUDA kernels")
+    x, v = _inputs((64, 8, 4, 32, 32), 2, dtype, seed=5)
+    x, v = x.cuda(), v.cuda()
+    t_now, t_next = torch.rand(64, device="cuda") * 0.5 + 0.5, torch.rand(64, device="cuda") * 0.5
+    want_x = x.clone()
+    want = ops.flow_step_patchify_ref(want_x, v, t_now, t_next, patch=2)
+    got_x = x.clone()
+    got = ops.flow_step_patchify(got_x, v, t_now, t_next, patch=2, backend=backend)
+    tol = 1e-6 if dtype == torch.float32 else BF16_ULP * 8
+    assert (got_x.float() - want_x.float()).abs().max().item() <= tol
+    assert (got.float() - want.float()).abs().max().item() <= tol
