@@ -39,10 +39,12 @@ from wmpo.rollout.world_model_env import WorldModelEnv  # noqa: E402
 from wmpo.utils.frames import uint8_to_model  # noqa: E402
 
 
-def frames_per_sec(vae, wm, steps: int, first: torch.Tensor, actions: list[torch.Tensor], device: torch.device) -> float:
+def frames_per_sec(vae, wm, steps: int, first: torch.Tensor, actions: list[torch.Tensor], device: torch.device,
+                   fused_max_steps: int | None = None) -> float:
     """Imagined frames/s of WorldModelEnv at `steps` Euler steps: reset(first), one warm-up chunk, then
-    one timed step (decoded) per action chunk."""
-    env = WorldModelEnv(vae, wm, steps=steps, device=device, generator=torch.Generator(device=device).manual_seed(0))
+    one timed step (decoded) per action chunk. fused_max_steps 0: the step-by-step path (no fused path)."""
+    env = WorldModelEnv(vae, wm, steps=steps, device=device, generator=torch.Generator(device=device).manual_seed(0),
+                        fused_max_steps=fused_max_steps)
     env.reset(first)
     env.step(actions[0])
     sync(device)
@@ -120,19 +122,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:8s} {steps:3d} steps: PSNR@{h} {rows[-1]['psnr_at_h']:.2f}  SSIM@{h} {rows[-1]['ssim_at_h']:.3f}  "
               f"agreement {outcome['agreement']:.3f}", flush=True)
     # speed: every row on the same batch and actions, rounds interleaved (a busy CPU slows rows alike), best kept
-    fps = [[] for _ in plan]
+    # plus the student on the step-by-step path (fused path off): what the fused few-step path buys
+    speed_plan = [(n, s, None) for n, s in plan] + [("student", s, 0) for s in a.student_steps]
+    fps = [[] for _ in speed_plan]
     for _ in range(a.repeats):
-        for i, (name, steps) in enumerate(plan):
-            fps[i].append(frames_per_sec(vae, models[name], steps, first, actions, device))
+        for i, (name, steps, fmax) in enumerate(speed_plan):
+            fps[i].append(frames_per_sec(vae, models[name], steps, first, actions, device, fmax))
+    loop_rows = [{"model": "student", "steps": s, "path": "step loop (fused off)", "frames_per_sec": max(f),
+                  "frames_per_sec_rounds": f} for (_, s, _), f in zip(speed_plan[len(plan):], fps[len(plan):])]
     for r, f in zip(rows, fps):
         r["frames_per_sec"], r["frames_per_sec_rounds"] = max(f), f
         print(f"{r['model']:8s} {r['steps']:3d} steps: {r['frames_per_sec']:.1f} imagined frames/s", flush=True)
+    for r in loop_rows:
+        print(f"student  {r['steps']:3d} steps, step loop (fused off): {r['frames_per_sec']:.1f} imagined frames/s", flush=True)
     base = next((r for r in rows if r["model"] == "teacher" and r["steps"] == max(a.teacher_steps)), rows[0])
     for r in rows:
         r["speedup_vs_teacher"] = r["frames_per_sec"] / base["frames_per_sec"]
     result = {**result_header("fewstep", device), "label": a.label, "teacher": a.teacher, "student": a.student,
               "episodes": len(eps), "real_success_rate": float(np.mean(real_success)), "batch": a.batch, "chunks": a.chunks,
-              "rows": rows, "curves": {k: {"psnr": v["imagined"]["psnr"], "ssim": v["imagined"]["ssim"], "at": v["at"]}
+              "rows": rows, "student_step_loop": loop_rows, "curves": {k: {"psnr": v["imagined"]["psnr"], "ssim": v["imagined"]["ssim"], "at": v["at"]}
                                        for k, v in curves.items()}}
     path = write_result(a.out, "fewstep", result)
     dg.write_fidelity_plot(curves, Path(a.plot) if a.plot else path.with_suffix(".png"))

@@ -22,6 +22,11 @@ context frames once; `forward_cached` runs only the K predicted frames, reading 
 The cache holds only K and V (not the qkv projection they are sliced from), in per-block buffers with
 room for the K predicted frames: without autograd, each denoising step writes its frames' K/V into the
 buffer in place instead of concatenating the cache again for every block at every step.
+
+Few-step students (`wmpo distill-wm`, cfg.step_conditioned): cond also adds d_mlp(sinusoid(1000 d)) of the
+Euler step d the frame is about to take (context frames: d = 0), so the cache is built as for the
+teacher. `step_modulation` computes every step's modulation rows at once and `forward_patches_cached`
+runs one step from patches to patches: the fused few-step path (wmpo.diffusion.fewstep, docs/fewstep.md).
 """
 from __future__ import annotations
 
