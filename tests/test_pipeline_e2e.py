@@ -55,6 +55,13 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     assert list((out / "videos" / "imagined_vs_real").glob("*.mp4"))
     lifelong = json.loads((out / "lifelong" / "lifelong.json").read_text())
     assert lifelong["done"] == 1 and len(lifelong["data"]) == 1
+    # Fig. 6: DPO rounds and BC on more demos over the same rounds, in the report
+    rounds = json.loads((out / "lifelong_baselines" / "rounds.json").read_text())
+    assert set(rounds["dpo"]) == {"1", "2"} and set(rounds["bc"]) == {"1", "2"}
+    assert [rounds["bc"][k]["demos"] for k in ("1", "2")] == [2 + 8, 2 + 16]  # micro: 2 demos, P = 8
+    assert rounds["dpo"]["1"]["checkpoint"].endswith("baselines/dpo.pt")  # round 1 is the DPO baseline
+    assert all(0.0 <= r["success_rate"] <= 1.0 for kind in ("dpo", "bc") for r in rounds[kind].values())
+    assert "## Lifelong learning (paper Fig. 6)" in report and "| 2 | 2 x P |" in report
     # the CPU-recipe stages: multi-task corpus, held-out real episodes, diagnostics, result.json
     corpus = json.loads((out / "stages" / "corpus.json").read_text())["outputs"]
     assert set(corpus["counts"]) == {"square", "coffee"} and corpus["episodes"] == 2

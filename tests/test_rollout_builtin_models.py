@@ -69,3 +69,61 @@ def test_with_reward_model_detector_matches_offline_classify():
     assert torch.equal(out.length[success], first[success] + 1)
     assert torch.equal(out.chunk_mask.sum(1)[success], first[success] // K + 1)
     assert torch.equal(out.length[~success], torch.full_like(out.length[~success], steps))
+
+
+def test_frozen_models_stored_in_bf16_roll_out_like_fp32():
+    """RolloutConfig.bf16_weights (applied on CUDA): the world model, VAE and reward model cast to bf16
+    in place still roll out (inputs cast by each model), at half the weight bytes, close to fp32."""
+    from test_world_model_env import make_models
+
+    from wmpo.models.reward import IncrementalSuccess, RewardConfig, RewardModel
+    from wmpo.rollout import WorldModelEnv
+
+    vae, wm = make_models()
+    wm.set_action_stats({"q01": [-1.0] * 7, "q99": [1.0] * 7})
+    torch.manual_seed(0)
+    rm = RewardModel(RewardConfig(clip_len=4, image_size=8, patch_size=4, tubelet_size=2, hidden_size=16, num_layers=1,
+                                  num_heads=2)).eval()
+
+    class Pol(TinyPolicy):  # the world model of make_models takes 7-dim actions in chunks of 3
+        chunk_len, action_dim = 3, 7
+
+        def __init__(self):
+            super().__init__()
+            self.net[-1] = torch.nn.Linear(32, 3 * 7 * 16)
+
+        def action_logits(self, frames, instr):
+            x = torch.nn.functional.adaptive_avg_pool2d(frames.float(), 4).flatten(1)
+            return self.net(torch.cat([x, self.emb(instr).mean(1)], 1)).view(-1, 3, 7, 16)
+
+    from wmpo.models.tokenizer import ActionTokenizer
+
+    torch.manual_seed(1)
+    pol = Pol().eval()
+    pool = torch.randint(0, 255, (2, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+
+    def run(eng):
+        out, _ = eng.rollout_fixed(pool, "x", max_steps=6, temperature=0.0, seed=0, early_exit=False)
+        return out
+
+    def engine():
+        env = WorldModelEnv(vae, wm, steps=2, device="cpu", generator=torch.Generator().manual_seed(0))
+        return ImaginationEngine(env, pol, IncrementalSuccess(rm, 2), ActionTokenizer(-torch.ones(7), torch.ones(7), num_bins=16),
+                                 RolloutConfig(num_slots=2, max_steps=6, group_size=1))
+
+    ref = run(engine())
+    eng = engine()
+    fp32_bytes = {n: sum(p.numel() * p.element_size() for p in m.parameters()) for n, m in eng.frozen_models().items()}
+    assert set(fp32_bytes) == {"world_model", "vae", "reward"}
+    after = eng.store_frozen_weights(torch.bfloat16)
+    try:
+        assert all(after[n] * 2 == fp32_bytes[n] for n in fp32_bytes)
+        assert all(p.dtype == torch.bfloat16 for m in eng.frozen_models().values() for p in m.parameters())
+        assert all(p.dtype == torch.float32 for p in pol.parameters())  # the trained policy stays fp32
+        got = run(eng)
+        a, b = ref.obs.float(), got.obs.float()
+        assert torch.isfinite(b).all() and a.shape == b.shape
+        assert (a - b).abs().mean() < 8.0  # uint8 frames: bf16 weights move a pixel by a few levels on average
+    finally:
+        for m in (vae, wm, rm):
+            m.float()

@@ -73,3 +73,29 @@ def test_t_context_in_thousandths():
     vae, wm = make_models()
     assert WorldModelEnv(vae, wm, steps=2, t_context=50, device="cpu").t_context == pytest.approx(0.05)
     assert WorldModelEnv(vae, wm, steps=2, device="cpu").t_context == pytest.approx(wm.cfg.t_context)
+
+
+def test_reset_slots_with_rows_encodes_only_those_frames_and_matches_the_masked_path():
+    vae, wm = make_models()
+    a = WorldModelEnv(vae, wm, steps=2, device="cpu", generator=torch.Generator().manual_seed(0))
+    b = WorldModelEnv(vae, wm, steps=2, device="cpu", generator=torch.Generator().manual_seed(0))
+    for env in (a, b):
+        env.reset(frames(4))
+        env.step(torch.rand(4, 3, 7, generator=torch.Generator().manual_seed(1)) * 2 - 1, decode=False)
+    mask = torch.tensor([False, True, False, True])
+    new = frames(4, seed=5)
+    a.reset_slots(mask, new)
+    encoded = []
+    orig = vae.encode
+    vae.encode = lambda x, **kw: (encoded.append(x.shape[0]), orig(x, **kw))[1]
+    try:
+        ctx_ptr = b.ctx.data_ptr()
+        b.reset_slots(mask, new, rows=torch.tensor([1, 3]))
+    finally:
+        vae.encode = orig
+    assert encoded == [2]  # only the two refilled slots went through the VAE
+    assert b.ctx.data_ptr() == ctx_ptr  # written in place (a captured chunk keeps its buffers)
+    torch.testing.assert_close(b.ctx, a.ctx)
+    torch.testing.assert_close(b.ctx_actions, a.ctx_actions)
+    b.reset_slots(torch.zeros(4, dtype=torch.bool), new, rows=torch.zeros(0, dtype=torch.int64))  # nothing to refill
+    torch.testing.assert_close(b.ctx, a.ctx)

@@ -125,9 +125,9 @@ def _vae(size: int, channels: tuple[int, ...], layers: int, groups: int, attn: b
     return VAEConfig(frame_size=size, latent_channels=4, block_channels=channels, layers_per_block=layers, norm_groups=groups, mid_attention=attn)
 
 
-def _wm(latent: int, hidden: int, blocks: int, heads: int) -> WorldModelConfig:
-    return WorldModelConfig(latent_channels=4, latent_size=latent, hidden=hidden, spatial_blocks=blocks, temporal_blocks=blocks, heads=heads,
-                            num_context=NUM_CONTEXT, chunk_len=CHUNK_LEN, action_dim=ACTION_DIM, t_context=0.05)
+def _wm(latent: int, hidden: int, blocks: int, heads: int, patch: int = 2) -> WorldModelConfig:
+    return WorldModelConfig(latent_channels=4, latent_size=latent, patch=patch, hidden=hidden, spatial_blocks=blocks, temporal_blocks=blocks,
+                            heads=heads, num_context=NUM_CONTEXT, chunk_len=CHUNK_LEN, action_dim=ACTION_DIM, t_context=0.05)
 
 
 def _policy(**arch: Any) -> PolicyConfig:
@@ -230,8 +230,13 @@ def _preset_micro(task: str) -> RunConfig:
 def _preset_cpu(task: str) -> RunConfig:
     """The CPU science recipe (issue: a Table-1-style result on this CPU). Base policy: the per-task
     recipe of bench/base_policy.py (64x64, 1.3M-parameter VLA). World model: pretrained on a multi-task
-    perturbed-expert corpus + the demos, then aligned on the P = 128 base-policy rollouts."""
-    wm = _wm(16, 128, 6, 4)
+    perturbed-expert corpus + the demos, then aligned on the P = 128 base-policy rollouts.
+
+    Sized by measurement on the 2-core machine (docs/science.md, "Cost"): a training step of the
+    world model costs ~0.3 s with patch 4 (16 tokens per 64x64 frame) against ~4 s with patch 2 at
+    batch 16, and a 1.25M-parameter VAE ~2 s per batch of 16; the recipe spends its CPU-hours on
+    data and world-model steps, and spans machines (experiments/persist.py, `--corpus-as-is`)."""
+    wm = _wm(16, 128, 6, 4, patch=4)
     pol = _policy(image_size=64, patch_size=8, hidden_size=128, num_heads=4, vision_layers=3, instr_layers=1, fusion_layers=2,
                        max_instr_len=48)
     rew = RewardConfig(image_size=64, patch_size=8, tubelet_size=2, hidden_size=128, num_layers=3, num_heads=4)
@@ -240,12 +245,12 @@ def _preset_cpu(task: str) -> RunConfig:
         eval_episodes=128, max_episode_steps=None, imagined_horizon=None, sampler_steps=10, wmpo_iterations=16, num_videos=4,
         corpus_episodes_per_task=300, heldout_episodes=48, diagnostic_sampler_steps=(30,), wmpo_real_eval_every=4,
         wmpo_real_eval_episodes=24,
-        vae_train=VAETrainConfig(vae=_vae(64, (32, 64, 64), 2, 8, False), steps=6000, batch_size=32, lr=5e-4, log_every=100,
-                                 ckpt_every=500),
-        wm_pretrain=WMTrainConfig(model=wm, steps=30000, batch_size=16, lr=3e-4, grad_clip=1.0, ema_decay=0.999, log_every=100,
-                                  ckpt_every=250, lr_schedule="cosine", warmup_steps=500, min_lr_ratio=0.1),
-        wm_finetune=WMTrainConfig(model=wm, steps=3000, batch_size=16, lr=1e-4, grad_clip=1.0, ema_decay=0.995, log_every=100,
-                                  ckpt_every=250, lr_schedule="cosine", warmup_steps=100, min_lr_ratio=0.1),
+        vae_train=VAETrainConfig(vae=_vae(64, (16, 32, 64), 1, 8, False), steps=3000, batch_size=16, lr=5e-4, log_every=100,
+                                 ckpt_every=250),
+        wm_pretrain=WMTrainConfig(model=wm, steps=6000, batch_size=16, lr=3e-4, grad_clip=1.0, ema_decay=0.999, log_every=100,
+                                  ckpt_every=100, lr_schedule="cosine", warmup_steps=300, min_lr_ratio=0.1),
+        wm_finetune=WMTrainConfig(model=wm, steps=1500, batch_size=16, lr=1e-4, grad_clip=1.0, ema_decay=0.995, log_every=100,
+                                  ckpt_every=100, lr_schedule="cosine", warmup_steps=100, min_lr_ratio=0.1),
         policy_train=PolicyTrainConfig(policy=pol, steps=3000, batch_size=64, lr=5e-4, warmup_steps=100, min_lr_ratio=0.1,
                                        crop_pad=4, log_every=100, eval_every=500, ckpt_every=500),
         reward_train=RewardTrainConfig(reward=rew, steps=2000, batch_size=16, lr=3e-4, warmup_steps=100, crop_pad=4, eval_every=0,

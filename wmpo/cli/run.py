@@ -25,13 +25,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="after WMPO, N lifelong rounds: collect P real rollouts, fine-tune world and reward models, WMPO again")
     ap.add_argument("--corpus", default=None, metavar="DIR",
                     help="world-model pretraining corpus folder, shared between runs (presets with a corpus; default OUT/corpus)")
+    ap.add_argument("--corpus-as-is", action="store_true",
+                    help="use the --corpus folder as it is, collecting nothing (pretraining streamed over machines: each "
+                         "resume pretrains on the slice the folder holds then; fill it with `wmpo corpus --seed-base`)")
     ap.add_argument("--stop-after", default=None, help="stop after this stage (a long run in parts)")
     ap.add_argument("--upgrade-config", action="store_true",
                     help="resume a run written by an older wmpo whose config lacks fields added since (values unchanged)")
     args = ap.parse_args(argv)
+    if args.corpus_as_is and not args.corpus:
+        ap.error("--corpus-as-is: needs --corpus DIR")
     extra = {"corpus_dir": str(Path(args.corpus).resolve())} if args.corpus else {}
     cfg = get_preset(args.preset, task=args.task, seed=args.seed, baselines=args.baselines, lifelong_rounds=args.lifelong, **extra)
     t0 = time.time()
-    outs = run_pipeline(cfg, args.out, stop_after=args.stop_after, upgrade_config=args.upgrade_config)
+    outs = run_pipeline(cfg, args.out, stop_after=args.stop_after, upgrade_config=args.upgrade_config,
+                        corpus_as_is=args.corpus_as_is)
     print(f"wmpo run: finished in {time.time() - t0:.0f} s; report: {outs.get('report', {}).get('report', '(not reached)')}")
     return 0

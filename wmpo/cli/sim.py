@@ -140,14 +140,19 @@ def corpus_main(argv: list[str]) -> int:
     p.add_argument("--round-size", type=int, default=CorpusConfig.round_size)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--clean-fraction", type=float, default=ExpertNoise.clean_fraction)
+    p.add_argument("--seed-base", type=int, default=CorpusConfig.seed_base,
+                   help="episode i of a task starts from D0 seed SEED_BASE + i (a fresh slice: a new base, e.g. +100000 per machine)")
     a = p.parse_args(argv)
     if a.workers < 1:
         p.error(f"--workers: expected >= 1, got {a.workers}")
     out = Path(a.out)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out: {out} exists and is not a folder")
+    if a.seed_base < CorpusConfig.seed_base:
+        p.error(f"--seed-base: expected >= {CorpusConfig.seed_base} (below it the corpus would share D0 seeds with the "
+                f"training / evaluation initial states), got {a.seed_base}")
     cfg = CorpusConfig(tasks=tuple(a.tasks), episodes_per_task=a.episodes_per_task, image_size=a.image_size,
-                       round_size=a.round_size, noise=ExpertNoise(clean_fraction=a.clean_fraction))
+                       round_size=a.round_size, noise=ExpertNoise(clean_fraction=a.clean_fraction), seed_base=a.seed_base)
     counts = collect_corpus(out, cfg, num_workers=a.workers)
     for task, c in counts.items():
         print(f"{task}: {c['episodes']} episodes, {c['successes']} successes")

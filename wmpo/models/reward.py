@@ -105,14 +105,14 @@ class RewardModel(nn.Module):
 
     def prepare(self, frames: torch.Tensor) -> torch.Tensor:
         """float [..., 3, H, W] in [-1, 1] -> model dtype at image_size (on the frames' device)."""
-        return resize(frames.to(self.head.weight.dtype), self.cfg.image_size)
+        return resize(frames.float(), self.cfg.image_size).to(self.head.weight.dtype)  # resized in fp32 (bf16 lacks it on CPU)
 
     def forward(self, clips: torch.Tensor, prepared: bool = False) -> torch.Tensor:
         """clips float [N, L, 3, H, W] in [-1, 1] -> logits [N] (float32)."""
         check_tensor("clips", clips, ndim=5, floating=True)
         if clips.shape[1] != self.cfg.clip_len or clips.shape[2] != 3:
             raise ValueError(f"clips: expected shape [N, {self.cfg.clip_len}, 3, H, W], got {tuple(clips.shape)}")
-        x = clips if prepared else self.prepare(clips)
+        x = clips.to(self.head.weight.dtype) if prepared else self.prepare(clips)
         h = self.encoder(pixel_values=x).last_hidden_state.mean(1)
         return self.head(self.norm(h)).squeeze(-1).float()
 

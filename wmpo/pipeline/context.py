@@ -22,6 +22,8 @@ class Context:
         self.runner = runner
         self.device = default_device()
         self.logger = ScalarLogger(out_dir / "tb")
+        self.corpus_as_is = False
+        """the corpus folder is used as it is (wmpo run --corpus-as-is)"""
 
     def path(self, *parts: str) -> Path:
         p = self.out.joinpath(*parts)
@@ -29,7 +31,7 @@ class Context:
         return p
 
     def output(self, stage: str) -> dict:
-        return self.runner.outputs[stage]
+        return self.runner.output(stage, self)
 
     # ------------------------------------------------------------------ loaders
     def load_policy(self, path: str):
@@ -99,3 +101,42 @@ class Context:
         np.savez(tmp, states=states, frames=frames)
         os.replace(tmp, cache)
         return states, frames
+
+    # ------------------------------------------------------------------ WMPO
+    def train_wmpo(self, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo",
+                   steps: int | None = None) -> list[dict]:
+        """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
+        states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records.
+        steps: Euler steps per imagined chunk (default cfg.sampler_steps; the student's with distill_wm)."""
+        import torch
+
+        from wmpo.rl.wmpo import wmpo_train
+        from wmpo.sim import TASKS
+        from wmpo.utils.frames import uint8_to_model
+
+        cfg = self.cfg
+        spec = TASKS[cfg.task]
+        _, frames = self.initial_frames("train", cfg.num_initial_states)
+        pool = uint8_to_model(torch.as_tensor(frames)).to(self.device)
+        return wmpo_train(self.world_model_env(wm_path, steps), policy, tok, self.success_detector(reward_path), pool, spec.instruction,
+                          grpo=cfg.grpo, rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
+                          seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=self.logger, tag=tag,
+                          real_eval=self._real_eval_curve(tok), real_eval_every=cfg.wmpo_real_eval_every)
+
+    def _real_eval_curve(self, tok):
+        """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
+        real check; the evaluation states stay untouched until the final comparison). None: no curve."""
+        cfg = self.cfg
+        if cfg.wmpo_real_eval_every <= 0:
+            return None
+        from wmpo.sim.evaluate import evaluate
+
+        first = max(1, cfg.real_budget // cfg.grpo.group_size)
+        states, _ = self.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
+
+        def real_eval(policy) -> dict[str, float]:
+            r = evaluate(self.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
+                         num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
+            return {"success_rate": r.success_rate, "episodes": r.n}
+
+        return real_eval

@@ -100,12 +100,19 @@ def write_report(ctx: Any) -> Path:
     if any(ev.get(n, {}).get("vs_base_mcnemar") for n in ev):
         lines += ["", "n01: evaluation states the base policy failed and the method solved; n10: the reverse."]
     lines += _diagnostics_lines(outs.get("diagnostics"), cfg)
-    lines += ["", "## Pipeline", "", "| stage | seconds | summary |", "|---|---|---|"]
+    from wmpo.pipeline.lifelong import report_lines as lifelong_lines
+
+    lines += lifelong_lines(outs, cfg)
+    lines += ["", "## Pipeline", "", "Seconds of each stage's last run, and over every run (machines, resumes and data "
+              "regenerations, from stages/history.jsonl; a run killed mid-stage is not counted there).", "",
+              "| stage | seconds | all runs | summary |", "|---|---|---|---|"]
+    all_runs = ctx.runner.history_seconds()
     for marker in sorted((out / "stages").glob("*.json"), key=lambda p: p.stat().st_mtime):
         m = json.loads(marker.read_text())
         summ = {k: v for k, v in m["outputs"].items() if isinstance(v, (int, float, str)) and not str(v).startswith("/")}
         summ_s = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in list(summ.items())[:6])
-        lines.append(f"| {m['stage']} | {m['seconds']:.1f} | {summ_s} |")
+        tot = all_runs.get(m["stage"])
+        lines.append(f"| {m['stage']} | {m['seconds']:.1f} | {'-' if tot is None else f'{tot:.0f}'} | {summ_s} |")
     hist = outs.get("wmpo", {}).get("history", [])
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]

@@ -52,12 +52,21 @@ def stage_corpus(ctx: Context) -> dict:
     the real budget P). Resumable; a corpus folder shared between runs is topped up, never redone."""
     from wmpo.sim.corpus import CorpusConfig, collect_corpus, corpus_store_path
 
+    from wmpo.sim.corpus import corpus_counts
+
     cfg = ctx.cfg
     folder = _corpus_dir(ctx)
     ccfg = CorpusConfig(tasks=tuple(cfg.corpus_tasks), episodes_per_task=cfg.corpus_episodes_per_task, image_size=cfg.image_size,
                         max_steps=cfg.max_episode_steps)
-    counts = collect_corpus(folder, ccfg, num_workers=cfg.num_workers)
-    return {"folder": str(folder), "stores": [str(corpus_store_path(folder, t)) for t in ccfg.tasks], "counts": counts,
+    if ctx.corpus_as_is:  # streamed pretraining: the corpus folder holds this machine's slice, used as it is
+        counts = corpus_counts(folder, ccfg.tasks)
+        if not any(c["episodes"] for c in counts.values()):
+            raise ValueError(f"corpus: {folder} holds no episodes of {list(ccfg.tasks)} (--corpus-as-is uses the folder as it "
+                             f"is; fill it with `wmpo corpus --out {folder}` first)")
+    else:
+        counts = collect_corpus(folder, ccfg, num_workers=cfg.num_workers)
+    stores = [str(corpus_store_path(folder, t)) for t in ccfg.tasks if counts[t]["episodes"] > 0]
+    return {"folder": str(folder), "stores": stores, "counts": counts, "as_is": bool(ctx.corpus_as_is),
             "episodes": sum(c["episodes"] for c in counts.values()), "successes": sum(c["successes"] for c in counts.values())}
 
 
@@ -203,43 +212,6 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
-def wmpo_stage_train(ctx: Context, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo",
-                     steps: int | None = None) -> list[dict]:
-    """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
-    states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records."""
-    from wmpo.rl.wmpo import wmpo_train
-    from wmpo.sim import TASKS
-    from wmpo.utils.frames import uint8_to_model
-
-    cfg = ctx.cfg
-    spec = TASKS[cfg.task]
-    _, frames = ctx.initial_frames("train", cfg.num_initial_states)
-    pool = uint8_to_model(torch.as_tensor(frames)).to(ctx.device)
-    return wmpo_train(ctx.world_model_env(wm_path, steps), policy, tok, ctx.success_detector(reward_path), pool, spec.instruction, grpo=cfg.grpo,
-                      rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
-                      seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=ctx.logger, tag=tag,
-                      real_eval=_real_eval_curve(ctx, tok), real_eval_every=cfg.wmpo_real_eval_every)
-
-
-def _real_eval_curve(ctx: Context, tok):
-    """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
-    real check; the evaluation states stay untouched until the final comparison). None: no curve."""
-    cfg = ctx.cfg
-    if cfg.wmpo_real_eval_every <= 0:
-        return None
-    from wmpo.sim.evaluate import evaluate
-
-    first = max(1, cfg.real_budget // cfg.grpo.group_size)
-    states, _ = ctx.initial_frames("train", first + cfg.wmpo_real_eval_episodes)
-
-    def real_eval(policy) -> dict[str, float]:
-        r = evaluate(ctx.env_policy(policy, tok, None), cfg.task, init_states=states[first:], split="train-heldout",
-                     num_workers=cfg.num_workers, image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
-        return {"success_rate": r.success_rate, "episodes": r.n}
-
-    return real_eval
-
-
 def stage_wmpo(ctx: Context) -> dict:
     """WMPO from the base policy with the fine-tuned world model and the reward model."""
     from wmpo.models.policy import save_policy
@@ -247,68 +219,11 @@ def stage_wmpo(ctx: Context) -> dict:
     cfg = ctx.cfg
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     wm_path, steps = ctx.imagination_world_model()  # the few-step student with distill_wm
-    history = wmpo_stage_train(ctx, policy, tok, wm_path, ctx.output("reward")["reward_path"], ctx.out / "policy_wmpo", steps=steps)
+    history = ctx.train_wmpo(policy, tok, wm_path, ctx.output("reward")["reward_path"], ctx.out / "policy_wmpo", steps=steps)
     final = ctx.path("policy_wmpo", "policy.pt")
     save_policy(final, policy, tok, cfg.policy_train.policy)
     save_json(ctx.path("policy_wmpo", "history.json"), history)
     return {"checkpoint": str(final), "iterations": len(history), "history": history}
-
-
-def stage_lifelong(ctx: Context) -> dict:
-    """Lifelong WMPO (paper section 4.5): from the WMPO policy, repeat: collect P real rollouts ->
-    fine-tune world model and reward model on all real data so far -> WMPO -> evaluate."""
-    from wmpo.data.store import TrajectoryStore
-    from wmpo.models.policy import save_policy
-    from wmpo.rl.lifelong import LifelongConfig, LifelongStages, run_lifelong
-    from wmpo.sim.collect import collect
-    from wmpo.sim.evaluate import evaluate
-    from wmpo.train.reward import train_reward
-    from wmpo.train.world_model import train_world_model
-
-    cfg = ctx.cfg
-    root = ctx.out / "lifelong"
-    policy, tok = ctx.load_policy(ctx.output("wmpo")["checkpoint"])
-    G = cfg.grpo.group_size
-    states, _ = ctx.initial_frames("train", cfg.num_initial_states)
-    base_stores = [ctx.output("base_rollouts")["store"], ctx.output("demos")["store"]]
-    prev_wm = [ctx.output("wm_finetune")["path"]]
-
-    def collect_round(pol, budget: int, it: int) -> str:
-        path = root / f"round{it}" / "rollouts.h5"
-        init = group_starts(states, max(1, budget // G), G, offset=it)[:budget]
-        with TrajectoryStore(path, "w") as store:
-            collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, store, init_states=init, num_workers=cfg.num_workers,
-                    image_size=cfg.image_size, seed=cfg.seed + 30_000 + it, max_steps=cfg.max_episode_steps, show_progress=False)
-        return path.relative_to(ctx.out).as_posix()  # lifelong.json keeps it: relative, so a moved run resumes
-
-    def in_run(rounds: list[str]) -> list[str]:
-        return [str(ctx.out / r) for r in rounds]  # (absolute paths of older runs stay as they are)
-
-    def finetune_wm(rounds: list[str], it: int) -> str:
-        res = train_world_model(cfg.wm_finetune, in_run(rounds) + base_stores, root / f"round{it}" / "wm", vae=ctx.output("vae")["path"],
-                                init_from=prev_wm[-1], device=ctx.device)
-        prev_wm.append(res["path"])
-        return res["path"]
-
-    def finetune_reward(rounds: list[str], it: int) -> str:
-        return train_reward(cfg.reward_train, in_run(rounds) + base_stores, root / f"round{it}" / "reward",
-                            device=ctx.device)["reward_path"]
-
-    def run_round(pol, wm_path: str, reward_path: str, it: int) -> dict:
-        hist = wmpo_stage_train(ctx, pol, tok, wm_path, reward_path, root / f"round{it}" / "wmpo", tag=f"lifelong{it}")
-        return {"updates": len(hist), "imagined_success_rate": hist[-1]["imagined_success_rate"] if hist else 0.0}
-
-    def evaluate_round(pol, it: int) -> dict:
-        res = evaluate(ctx.env_policy(pol, tok, None), cfg.task, split="eval", n=cfg.eval_episodes, num_workers=cfg.num_workers,
-                       image_size=cfg.image_size, max_steps=cfg.max_episode_steps, show_progress=False)
-        return {"success_rate": res.success_rate, "ci95": list(res.ci95), "mean_success_length": res.mean_success_length}
-
-    lcfg = LifelongConfig(iterations=cfg.lifelong_rounds, budget_per_iteration=cfg.real_budget, evaluate_base=False)
-    records = run_lifelong(policy, LifelongStages(collect_round, finetune_wm, finetune_reward, run_round, evaluate_round), lcfg,
-                           out_dir=root, logger=ctx.logger)
-    final = root / "policy.pt"
-    save_policy(final, policy, tok, cfg.policy_train.policy)
-    return {"checkpoint": str(final), "records": _jsonable(records)}
 
 
 def stage_baselines(ctx: Context) -> dict:
@@ -396,14 +311,19 @@ def stage_report(ctx: Context) -> dict:
     return {"report": str(write_report(ctx)), "result": str(ctx.out / "result.json")}
 
 
-def build_stages(cfg: RunConfig) -> list[Stage]:
+def build_stages(cfg: RunConfig, corpus_as_is: bool = False) -> list[Stage]:
+    """The stages in order. Data stages are regenerable (rerun from their seeds when a run folder kept
+    without its data resumes on another machine); with `corpus_as_is` the corpus stage is live (it
+    records what the corpus folder holds at each invocation: pretraining streamed over machines)."""
+    from wmpo.pipeline.lifelong import stage_lifelong, stage_lifelong_baselines
+
     # the policy's branch first: it does not need the (long) corpus and world-model stages
     return [
-        Stage("demos", stage_demos),
+        Stage("demos", stage_demos, regenerable=True),
         Stage("policy_sft", stage_policy_sft),
-        Stage("base_rollouts", stage_base_rollouts),
-        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0),
-        Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0),
+        Stage("base_rollouts", stage_base_rollouts, regenerable=True),
+        Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0, regenerable=True),
+        Stage("corpus", stage_corpus, enabled=cfg.corpus_episodes_per_task > 0, regenerable=True, live=corpus_as_is),
         Stage("vae", stage_vae),
         Stage("wm_pretrain", stage_wm_pretrain),
         Stage("wm_finetune", stage_wm_finetune),
@@ -413,6 +333,7 @@ def build_stages(cfg: RunConfig) -> list[Stage]:
         Stage("wmpo", stage_wmpo),
         Stage("baselines", stage_baselines, enabled=cfg.baselines),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
+        Stage("lifelong_baselines", stage_lifelong_baselines, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate),
         Stage("videos", stage_videos),
         Stage("report", stage_report),
@@ -432,11 +353,14 @@ def config_changes(saved: Any, now: Any, prefix: str = "") -> tuple[list[str], l
     return ([prefix.rstrip(".")] if saved != now else []), []
 
 
-def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False) -> dict[str, dict]:
+def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = None, upgrade_config: bool = False,
+                 corpus_as_is: bool = False) -> dict[str, dict]:
     """Run (or resume) the pipeline into out_dir. The resolved config is saved as out_dir/config.json;
     resuming with a different config is refused (start a new out_dir instead). `upgrade_config`: a run
     written by an older wmpo whose config lacks fields the code has added since (and differs in
-    nothing else) resumes with them recorded; a changed value is still refused."""
+    nothing else) resumes with them recorded; a changed value is still refused. `corpus_as_is`: the
+    corpus folder is used as it is (nothing collected; the world model pretrains, or keeps
+    pretraining after a resume, on whatever slice it holds now)."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
     from wmpo.utils.checkpoint import load_json
@@ -448,7 +372,7 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
             raise ValueError(f"{name}: expected >= 0, got {getattr(cfg, name)}")
     out = check_output_dir(out_dir, "out")
     if stop_after is not None:
-        names = [s.name for s in build_stages(cfg)]
+        names = [s.name for s in build_stages(cfg, corpus_as_is)]
         if stop_after not in names:
             raise ValueError(f"stop_after: expected one of {names}, got {stop_after!r}")
     out.mkdir(parents=True, exist_ok=True)
@@ -471,7 +395,9 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     runner = StageRunner(out)
     ctx = Context(cfg, out, runner)
-    stages = build_stages(cfg)
+    ctx.corpus_as_is = corpus_as_is
+    # the corpus is read as it is only while something still pretrains on it; after that its marker stands
+    stages = build_stages(cfg, corpus_as_is and not runner.is_done("wm_pretrain"))
     if stop_after is not None:
         names = [s.name for s in stages]
         stages = stages[: names.index(stop_after) + 1]

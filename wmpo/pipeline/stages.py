@@ -11,10 +11,21 @@ into `outputs`). Loading joins them to the folder the marker is read from, so a 
 uses its own files and a moved one resumes. Markers written before this (absolute paths, no
 `run_relative`) still load, their paths as written; a warning names any that point outside the run
 folder (a copy of an old run folder still uses the original's files).
+
+Runs that outlive their machine: a run folder can be kept without its data (the stores are large;
+the checkpoints and markers are small, see experiments/persist.py). A *regenerable* stage (one that
+only collects data, deterministically from its seeds and earlier checkpoints) whose recorded files
+are gone is rerun when a later stage first asks for its outputs (`StageRunner.output`), not before: a
+run that only has evaluation left never re-collects its demos. A *live* stage runs on every
+invocation (its outputs describe what is there now, e.g. a corpus used as it is). Every stage that
+finishes appends one line to OUT/stages/history.jsonl (name, time, seconds, whether it regenerated),
+so the wall time of a stage spread over several machines adds up.
 """
 from __future__ import annotations
 
+import json
 import os
+import socket
 import time
 import warnings
 from dataclasses import dataclass
@@ -31,6 +42,10 @@ class Stage:
     name: str
     fn: Callable[[Any], dict]
     enabled: bool = True
+    regenerable: bool = False
+    """a data stage: rerun (same seeds, same checkpoints) when the files its marker names are gone"""
+    live: bool = False
+    """run on every invocation, never skipped (its outputs describe the present, not the past)"""
 
 
 def _inside(path: str, root: Path) -> Path | None:
@@ -125,24 +140,80 @@ class StageRunner:
                           f"folder {self.out_dir}, used as written", stacklevel=2)
         return outputs
 
+    def missing_files(self, name: str) -> list[str]:
+        """Files or folders the marker of `name` recorded as existing that are gone now."""
+        m = load_json(self.marker(name), what=f"stage marker of {name!r}")
+        outputs = self.load_marker(name)
+        return [str(_get(outputs, at)) for at in m.get("files", []) if not Path(str(_get(outputs, at))).exists()]
+
     def run(self, stages: list[Stage], ctx: Any) -> dict[str, dict]:
+        self.stages = {st.name: st for st in stages if st.enabled}
+        self.stale: dict[str, list[str]] = {}
         for st in stages:
             if not st.enabled:
                 continue
-            if self.is_done(st.name):
-                self.outputs[st.name] = self.load_marker(st.name)
-                self.log(f"[stage {st.name}] done earlier, skipped")
+            if self.is_done(st.name) and not st.live:
+                gone = self.missing_files(st.name) if st.regenerable else []
+                if gone:
+                    self.stale[st.name] = gone
+                    self.log(f"[stage {st.name}] done earlier; its data is gone ({gone[0]}{', ...' if len(gone) > 1 else ''}): "
+                             f"regenerated when a later stage needs it")
+                else:
+                    self.outputs[st.name] = self.load_marker(st.name)
+                    self.log(f"[stage {st.name}] done earlier, skipped")
                 continue
-            self.log(f"[stage {st.name}] running")
-            t0 = time.time()
-            out = st.fn(ctx) or {}
-            dt = time.time() - t0
-            self.outputs[st.name] = out
-            stored, rel = relativize(out, self.out_dir)
-            save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                             "outputs": stored, "run_relative": rel})
-            self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+            self._run_one(st, ctx)
         return self.outputs
+
+    def output(self, name: str, ctx: Any) -> dict:
+        """The outputs of stage `name`; a regenerable stage whose data is gone is rerun first."""
+        if name in getattr(self, "stale", {}):
+            self.log(f"[stage {name}] regenerating its data (gone: {self.stale[name][0]})")
+            self._run_one(self.stages[name], ctx, regenerated=True)
+            del self.stale[name]
+        return self.outputs[name]
+
+    def _run_one(self, st: Stage, ctx: Any, regenerated: bool = False) -> None:
+        self.log(f"[stage {st.name}] running")
+        t0 = time.time()
+        out = st.fn(ctx) or {}
+        dt = time.time() - t0
+        self.outputs[st.name] = out
+        stored, rel = relativize(out, self.out_dir)
+        files = [at for at in _path_strings(out) if Path(str(_get(out, at))).exists()]
+        finished = time.strftime("%Y-%m-%dT%H:%M:%S")
+        save_json(self.marker(st.name), {"stage": st.name, "seconds": dt, "finished": finished, "outputs": stored,
+                                         "run_relative": rel, "files": files})
+        with open(self.marker_dir / "history.jsonl", "a") as f:
+            f.write(json.dumps({"stage": st.name, "finished": finished, "seconds": round(dt, 1), "regenerated": regenerated,
+                                "host": socket.gethostname()}) + "\n")
+        self.log(f"[stage {st.name}] finished in {dt:.1f} s")
+
+    def history_seconds(self) -> dict[str, float]:
+        """Per stage: seconds summed over every time it ran (across machines and resumes)."""
+        path = self.marker_dir / "history.jsonl"
+        total: dict[str, float] = {}
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                    total[rec["stage"]] = total.get(rec["stage"], 0.0) + float(rec["seconds"])
+                except (ValueError, KeyError, TypeError):
+                    continue
+        return total
+
+
+def _path_strings(x: Any, at: KeyPath | None = None) -> list[KeyPath]:
+    """Key paths of the strings in `x` that name an existing file or folder."""
+    at = at or []
+    if isinstance(x, dict):
+        return [p for k, v in x.items() for p in _path_strings(v, at + [k])]
+    if isinstance(x, (list, tuple)):
+        return [p for i, v in enumerate(x) for p in _path_strings(v, at + [i])]
+    if isinstance(x, os.PathLike):
+        x = os.fspath(x)
+    ok = isinstance(x, str) and 0 < len(x) < 4096 and "\n" not in x and ("/" in x or os.sep in x)
+    return [at] if ok and Path(x).exists() else []
 
 
 def _absolute_strings(x: Any, at: KeyPath | None = None) -> list[KeyPath]:

@@ -61,6 +61,10 @@ class RolloutConfig:
     inference_dtype: str = "bf16"
     """on CUDA, the chunk (policy, world model, VAE, reward) runs under bf16 autocast ("bf16", about 10x
     faster than fp32 with TF32 off) or in the models' own dtype ("fp32"); no effect on the CPU"""
+    bf16_weights: bool = True
+    """on CUDA with inference_dtype "bf16": the frozen models (world model, VAE, reward model) are stored
+    in bf16 at the first rollout (half their memory, no per-call weight casts under autocast); the
+    policy keeps its fp32 weights (GRPO trains it). No effect on the CPU or with "fp32"."""
     memory_plan: bool | None = None
     """print the device-memory plan (wmpo.accel.memory_plan) at the start of a rollout and bound the
     VAE decode batch by it when the env has none; None: on CUDA devices only"""
@@ -68,6 +72,16 @@ class RolloutConfig:
     def __post_init__(self) -> None:
         if self.inference_dtype not in ("bf16", "fp32"):
             raise ValueError(f"inference_dtype: expected 'bf16' or 'fp32', got {self.inference_dtype!r}")
+
+
+def _accepts_rows(env: Any) -> bool:
+    """Whether a world-model env's reset_slots takes `rows` (a user's env may not)."""
+    import inspect
+
+    try:
+        return "rows" in inspect.signature(env.reset_slots).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class ImaginationEngine:
@@ -137,11 +151,16 @@ class ImaginationEngine:
             self.wm_env.reset(first_frames)
             self.runner.invalidate()
 
-    def start_rows(self, st: SlotState, mask: torch.Tensor, first_u8: torch.Tensor, instr: torch.Tensor, traj: torch.Tensor) -> None:
+    def start_rows(self, st: SlotState, mask: torch.Tensor, first_u8: torch.Tensor, instr: torch.Tensor, traj: torch.Tensor,
+                   rows: torch.Tensor | None = None) -> None:
         """Start new trajectories in the slots where `mask` (device bool [S]): env, detector and slot
-        state rows reset; device ops only."""
+        state rows reset; device ops only. `rows` (the indices where mask is True, when the caller
+        knows them): the world model's VAE encodes only those first frames, not all S."""
         first_in = uint8_to_model(first_u8, dtype=st.cur_in.dtype)
-        self.wm_env.reset_slots(mask, first_in)
+        if rows is not None and _accepts_rows(self.wm_env):
+            self.wm_env.reset_slots(mask, first_in, rows=rows)
+        else:
+            self.wm_env.reset_slots(mask, first_in)
         if self.detector is not None:
             self.detector.reset_slots(mask, first_in)
         st.reset_rows(mask, first_u8, first_in, instr, traj)
@@ -159,8 +178,37 @@ class ImaginationEngine:
         dtype = "bf16" if self.cfg.inference_dtype == "bf16" else "fp32"
         return plan_for_env(self.wm_env, slots=slots, horizon_chunks=horizon_chunks, extra_models=extra, dtype=dtype)
 
+    def frozen_models(self) -> dict[str, torch.nn.Module]:
+        """The models a rollout only reads (never trained by it): the env's world model and VAE, the
+        detector's reward model, when they are modules."""
+        out = {}
+        for name, owner, attr in (("world_model", self.wm_env, "wm"), ("vae", self.wm_env, "vae"), ("reward", self.detector, "model")):
+            m = getattr(owner, attr, None) if owner is not None else None
+            if isinstance(m, torch.nn.Module):
+                out[name] = m
+        return out
+
+    def store_frozen_weights(self, dtype: torch.dtype) -> dict[str, int]:
+        """Cast the frozen models' weights to `dtype` in place (inputs are cast by each model to its own
+        dtype); drops a compiled / captured chunk, which held the old weights. -> bytes per model after."""
+        out = {}
+        for name, m in self.frozen_models().items():
+            m.to(dtype)
+            out[name] = sum(p.numel() * p.element_size() for p in m.parameters())
+        self.runner.invalidate()
+        return out
+
+    def _apply_frozen_dtype(self) -> None:
+        """Once, on CUDA with bf16 inference and cfg.bf16_weights: the frozen models to bf16."""
+        if getattr(self, "_frozen_dtype_done", False):
+            return
+        self._frozen_dtype_done = True
+        if self.device.type == "cuda" and self.cfg.inference_dtype == "bf16" and self.cfg.bf16_weights:
+            self.store_frozen_weights(torch.bfloat16)
+
     def _apply_memory_plan(self, slots: int, horizon_chunks: int) -> None:
         """Once per (slots, horizon): print the plan and bound the VAE decode batch (if the env has none)."""
+        self._apply_frozen_dtype()
         want = self.cfg.memory_plan if self.cfg.memory_plan is not None else self.device.type == "cuda"
         if not want or (slots, horizon_chunks) in self._planned:
             return

@@ -69,7 +69,8 @@ class GroupSampler:
         ids_dev = torch.from_numpy(ids).to(self.eng.device, non_blocking=True)
         mask = ids_dev >= 0
         init = self.group_init_dev[(ids_dev.clamp(min=0) // self.G)]
-        self.eng.start_rows(st, mask, self.pool[init], self.instr_pool[init], ids_dev)
+        rows = torch.from_numpy(np.nonzero(mask_np)[0].astype(np.int64)).to(self.eng.device, non_blocking=True)
+        self.eng.start_rows(st, mask, self.pool[init], self.instr_pool[init], ids_dev, rows=rows)
 
     def _copy_out(self, st: SlotState, rec: SyncRecord) -> None:
         """Copy finished trajectories out of their slots and judge the groups they complete."""

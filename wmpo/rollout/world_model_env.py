@@ -80,11 +80,23 @@ class WorldModelEnv:
         self.ctx = z.unsqueeze(1).expand(B, self.c, *z.shape[1:]).contiguous()
         self.ctx_actions = torch.zeros(B, self.c, self.A, device=self.device, dtype=self.dtype)
 
-    def reset_slots(self, mask: torch.Tensor, first_frames: torch.Tensor) -> None:
-        """Replace only rows where mask [B] is True (no host sync: every row is encoded, masked rows are kept)."""
+    def reset_slots(self, mask: torch.Tensor, first_frames: torch.Tensor, rows: torch.Tensor | None = None) -> None:
+        """Replace only rows where mask [B] is True. Without `rows` every row is VAE-encoded and the
+        masked ones kept (no host sync: usable inside a captured graph); with `rows` (device int64,
+        the indices where mask is True, known to the host loop that refills slots) only those frames
+        are encoded and written in place (same buffers, so a captured chunk stays valid)."""
         if self.ctx is None:
             raise RuntimeError("reset_slots: call reset(first_frames) first to allocate the batch")
         check_tensor("mask", mask, shape=(self.batch_size,), dtype=torch.bool)
+        if rows is not None:
+            check_tensor("rows", rows, ndim=1, dtype=torch.int64)
+            if rows.numel() == 0:
+                return
+            z = self._encode_first(first_frames[rows.to(first_frames.device)])
+            r = rows.to(self.device)
+            self.ctx.index_copy_(0, r, z.unsqueeze(1).expand(z.shape[0], self.c, *z.shape[1:]))
+            self.ctx_actions.index_fill_(0, r, 0)
+            return
         z = self._encode_first(first_frames)
         m = mask.to(self.device)
         self.ctx.copy_(torch.where(m.view(-1, 1, 1, 1, 1), z.unsqueeze(1), self.ctx))

@@ -4,6 +4,8 @@ predicted frames only (velocity target noise - x0)."""
 from __future__ import annotations
 
 import copy
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -85,6 +87,8 @@ class WMTrainer:
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.step_count = 0
+        self.rewarm_from: int | None = None
+        self.elapsed_s, self._t0 = 0.0, time.time()
         self.amp = autocast_dtype(device)
 
     def step(self) -> float:
@@ -96,8 +100,10 @@ class WMTrainer:
         noise = torch.randn(x0.shape, generator=self.gen)
         self.model.train()
         self.model.grad_checkpointing = self.cfg.grad_checkpointing
+        rewarm = self.rewarm_from
+        scale = 1.0 if rewarm is None else min(1.0, (self.step_count - rewarm + 1) / self.REWARM_STEPS)
         for group in self.opt.param_groups:
-            group["lr"] = lr_at(self.step_count, self.cfg)
+            group["lr"] = lr_at(self.step_count, self.cfg) * scale
         self.opt.zero_grad(set_to_none=True)
         loss_sum = 0.0
         for part in zip(*(z.chunk(n_micro) for z in (x0, act, t, noise))):  # equal micro-batches: mean of means
@@ -119,15 +125,25 @@ class WMTrainer:
     def state(self) -> dict:
         return {"model": self.model.state(), "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optim": self.opt.state_dict(), "rng": self.gen.get_state(), "step": self.step_count,
-                "train_config": asdict(self.cfg)}
+                "train_config": asdict(self.cfg), "elapsed_s": self.elapsed_s + (time.time() - self._t0)}
+
+    REWARM_STEPS = 200
+    """after resuming from a checkpoint kept without its optimizer state: steps of linear LR re-warmup"""
 
     def load(self, st: dict) -> None:
         self.model.load_state_dict(st["model"]["state_dict"])
         if self.ema is not None and st.get("ema") is not None:
             self.ema.load_state_dict(st["ema"])
-        self.opt.load_state_dict(st["optim"])
         self.gen.set_state(st["rng"])
         self.step_count = st["step"]
+        self.elapsed_s = float(st.get("elapsed_s", 0.0))  # training wall time over every earlier run (and machine)
+        self._t0 = time.time()
+        if st.get("optim") is not None:
+            self.opt.load_state_dict(st["optim"])
+        else:  # a slim checkpoint (experiments/persist.py keeps runs without optimizer moments): fresh AdamW, re-warmed
+            warnings.warn(f"world-model checkpoint at step {self.step_count} holds no optimizer state: AdamW restarts, its "
+                          f"learning rate re-warmed over {self.REWARM_STEPS} steps", stacklevel=2)
+            self.rewarm_from = self.step_count
 
 
 def build_dataset(vae: FrameVAE, episodes, stats: dict, model_cfg: WorldModelConfig, device) -> LatentWindowDataset:
@@ -210,6 +226,6 @@ def train_world_model(cfg: WMTrainConfig, store_paths: Sequence[str] | None, out
     log.close()
     tail = losses[-max(1, min(len(losses), cfg.log_every)):]
     result = {"loss": sum(tail) / len(tail) if tail else loss, "step": tr.step_count, "path": str(ckpt),
-              "action_stats_from": stats_source}
+              "action_stats_from": stats_source, "train_seconds_all_runs": round(tr.state()["elapsed_s"], 1)}
     save_json(out / "result.json", result)
     return result
