@@ -15,6 +15,7 @@ TORCH_LIBRARY(wmpo_C, m) {
   m.def("gated_residual_adaln(Tensor residual, Tensor y, Tensor gate, Tensor shift, Tensor scale, int tokens_per_frame, float eps) -> (Tensor, Tensor)");
   m.def("noisy_context(Tensor x0, Tensor noise, Tensor t, int num_context, float t_context) -> (Tensor, Tensor)");
   m.def("flow_step_(Tensor(a!) x, Tensor v, Tensor? t_now, Tensor? t_next, float t_now_value, float t_next_value, int num_context) -> ()");
+  m.def("flow_step_patchify_(Tensor(a!) x, Tensor v, Tensor? t_now, Tensor? t_next, float t_now_value, float t_next_value, int patch) -> Tensor");
   m.def("action_logprob(Tensor logits, Tensor tokens, float temperature) -> (Tensor, Tensor)");
   m.def("action_logprob_bwd(Tensor g_logp, Tensor g_ent, Tensor logits, Tensor tokens, float temperature) -> Tensor");
 }

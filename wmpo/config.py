@@ -22,6 +22,7 @@ from wmpo.rl.dpo import DPOConfig
 from wmpo.rl.grpo import GRPOConfig
 from wmpo.rl.online import OnlineGRPOConfig
 from wmpo.rollout.engine import RolloutConfig
+from wmpo.train.distill import DistillConfig
 from wmpo.train.policy import PolicyTrainConfig
 from wmpo.train.reward import RewardTrainConfig
 from wmpo.train.vae import VAETrainConfig
@@ -89,6 +90,11 @@ class RunConfig:
     """states of that curve: the held-out stage's first ones (training split, after P's states)"""
     diagnostic_sampler_steps: tuple[int, ...] = ()
     """extra Euler step counts at which world-model fidelity is also measured (the rollout's is always)"""
+    distill_wm: bool = False
+    """distil the fine-tuned world model into a few-step student (`wmpo distill-wm`, stage distill_wm) and
+    imagine WMPO's rollouts with it at student_steps"""
+    student_steps: int = 4
+    """Euler steps per imagined chunk of the few-step student (with distill_wm)"""
     vae_train: VAETrainConfig = field(default_factory=VAETrainConfig)
     """VAE architecture and training"""
     wm_pretrain: WMTrainConfig = field(default_factory=WMTrainConfig)
@@ -107,6 +113,8 @@ class RunConfig:
     """online GRPO baseline in the real simulator"""
     dpo: DPOConfig = field(default_factory=DPOConfig)
     """offline DPO baseline"""
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    """shortcut distillation of the world model into the few-step student (with distill_wm)"""
 
     @property
     def world_model(self) -> WorldModelConfig:
@@ -203,6 +211,7 @@ def _preset_micro(task: str) -> RunConfig:
         max_episode_steps=24, imagined_horizon=16, sampler_steps=2, wmpo_iterations=1, num_videos=1,
         corpus_episodes_per_task=1, corpus_tasks=("square", "coffee"), heldout_episodes=2, diagnostic_sampler_steps=(3,),
         wmpo_real_eval_every=1, wmpo_real_eval_episodes=2,
+        distill_wm=True, student_steps=1, distill=DistillConfig(steps=2, batch_size=2, base_steps=4, log_every=1, ckpt_every=1000),
         vae_train=replace(cfg.vae_train, vae=_vae(32, (8, 16, 16), 1, 4, False), steps=4, batch_size=4),
         wm_pretrain=replace(cfg.wm_pretrain, model=wm, steps=4, batch_size=2),
         wm_finetune=replace(cfg.wm_finetune, model=wm, steps=2, batch_size=2),
@@ -276,6 +285,10 @@ def check_consistent(cfg: RunConfig) -> None:
     """The shared values (K, D, bins, G, temperature) agree across the sections; else a ValueError
     naming both fields (an override must change every section that carries the value)."""
     wm, pol = cfg.world_model, cfg.policy_train.policy
+    if isinstance(cfg.student_steps, bool) or not isinstance(cfg.student_steps, int) or cfg.student_steps < 1:
+        raise ValueError(f"student_steps: expected an int >= 1 (Euler steps of the few-step student), got {cfg.student_steps!r}")
+    if cfg.distill_wm:
+        cfg.distill.check()
     pairs = [
         ("policy_train.policy.chunk_len", pol.chunk_len, "wm_pretrain.model.chunk_len", wm.chunk_len),
         ("policy_train.policy.action_dim", pol.action_dim, "wm_pretrain.model.action_dim", wm.action_dim),

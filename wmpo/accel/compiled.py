@@ -189,6 +189,9 @@ class CompiledDenoiser:
         self.build_context_cache = compile_with_fallback(world_model.build_context_cache,
                                                          name="world model build_context_cache", **kw)
         self._forward = compile_with_fallback(world_model.forward, name="world model forward", **kw)
+        if hasattr(world_model, "forward_patches_cached"):  # the fused few-step path's denoiser step
+            self.forward_patches_cached = compile_with_fallback(world_model.forward_patches_cached,
+                                                                name="world model forward_patches_cached", **kw)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self._forward(*args, **kwargs)
@@ -198,6 +201,8 @@ class CompiledDenoiser:
         """{function: error} for each function that fell back to eager."""
         fns = {"forward_cached": self.forward_cached, "build_context_cache": self.build_context_cache,
                "forward": self._forward}
+        if "forward_patches_cached" in self.__dict__:
+            fns["forward_patches_cached"] = self.forward_patches_cached
         return {k: f.failed for k, f in fns.items() if f.failed is not None}
 
     def __getattr__(self, name: str) -> Any:

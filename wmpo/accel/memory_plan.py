@@ -114,11 +114,14 @@ def plan_rollout_memory(
     vae_first_block_channels: int = 128,
     reserve_frac: float = 0.1,
     weight_bytes: dict[str, int] | None = None,
+    fused_steps: int = 0,
 ) -> MemoryPlan:
     """The plan for `slots` trajectories. param_counts: {model name: parameters}; dtype: inference
     dtype of weights, activations and cache; budget_bytes: device memory to plan for (80 GB H100);
     reserve_frac of the budget is kept free (allocator fragmentation, CUDA context, workspaces);
-    weight_bytes: the models' actual weight bytes (overrides param_counts x dtype bytes)."""
+    weight_bytes: the models' actual weight bytes (overrides param_counts x dtype bytes);
+    fused_steps: Euler steps of the fused few-step path (wmpo.diffusion.fewstep), whose modulation rows
+    of every step are held at once (0: the step-by-step path)."""
     for name, v in (("slots", slots), ("hidden", hidden), ("tokens_per_frame", tokens_per_frame),
                     ("chunk_len", chunk_len), ("frame_size", frame_size), ("budget_bytes", budget_bytes)):
         if not isinstance(v, int) or v < 1:
@@ -133,7 +136,7 @@ def plan_rollout_memory(
     mlp = int(D * mlp_ratio)
     # residual + normalized input + qkv + attention output + projection + MLP hidden (+ its GELU)
     per_block = R * (D + D + 3 * D + D + D + 2 * mlp) * b
-    modulation = slots * (c + K) * (blocks * 6 * D + 2 * D) * b
+    modulation = slots * max(c + K, fused_steps * K) * (blocks * 6 * D + 2 * D) * b
     denoiser = per_block + modulation
     T = horizon_chunks
     slot_state = slots * T * (frame_size * frame_size * 3 + K * 7 * 8 + K * 7 * 4)  # obs u8, tokens i64, logp f32 (7 dims)
@@ -184,7 +187,15 @@ def plan_for_env(wm_env: Any, *, slots: int, horizon_chunks: int, extra_models: 
         frame_size=int(getattr(vcfg, "frame_size", 256)), horizon_chunks=horizon_chunks, param_counts=counts,
         dtype=dtype, budget_bytes=int(budget_bytes), vae_bytes_per_frame=vae_bytes_per_frame, weight_bytes=wbytes,
         vae_first_block_channels=int(getattr(vcfg, "block_channels", (128,))[0]),
+        fused_steps=_fused_steps(wm_env),
     )
+
+
+def _fused_steps(wm_env: Any) -> int:
+    """The env's step count when it samples on the fused few-step path, else 0."""
+    sampler = getattr(wm_env, "sampler", None)
+    n = len(sampler) if sampler is not None else 0
+    return n if getattr(wm_env, "fused", False) and n <= getattr(wm_env, "fused_max_steps", 0) else 0
 
 
 def gb(nbytes: float) -> float:

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": ("wmpo.cli.sim:corpus_main", "collect the world-model pretraining corpus (perturbed experts, several tasks)"),
     "train-vae": ("wmpo.cli.train:vae_main", "train the per-frame VAE on task frames"),
     "train-wm": ("wmpo.cli.train:world_model_main", "pretrain / fine-tune the action-conditioned video world model"),
+    "distill-wm": ("wmpo.cli.distill:main", "distil a world model into a few-step student (1, 2, 4 Euler steps)"),
     "wm-eval": ("wmpo.cli.train:wm_eval_main", "world-model fidelity: replay real actions, PSNR/SSIM vs horizon, mp4"),
     "train-policy": ("wmpo.cli.train:policy_main", "behaviour cloning of the VLA policy on expert demos"),
     "train-reward": ("wmpo.cli.train:reward_main", "train the VideoMAE success classifier"),

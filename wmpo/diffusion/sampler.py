@@ -5,6 +5,11 @@ The model is evaluated at `sampler.timesteps[i]`.
 FlowMatchEulerSampler: rectified flow, x_t = (1 - t) x0 + t noise, the model predicts v = noise - x0,
 so dx/dt = v and an Euler step from t_now to t_next is x += (t_next - t_now) v (the fused
 `wmpo.ops.flow_step`, frames >= num_context only). 30 steps and 1-4 steps share this one path.
+A step-conditioned (shortcut) student reads the size of the step it is about to take,
+`sampler.step_size(i)` = t[i] - t[i + 1]; its output is then the average velocity over that step, and
+the same Euler update applies (plain flow models ignore the step size). The fused few-step path of a
+context-cached world model (modulation of all steps at once, update fused with the next input) is
+`wmpo.diffusion.fewstep`.
 DDIMSampler: deterministic DDIM (eta = 0) for epsilon-prediction models.
 """
 from __future__ import annotations
@@ -31,6 +36,12 @@ class FlowMatchEulerSampler:
 
     def __len__(self) -> int:
         return 0 if self.timesteps is None else self.timesteps.shape[0] - 1
+
+    def step_size(self, index: int) -> torch.Tensor:
+        """The size d = t[index] - t[index + 1] > 0 of step `index` (0-d device tensor): what a
+        step-conditioned model reads next to t[index]."""
+        ts = self.timesteps
+        return ts[index] - ts[index + 1]
 
     def step(self, model_output: torch.Tensor, index: int, sample: torch.Tensor) -> torch.Tensor:
         """sample += (t[index + 1] - t[index]) * v on frames >= num_context, in place; returns sample."""

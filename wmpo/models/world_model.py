@@ -22,6 +22,11 @@ context frames once; `forward_cached` runs only the K predicted frames, reading 
 The cache holds only K and V (not the qkv projection they are sliced from), in per-block buffers with
 room for the K predicted frames: without autograd, each denoising step writes its frames' K/V into the
 buffer in place instead of concatenating the cache again for every block at every step.
+
+Few-step students (`wmpo distill-wm`, cfg.step_conditioned): cond also adds d_mlp(sinusoid(1000 d)) of the
+Euler step d the frame is about to take (context frames: d = 0), so the cache is built as for the
+teacher. `step_modulation` computes every step's modulation rows at once and `forward_patches_cached`
+runs one step from patches to patches: the fused few-step path (wmpo.diffusion.fewstep, docs/fewstep.md).
 """
 from __future__ import annotations
 
@@ -71,6 +76,9 @@ class WorldModelConfig:
     """residual gate = gate_offset + alpha (paper: 1 + alpha; 0 gives DiT adaLN-Zero)"""
     freq_dim: int = 256
     """sinusoidal timestep embedding size"""
+    step_conditioned: bool = False
+    """also read the Euler step size d per frame (a shortcut-model student of `wmpo distill-wm`); False: a
+    plain flow model, which ignores any step size (it integrates its instantaneous velocity, the d -> 0 limit)"""
 
     @property
     def tokens_per_frame(self) -> int:
@@ -136,6 +144,9 @@ class WorldModel(nn.Module):
         self.pos_temporal = nn.Parameter(torch.zeros(cfg.window, D))
         self.t_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D))
         self.a_mlp = nn.Sequential(nn.Linear(cfg.action_dim, D), nn.SiLU(), nn.Linear(D, D))
+        # step-size embedding (students only); its last layer starts at zero, so a student initialised from
+        # its teacher's weights is exactly the teacher at every step size
+        self.d_mlp = nn.Sequential(nn.Linear(cfg.freq_dim, D), nn.SiLU(), nn.Linear(D, D)) if cfg.step_conditioned else None
         kinds: list[str] = []
         for i in range(max(cfg.spatial_blocks, cfg.temporal_blocks)):
             if i < cfg.spatial_blocks:
@@ -159,6 +170,9 @@ class WorldModel(nn.Module):
         nn.init.normal_(self.pos_temporal, std=0.02)
         nn.init.normal_(self.t_mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_mlp[2].weight, std=0.02)
+        if self.d_mlp is not None:
+            nn.init.normal_(self.d_mlp[0].weight, std=0.02)
+            nn.init.zeros_(self.d_mlp[2].weight)
         nn.init.zeros_(self.modulation.weight)
         nn.init.zeros_(self.modulation.bias)
         nn.init.zeros_(self.final.weight)
@@ -177,8 +191,15 @@ class WorldModel(nn.Module):
         B, T, C, h, w = x.shape
         p = self.cfg.patch
         x = x.reshape(B, T, C, h // p, p, w // p, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, T, -1, C * p * p)
+        return self._embed_patches(x, B, T, t0)
+
+    def _embed_patches(self, patches: torch.Tensor, B: int, T: int, t0: int) -> torch.Tensor:
+        """patches [B*T*N, C*p*p] (or [B, T, N, C*p*p]; frame-major, as `wmpo.ops.flow_step_patchify` writes
+        them) -> tokens [B*T*N, D]."""
+        N = self.cfg.tokens_per_frame
+        x = patches.reshape(B, T, N, -1).to(self.patch_embed.weight.dtype)
         tok = self.patch_embed(x) + self.pos_spatial + self.pos_temporal[t0:t0 + T].unsqueeze(1)
-        return tok.reshape(B * T * tok.shape[2], -1)
+        return tok.reshape(B * T * N, -1)
 
     def _unembed(self, y: torch.Tensor, B: int, T: int) -> torch.Tensor:
         c = self.cfg
@@ -186,11 +207,33 @@ class WorldModel(nn.Module):
         y = y.reshape(B, T, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6)
         return y.reshape(B, T, C, g * p, g * p)
 
-    def _modulation(self, t_frames: torch.Tensor, actions: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    def _modulation(self, t_frames: torch.Tensor, actions: torch.Tensor, dtype: torch.dtype,
+                    step_size: torch.Tensor | None = None) -> torch.Tensor:
         """-> [B*T, L*6*D + 2*D]: per frame modulation rows for every block + the final layer."""
         emb = self.t_mlp(timestep_embedding(t_frames.reshape(-1), self.cfg.freq_dim).to(dtype))
         emb = emb + self.a_mlp(actions.reshape(-1, actions.shape[-1]).to(dtype))
+        if self.d_mlp is not None:
+            d = torch.zeros_like(t_frames) if step_size is None else step_size.expand_as(t_frames)
+            emb = emb + self.d_mlp(timestep_embedding(d.reshape(-1), self.cfg.freq_dim).to(dtype))
         return self.modulation(F.silu(emb))
+
+    def step_modulation(self, times: torch.Tensor, actions: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """Every Euler step's per-frame modulation rows at once (the fused few-step path): times [S + 1] the
+        step list (1 -> 0), actions [B, K, A] of the predicted frames -> [S, B*K, L*6*D + 2*D].
+
+        Step i's frames are at t = times[i] with step size times[i] - times[i + 1]; one pass through the
+        embedding MLPs (the action MLP once, not per step) and one batched matmul for all blocks and steps."""
+        c = self.cfg
+        check_tensor("times", times, ndim=1, floating=True)
+        check_tensor("actions", actions, ndim=3, floating=True, shape=(None, None, c.action_dim))
+        S, (B, K) = times.shape[0] - 1, actions.shape[:2]
+        dtype = dtype or self.modulation.weight.dtype
+        t_emb = self.t_mlp(timestep_embedding(times[:-1], c.freq_dim).to(dtype))  # [S, D]
+        if self.d_mlp is not None:
+            t_emb = t_emb + self.d_mlp(timestep_embedding(times[:-1] - times[1:], c.freq_dim).to(dtype))
+        a_emb = self.a_mlp(actions.reshape(B * K, -1).to(dtype))  # [B*K, D]
+        emb = F.silu(t_emb.unsqueeze(1) + a_emb.unsqueeze(0))  # [S, B*K, D]
+        return self.modulation(emb.reshape(S * B * K, -1)).reshape(S, B * K, -1)
 
     def _attn(self, blk: _Block, h: torch.Tensor, B: int, T: int, past: tuple | None, keep_kv: bool,
               past_len: int = 0, reserve: int = 0):
@@ -230,11 +273,17 @@ class WorldModel(nn.Module):
             o = o.reshape(B, N, H, T, hd).permute(0, 3, 1, 2, 4).reshape(B * T * N, D)
         return blk.proj(o), kv_out
 
-    def _run(self, x_t, t_frames, actions, t0: int, past: list | None, keep_kv: bool, reserve: int = 0):
+    def _run(self, x_t, t_frames, actions, t0: int, past: list | None, keep_kv: bool, reserve: int = 0,
+             step_size: torch.Tensor | None = None):
         B, T = x_t.shape[:2]
-        N, D = self.cfg.tokens_per_frame, self.cfg.hidden
         x = self._embed(x_t.to(self.patch_embed.weight.dtype), t0)
-        mod = self._modulation(t_frames, actions, x.dtype)
+        out, kvs = self._trunk(x, self._modulation(t_frames, actions, x.dtype, step_size), B, T, t0, past, keep_kv, reserve)
+        return self._unembed(out, B, T), kvs
+
+    def _trunk(self, x, mod, B: int, T: int, t0: int, past: list | None, keep_kv: bool, reserve: int = 0):
+        """Embedded tokens [B*T*N, D] + per-frame modulation rows [B*T, M] -> (final-layer patches
+        [B*T*N, C*p*p], the K/V buffers when keep_kv)."""
+        N, D = self.cfg.tokens_per_frame, self.cfg.hidden
         L = len(self.blocks)
         blk_mod = mod[:, : L * 6 * D].reshape(B * T, L, 6, D)
         fin = mod[:, L * 6 * D:].reshape(B * T, 2, D)
@@ -255,8 +304,7 @@ class WorldModel(nn.Module):
             x, h, kv = self._block(i, x, h, blk_mod, fin, B, T, p_kv, keep_kv, t0, reserve)
             if kv is not None:
                 kvs.append(kv)
-        out = self._unembed(self.final(h), B, T)
-        return out, kvs
+        return self.final(h), kvs
 
     def _block(self, i: int, x, h, blk_mod, fin, B: int, T: int, p_kv, keep_kv: bool, past_len: int, reserve: int):
         """Block i: attention, gated residual + next AdaLN, MLP, gated residual + next AdaLN -> (x, h, kv)."""
@@ -274,12 +322,31 @@ class WorldModel(nn.Module):
         return x, h, kv
 
     # ------------------------------------------------------------------ public
-    def forward(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """Uncached: all T <= c + K frames at once (frame-causal). -> velocity [B, T, C, h, w]."""
+    def forward(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor,
+                step_size: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Uncached: all T <= c + K frames at once (frame-causal). -> velocity [B, T, C, h, w].
+
+        step_size: the Euler step d each frame is about to take (0-d, [B] or [B, T]; None: 0, the
+        instantaneous velocity); read by step-conditioned students only (cfg.step_conditioned)."""
         self._check(x_t, t_frames, actions)
         if x_t.shape[1] > self.cfg.window:
             raise ValueError(f"x_t: expected at most {self.cfg.window} frames, got {x_t.shape[1]}")
-        return self._run(x_t, t_frames, actions, 0, None, False)[0]
+        return self._run(x_t, t_frames, actions, 0, None, False, step_size=self._step_size(step_size, t_frames))[0]
+
+    def _step_size(self, step_size, t_frames: torch.Tensor) -> torch.Tensor | None:
+        """step_size (None, float, 0-d, [B] or [B, T]) -> [B, T] fp32 on t_frames' device, or None (unused)."""
+        if step_size is None or self.d_mlp is None:
+            return None
+        B, T = t_frames.shape
+        d = torch.as_tensor(step_size, dtype=torch.float32, device=t_frames.device)
+        if d.dim() == 1:
+            check_tensor("step_size", d, shape=(B,))
+            d = d.view(B, 1)
+        elif d.dim() == 2:
+            check_tensor("step_size", d, shape=(B, T))
+        elif d.dim() != 0:
+            raise ValueError(f"step_size: expected a float, a 0-d tensor, [B] or [B, T], got shape {tuple(d.shape)}")
+        return d.expand(B, T)
 
     def build_context_cache(self, context_latents: torch.Tensor, context_actions: torch.Tensor,
                             t_context: float | torch.Tensor | None = None, reserve: int | None = None) -> dict[str, Any]:
@@ -297,12 +364,28 @@ class WorldModel(nn.Module):
         _, kvs = self._run(context_latents, t_frames, context_actions, 0, None, True, reserve=reserve)
         return {"kv": kvs, "num_context": c, "batch": B}
 
-    def forward_cached(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
-        """Only the predicted frames (x_t [B, K', ...], K' <= K), reading the cached context K/V."""
+    def forward_cached(self, x_t: torch.Tensor, t_frames: torch.Tensor, actions: torch.Tensor, cache: dict[str, Any],
+                       step_size: torch.Tensor | float | None = None) -> torch.Tensor:
+        """Only the predicted frames (x_t [B, K', ...], K' <= K), reading the cached context K/V (step_size: forward)."""
         self._check(x_t, t_frames, actions)
         if x_t.shape[0] != cache["batch"]:
             raise ValueError(f"x_t: expected batch {cache['batch']} (the cache's), got {x_t.shape[0]}")
-        return self._run(x_t, t_frames, actions, cache["num_context"], cache["kv"], False)[0]
+        return self._run(x_t, t_frames, actions, cache["num_context"], cache["kv"], False,
+                         step_size=self._step_size(step_size, t_frames))[0]
+
+    def forward_patches_cached(self, patches: torch.Tensor, modulation: torch.Tensor, cache: dict[str, Any]) -> torch.Tensor:
+        """The fused few-step path's denoiser call: patches [B*K*N, C*p*p] of the predicted frames (as
+        `wmpo.ops.flow_step_patchify` returns them) and their modulation rows [B*K, M] (one step of
+        `step_modulation`) -> the velocity as patches [B*K*N, C*p*p] (not unpatchified), reading the cache."""
+        B, N = cache["batch"], self.cfg.tokens_per_frame
+        P = self.cfg.latent_channels * self.cfg.patch ** 2
+        check_tensor("patches", patches, ndim=2, floating=True, shape=(None, P))
+        if patches.shape[0] % (B * N):
+            raise ValueError(f"patches: expected a multiple of {B * N} rows (batch x tokens per frame), got {patches.shape[0]}")
+        T = patches.shape[0] // (B * N)
+        check_tensor("modulation", modulation, ndim=2, shape=(B * T, self.modulation.out_features))
+        x = self._embed_patches(patches, B, T, cache["num_context"])
+        return self._trunk(x, modulation.to(x.dtype), B, T, cache["num_context"], cache["kv"], False)[0]
 
     # ------------------------------------------------------------------ checkpoints
     def set_action_stats(self, stats: dict | None) -> None:
@@ -376,4 +459,6 @@ def world_model_flops(cfg: WorldModelConfig, batch: int, frames: int, kv_frames:
     total += 2 * R * p2c * D * 2  # patch embed + final
     Fr = batch * frames
     total += 2 * Fr * D * (L * 6 * D + 2 * D) + 2 * Fr * (cfg.freq_dim * D + D * D + cfg.action_dim * D + D * D)
+    if cfg.step_conditioned:  # the step-size embedding MLP
+        total += 2 * Fr * (cfg.freq_dim * D + D * D)
     return float(total)

@@ -21,6 +21,7 @@ from wmpo.ops.dispatch import (
     triton_usable,
 )
 from wmpo.ops.flow_step import flow_step, flow_step_ref
+from wmpo.ops.flow_step_patchify import flow_step_patchify, flow_step_patchify_ref
 from wmpo.ops.frame_causal_attention import frame_causal_attention, frame_causal_attention_ref
 from wmpo.ops.gated_residual import gated_residual, gated_residual_ref
 from wmpo.ops.gated_residual_adaln import gated_residual_adaln, gated_residual_adaln_ref
@@ -32,7 +33,7 @@ __all__ = [
     "BACKENDS", "BackendUnavailableError", "frame_layout", "gated_residual", "gated_residual_ref", "modulate",
     "modulate_ref", "HAS_EXTENSION", "NUM_BINS", "action_logprob", "action_logprob_ref", "adaln_fusable_dtypes", "adaln_modulate",
     "adaln_modulate_ref",
-    "extension_has_cuda", "flow_step", "flow_step_ref", "frame_causal_attention", "frame_causal_attention_ref",
+    "extension_has_cuda", "flow_step", "flow_step_ref", "flow_step_patchify", "flow_step_patchify_ref", "frame_causal_attention", "frame_causal_attention_ref",
     "gated_residual_adaln", "gated_residual_adaln_ref", "noisy_context", "noisy_context_ref", "reference_ops",
     "resolve_backend", "triton_usable",
 ]

@@ -55,14 +55,22 @@ class Context:
 
         return FrameVAE.from_checkpoint(self.output("vae")["path"]).to(self.device).eval()
 
-    def world_model_env(self, wm_path: str):
-        """The batched world-model environment of the run's VAE and the world model at `wm_path`."""
+    def imagination_world_model(self) -> tuple[str, int]:
+        """(checkpoint, Euler steps) WMPO imagines with: the few-step student when cfg.distill_wm, else the
+        fine-tuned world model at cfg.sampler_steps."""
+        if self.cfg.distill_wm:
+            return self.output("distill_wm")["path"], self.cfg.student_steps
+        return self.output("wm_finetune")["path"], self.cfg.sampler_steps
+
+    def world_model_env(self, wm_path: str, steps: int | None = None):
+        """The batched world-model environment of the run's VAE and the world model at `wm_path`
+        (steps: Euler steps per chunk, default cfg.sampler_steps)."""
         from wmpo.models.world_model import WorldModel
         from wmpo.rollout.world_model_env import WorldModelEnv
 
         cfg = self.cfg
         wm = WorldModel.from_checkpoint(wm_path).to(self.device).eval()
-        return WorldModelEnv(self.load_vae(), wm, steps=cfg.sampler_steps, num_context=cfg.world_model.num_context,
+        return WorldModelEnv(self.load_vae(), wm, steps=steps or cfg.sampler_steps, num_context=cfg.world_model.num_context,
                              t_context=cfg.world_model.t_context, device=self.device)
 
     def success_detector(self, reward_path: str):
@@ -99,10 +107,11 @@ class Context:
 
     # ------------------------------------------------------------------ WMPO
     def train_wmpo(self, policy, tok, wm_path: str, reward_path: str, out_dir: Path, tag: str = "wmpo",
-                   dist: DistContext | None = None) -> list[dict]:
+                   dist: DistContext | None = None, steps: int | None = None) -> list[dict]:
         """WMPO (wmpo.rl.wmpo, Algorithm 1) with the run's world model, reward model and training initial
         states; resumable from out_dir/state.pt. Updates `policy` in place; -> per-iteration records.
-        dist: the ranks that call this together (default: the run's; SINGLE from a stage rank 0 runs alone)."""
+        dist: the ranks that call this together (default: the run's; SINGLE from a stage rank 0 runs alone).
+        steps: Euler steps per imagined chunk (default cfg.sampler_steps; the student's with distill_wm)."""
         dist = self.dist if dist is None else dist
         import torch
 
@@ -114,7 +123,7 @@ class Context:
         spec = TASKS[cfg.task]
         _, frames = self.initial_frames("train", cfg.num_initial_states)
         pool = uint8_to_model(torch.as_tensor(frames)).to(self.device)
-        return wmpo_train(self.world_model_env(wm_path), policy, tok, self.success_detector(reward_path), pool, spec.instruction,
+        return wmpo_train(self.world_model_env(wm_path, steps), policy, tok, self.success_detector(reward_path), pool, spec.instruction,
                           grpo=cfg.grpo, rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
                           seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=self.logger, tag=tag,
                           real_eval=self._real_eval_curve(tok, dist), real_eval_every=cfg.wmpo_real_eval_every,

@@ -62,7 +62,7 @@ def _diagnostics_lines(diag: dict | None, cfg: Any) -> list[str]:
              "| sampler steps | frame | world model | repeat first frame | VAE reconstruction | episodes |", "|---|---|---|---|---|---|"]
     for key, fid in diag["fidelity"].items():
         for h, a in fid["at"].items():
-            lines.append(f"| {key.split('_')[0]} | {h} | {_f(a['imagined_psnr'])} / {_f(a['imagined_ssim'], '.3f')} | "
+            lines.append(f"| {key.removesuffix('_steps').replace('_', ' ')} | {h} | {_f(a['imagined_psnr'])} / {_f(a['imagined_ssim'], '.3f')} | "
                          f"{_f(a['first_frame_psnr'])} / {_f(a['first_frame_ssim'], '.3f')} | {_f(a['vae_psnr'])} / "
                          f"{_f(a['vae_ssim'], '.3f')} | {a['episodes']} |")
     main = diag["fidelity"].get(f"{cfg.sampler_steps}_steps", {}).get("outcome", {})

@@ -20,6 +20,7 @@ from wmpo.data.groups import group_starts
 from wmpo.dist import SINGLE, DistContext
 from wmpo.pipeline.context import Context
 from wmpo.pipeline.run_config import check_or_write_config, config_changes  # noqa: F401 (config_changes re-exported)
+from wmpo.pipeline.distill_stage import stage_distill_wm
 from wmpo.pipeline.stages import Stage, StageRunner
 from wmpo.utils.checkpoint import save_json
 from wmpo.utils.device import seed_everything
@@ -172,6 +173,11 @@ def stage_diagnostics(ctx: Context) -> dict:
             for b in range(min(cfg.num_videos, len(eps))):
                 T = len(eps[b])
                 write_side_by_side(ctx.path("videos", "heldout_replay", f"episode_{b:03d}.mp4"), eps[b].frames, frames[b, : T + 1])
+    if cfg.distill_wm:  # the few-step student on the same episodes (docs/fewstep.md)
+        student = WorldModel.from_checkpoint(ctx.output("distill_wm")["path"]).to(ctx.device).eval()
+        r = dg.open_loop_fidelity(vae, student, eps, stats, steps=cfg.student_steps, device=ctx.device, seed=cfg.seed)
+        r["outcome"] = dg.outcome_agreement(reward, r.pop("frames"), r["lengths"], [e.success for e in eps], ctx.device)
+        fidelity[f"student_{cfg.student_steps}_steps"] = r
     dg.write_fidelity_plot(fidelity, ctx.path("diagnostics", "fidelity.png"))
     out["fidelity"] = fidelity
     main_key = f"{cfg.sampler_steps}_steps"
@@ -213,8 +219,8 @@ def stage_wmpo(ctx: Context) -> dict:
 
     cfg = ctx.cfg
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
-    history = ctx.train_wmpo(policy, tok, ctx.output("wm_finetune")["path"], ctx.output("reward")["reward_path"],
-                             ctx.out / "policy_wmpo")
+    wm_path, steps = ctx.imagination_world_model()  # the few-step student with distill_wm
+    history = ctx.train_wmpo(policy, tok, wm_path, ctx.output("reward")["reward_path"], ctx.out / "policy_wmpo", steps=steps)
     final = ctx.path("policy_wmpo", "policy.pt")
     if ctx.dist.is_main:  # every rank holds the same policy; rank 0 writes it
         save_policy(final, policy, tok, cfg.policy_train.policy)
@@ -329,6 +335,7 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False, disruptions: bool =
         Stage("base_rollouts", stage_base_rollouts, regenerable=True),
         Stage("heldout", stage_heldout, enabled=cfg.heldout_episodes > 0, regenerable=True),
         Stage("wm_finetune", stage_wm_finetune),
+        Stage("distill_wm", stage_distill_wm, enabled=cfg.distill_wm),
         Stage("reward", stage_reward),
         Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
         Stage("wmpo", stage_wmpo, distributed=True),

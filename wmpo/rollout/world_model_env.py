@@ -13,6 +13,7 @@ from typing import Sequence
 
 import torch
 
+from wmpo.diffusion.fewstep import FUSED_MAX_STEPS, fused_euler_sample_cached
 from wmpo.diffusion.sampler import FlowMatchEulerSampler
 from wmpo.utils.checks import check_tensor
 
@@ -21,10 +22,13 @@ class WorldModelEnv:
     def __init__(self, vae, world_model, *, steps: int | Sequence[float] = 30, num_context: int | None = None,
                  t_context: float | None = None, device: torch.device | str | None = None, use_cache: bool = True,
                  noise_context: bool = True, decode_last_only: bool = False, generator: torch.Generator | None = None,
-                 vae_max_batch: int | None = None):
+                 vae_max_batch: int | None = None, fused_max_steps: int | None = None):
         """steps: number of Euler steps or an explicit list of times 1 -> 0 (FlowMatchEulerSampler.set_timesteps).
         t_context: flow time of context frames (values > 1 are read as diffusion steps out of 1000, e.g. 50 -> 0.05);
-        default the model's."""
+        default the model's.
+        fused_max_steps: with the cache, step counts up to this take the fused few-step path
+        (wmpo.diffusion.fewstep; default FUSED_MAX_STEPS; 0: never). Step-conditioned students get each
+        step's size (FlowMatchEulerSampler.step_size) on both paths."""
         self.vae, self.wm = vae, world_model
         cfg = world_model.cfg
         self.c = int(num_context if num_context is not None else cfg.num_context)
@@ -42,6 +46,7 @@ class WorldModelEnv:
         self.decode_last_only = decode_last_only
         self.generator = generator
         self.vae_max_batch = vae_max_batch
+        self.fused_max_steps = FUSED_MAX_STEPS if fused_max_steps is None else int(fused_max_steps)
         self.ctx: torch.Tensor | None = None  # [B, c, C, h, w]
         self.ctx_actions: torch.Tensor | None = None  # [B, c, A]
         self._t_ctx = torch.full((), self.t_context, device=self.device)
@@ -50,6 +55,11 @@ class WorldModelEnv:
     def action_stats(self) -> dict | None:
         """q01/q99 the world model's actions are normalized with (None: unknown); see wmpo.rollout.action_map."""
         return getattr(self.wm, "action_stats", None)
+
+    @property
+    def fused(self) -> bool:
+        """True when the world model offers the fused few-step path (step_modulation, forward_patches_cached)."""
+        return hasattr(self.wm, "forward_patches_cached") and self.fused_max_steps > 0
 
     @property
     def batch_size(self) -> int:
@@ -114,17 +124,21 @@ class WorldModelEnv:
         ts = sampler.timesteps
         if self.use_cache:
             cache = self.wm.build_context_cache(ctx, self.ctx_actions, self._t_ctx)
-            for i in range(len(sampler)):
-                v = self.wm.forward_cached(x, ts[i].expand(B, self.K), act, cache).to(x.dtype)
-                x = sampler.step(v, i, x)
-            out = x
+            if self.fused and len(sampler) <= self.fused_max_steps:
+                out = fused_euler_sample_cached(self.wm, x, ts, act, cache)
+            else:
+                for i in range(len(sampler)):
+                    v = self.wm.forward_cached(x, ts[i].expand(B, self.K), act, cache, step_size=sampler.step_size(i))
+                    x = sampler.step(v.to(x.dtype), i, x)
+                out = x
         else:
             full = torch.cat([ctx, x], 1)
             acts = torch.cat([self.ctx_actions, act], 1)
             tf = torch.cat([self._t_ctx.expand(B, self.c), ts[0].expand(B, self.K)], 1).clone()
             for i in range(len(sampler)):
                 tf[:, self.c:] = ts[i]
-                v = self.wm(full, tf, acts).to(full.dtype)
+                d = torch.cat([torch.zeros_like(tf[:, :self.c]), sampler.step_size(i).expand(B, self.K)], 1)
+                v = self.wm(full, tf, acts, step_size=d).to(full.dtype)
                 full = sampler.step(v, i, full)
             out = full[:, self.c:]
         # clip-level autoregression: the last c frames (and their actions) become the next context
