@@ -26,6 +26,7 @@ KERNELS = {
     "gated_residual_adaln": ("cpp", "cuda", "triton"),
     "noisy_context": ("cpp", "cuda", "triton"),
     "flow_step": ("cpp", "cuda", "triton"),
+    "flow_step_patchify": ("cpp", "cuda", "triton"),
     "action_logprob": ("cpp", "cuda", "triton"),
     "frame_causal_attention": ("triton",),
     "modulate": (),

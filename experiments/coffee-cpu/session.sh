@@ -34,6 +34,6 @@ if [ ! -f "$RUN/stages/wm_pretrain.json" ]; then
     --episodes-per-task 75 --workers 2 >> "$EXP/corpus.log" 2>&1 || true
 fi
 timeout "$(left)" nice -n 5 wmpo run --task coffee --preset cpu --baselines --corpus "$CORPUS" --corpus-as-is \
-  --out "$RUN" >> "$EXP/coffee.log" 2>&1 || echo "run stopped (exit $?) at $(date -u +%H:%M)"
+  --upgrade-config --out "$RUN" >> "$EXP/coffee.log" 2>&1 || echo "run stopped (exit $?) at $(date -u +%H:%M)"
 python "$REPO/experiments/persist.py" save "$RUN" "$SAVED"
 echo "saved into $SAVED: commit it"
