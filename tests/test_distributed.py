@@ -144,7 +144,7 @@ def test_two_rank_wmpo_run_killed_and_resumed_matches_uninterrupted(tmp_path):
         assert ra["grpo/loss"] == pytest.approx(rb["grpo/loss"], abs=1e-6)
 
 
-@pytest.mark.slow  # ~3 min on 2 busy cores (the single-process micro run takes ~2)
+# in CI (issue 16 asks for it there): ~3 min on 2 busy cores, the single-process micro run takes ~2
 def test_torchrun_two_ranks_wmpo_run_micro(tmp_path):
     """`torchrun --nproc-per-node 2 -m wmpo run --task square --preset micro`: every stage, the report names the world size."""
     out = tmp_path / "run"
