@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
 from wmpo.pipeline.disruptions import disruption_report_lines, stage_disruptions, task_disruption
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +24,7 @@ def test_each_task_has_its_disruption_and_coffee_has_none(tmp_path):
     assert disruption_report_lines(None, {}) == []
 
 
+@pytest.mark.timeout(3600)  # the micro pipeline, then a rerun with --disruptions
 def test_micro_run_with_disruptions(tmp_path):
     """The micro preset up to evaluation, then --disruptions on the finished run: the disrupted
     evaluation of base and WMPO and the Table-2 section are added; a rerun keeps them."""
@@ -30,7 +33,7 @@ def test_micro_run_with_disruptions(tmp_path):
 
     def run(*extra):
         p = subprocess.run([sys.executable, "-m", "wmpo.cli", "run", "--task", "square", "--preset", "micro", "--out", str(out),
-                            *extra], env=env, capture_output=True, text=True, timeout=900)
+                            *extra], env=env, capture_output=True, text=True, timeout=1800)
         assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
         return p
 

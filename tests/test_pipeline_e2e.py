@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _run(out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WMPO_NO_PROGRESS": "1", "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "wmpo.cli", "run", "--task", "square", "--preset", "micro", "--out", str(out), *extra],
-                          env=env, capture_output=True, text=True, timeout=900)
+                          env=env, capture_output=True, text=True, timeout=1800)  # ~5 min on 2 idle cores; 3x that under load
 
 
 def test_presets_resolve_and_are_consistent():
@@ -32,6 +32,7 @@ def test_presets_resolve_and_are_consistent():
         get_preset("tiny", nonsense=1)
 
 
+@pytest.mark.timeout(3600)  # two `wmpo run` calls, every stage of the micro preset (lifelong and its baselines included)
 def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     out = tmp_path / "run"
     # first run stops after policy SFT (as if killed there)
