@@ -72,6 +72,19 @@ def test_gone_data_is_regenerated_only_when_a_later_stage_needs_it(tmp_path):
     assert set(r3.history_seconds()) == {"data", "train", "eval"}
 
 
+def test_a_marker_written_before_files_were_recorded_still_finds_its_data_gone(tmp_path):
+    calls: list = []
+    r = StageRunner(tmp_path, log=lambda s: None)
+    r.run(_stages(tmp_path, calls)[:1], _Ctx(r))
+    m = json.loads((tmp_path / "stages" / "data.json").read_text())
+    del m["files"]  # as an older wmpo wrote it
+    (tmp_path / "stages" / "data.json").write_text(json.dumps(m))
+    (tmp_path / "data" / "store.h5").unlink()
+    r2 = StageRunner(tmp_path, log=lambda s: None)
+    r2.run(_stages(tmp_path, calls)[:2], _Ctx(r2))
+    assert calls == ["data", "train", "data"] and (tmp_path / "data" / "store.h5").is_file()
+
+
 def test_a_stage_that_is_not_regenerable_keeps_its_marker_when_files_are_gone(tmp_path):
     calls: list = []
     r = StageRunner(tmp_path, log=lambda s: None)

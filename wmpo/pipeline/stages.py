@@ -150,7 +150,9 @@ class StageRunner:
         """Files or folders the marker of `name` recorded as existing that are gone now."""
         m = load_json(self.marker(name), what=f"stage marker of {name!r}")
         outputs = self.load_marker(name)
-        return [str(_get(outputs, at)) for at in m.get("files", []) if not Path(str(_get(outputs, at))).exists()]
+        # markers written before "files" was recorded: their run-relative paths existed when written
+        recorded = m["files"] if "files" in m else m.get("run_relative", [])
+        return [str(_get(outputs, at)) for at in recorded if not Path(str(_get(outputs, at))).exists()]
 
     def run(self, stages: list[Stage], ctx: Any) -> dict[str, dict]:
         self.stages = {st.name: st for st in stages if st.enabled}
