@@ -61,13 +61,16 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     assert set(rounds["dpo"]) == {"1", "2"} and set(rounds["bc"]) == {"1", "2"}
     assert [rounds["bc"][k]["demos"] for k in ("1", "2")] == [2 + 8, 2 + 16]  # micro: 2 demos, P = 8
     assert rounds["dpo"]["1"]["checkpoint"].endswith("baselines/dpo.pt")  # round 1 is the DPO baseline
+    assert not (out / "lifelong_baselines" / "dpo_round1").exists()  # (nothing collected or trained again for it)
     assert all(0.0 <= r["success_rate"] <= 1.0 for kind in ("dpo", "bc") for r in rounds[kind].values())
     assert "## Lifelong learning (paper Fig. 6)" in report and "| 2 | 2 x P |" in report
     # the CPU-recipe stages: multi-task corpus, held-out real episodes, diagnostics, result.json
     corpus = json.loads((out / "stages" / "corpus.json").read_text())["outputs"]
     assert set(corpus["counts"]) == {"square", "coffee"} and corpus["episodes"] == 2
     diag = json.loads((out / "diagnostics" / "diagnostics.json").read_text())
-    assert set(diag["fidelity"]) == {"2_steps", "3_steps"} and diag["episodes"] == 2
+    # the rollout's and the diagnostic step counts, and the few-step student's (micro distils the world model)
+    assert set(diag["fidelity"]) == {"2_steps", "3_steps", f"student_{get_preset('micro').student_steps}_steps"}
+    assert diag["episodes"] == 2
     at8 = diag["fidelity"]["2_steps"]["at"]["8"]
     assert {"imagined_psnr", "first_frame_psnr", "vae_psnr"} <= set(at8) and at8["episodes"] == 2
     assert 0.0 <= diag["outcome_agreement"] <= 1.0 and diag["closed_loop"]["trajectories"] == 2

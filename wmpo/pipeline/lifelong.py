@@ -120,18 +120,18 @@ def stage_lifelong_baselines(ctx: Context) -> dict:
         if str(k) in done["dpo"]:
             dpo_ck = done["dpo"][str(k)]["checkpoint"]
             continue
-        if k == 1 and dpo_ck is None:  # no baselines stage: the first round is run here the same way
-            store = ctx.output("base_rollouts")["store"]
-            start = ctx.output("policy_sft")["policy_path"]
-        else:
-            start = dpo_ck
-            pol, tok = ctx.load_policy(start)
-            store = root / f"dpo_round{k}" / "rollouts.h5"
-            init = group_starts(states, max(1, P // G), G, offset=k - 1)[:P]
-            with TrajectoryStore(store, "w") as st:
-                collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, st, init_states=init, num_workers=cfg.num_workers,
-                        image_size=cfg.image_size, seed=cfg.seed + 40_000 + k, max_steps=cfg.max_episode_steps, show_progress=False)
-        if k > 1 or dpo_ck is None:
+        if k > 1 or dpo_ck is None:  # round 1 is the baselines stage's DPO when there is one
+            if k == 1:  # no baselines stage: the first round is run here the same way, on the base policy's P rollouts
+                store, start = ctx.output("base_rollouts")["store"], ctx.output("policy_sft")["policy_path"]
+            else:
+                start = dpo_ck
+                pol, tok = ctx.load_policy(start)
+                store = root / f"dpo_round{k}" / "rollouts.h5"
+                init = group_starts(states, max(1, P // G), G, offset=k - 1)[:P]
+                with TrajectoryStore(store, "w") as st:
+                    collect(ctx.env_policy(pol, tok, cfg.grpo.temperature), cfg.task, st, init_states=init,
+                            num_workers=cfg.num_workers, image_size=cfg.image_size, seed=cfg.seed + 40_000 + k,
+                            max_steps=cfg.max_episode_steps, show_progress=False)
             policy, tok = ctx.load_policy(start)
             ref, _ = ctx.load_policy(start)
             eps, _ = load_episodes(str(store))
