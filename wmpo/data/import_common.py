@@ -138,3 +138,13 @@ def write_store(episodes: Iterable[Episode], out: str | os.PathLike, env_meta: d
         shutil.rmtree(out.with_name(out.name + ".episodes"), ignore_errors=True)
         raise
     return {"episodes": n, "successes": succ, "steps": steps, "skipped_failures": skipped, "store": str(out)}
+
+
+def open_hdf5(src: Path):
+    """The HDF5 file at `src`, opened read-only (ImportFormatError when it is not one)."""
+    import h5py
+
+    try:
+        return h5py.File(src, "r")
+    except OSError as e:
+        raise ImportFormatError(f"{src}: not an HDF5 file, or a damaged one ({e})") from None

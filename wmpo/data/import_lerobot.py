@@ -24,7 +24,7 @@ import h5py
 import numpy as np
 
 from wmpo.data.episode import Episode
-from wmpo.data.import_common import ImportFormatError, check_actions, check_frames, check_steps, make_episode, outcome
+from wmpo.data.import_common import ImportFormatError, check_actions, check_frames, check_steps, make_episode, open_hdf5, outcome
 
 
 def _find(f: h5py.File, name: str) -> Any:
@@ -60,10 +60,7 @@ def read_lerobot_hdf5(path: str | os.PathLike, image: str | None = None, instruc
                       task: str | None = None) -> tuple[Iterator[Episode], dict]:
     """(episodes, {"task": ...}) of the file at `path` (checked: ImportFormatError naming the key)."""
     src = Path(path)
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise ImportFormatError(f"{src}: not an HDF5 file, or a damaged one ({e})") from None
+    f = open_hdf5(src)
     with f:
         key = _image_name(f, image, src)
         frames = _need(f, key, src)

@@ -20,7 +20,7 @@ import numpy as np
 
 from wmpo.data.episode import Episode
 from wmpo.data.import_common import (ImportFormatError, check_actions, check_frames, check_steps, is_image, make_episode, need,
-                                     outcome)
+                                     open_hdf5, outcome)
 
 
 def _demo_index(name: str) -> int:
@@ -50,10 +50,7 @@ def read_robomimic(path: str | os.PathLike, image: str | None = None, instructio
     """(episodes, the file's env_args) of the robomimic file at `path`; every demo is checked as it
     is read (ImportFormatError naming the file, the key and the shapes)."""
     src = Path(path)
-    try:
-        f = h5py.File(src, "r")
-    except OSError as e:
-        raise ImportFormatError(f"{src}: not an HDF5 file, or a damaged one ({e})") from None
+    f = open_hdf5(src)
     with f:
         data = need(f, "data", src)
         try:

@@ -104,6 +104,7 @@ class ImaginationEngine:
         self.device = torch.device(dev)
         self.K = int(policy.chunk_len)
         self.D = int(policy.action_dim)
+        self._env_takes_rows = _accepts_rows(wm_env)  # once: start_rows runs at every refill
         self.runner = ChunkRunner(wm_env, policy, success_detector, tokenizer, self.cfg, self.device,
                                   compile_denoiser=self._compile_denoiser)
         self.slots = SlotPool(self.device, self.K, self.D)
@@ -157,7 +158,7 @@ class ImaginationEngine:
         state rows reset; device ops only. `rows` (the indices where mask is True, when the caller
         knows them): the world model's VAE encodes only those first frames, not all S."""
         first_in = uint8_to_model(first_u8, dtype=st.cur_in.dtype)
-        if rows is not None and _accepts_rows(self.wm_env):
+        if rows is not None and self._env_takes_rows:
             self.wm_env.reset_slots(mask, first_in, rows=rows)
         else:
             self.wm_env.reset_slots(mask, first_in)
