@@ -106,6 +106,31 @@ def _nbytes(*ts: torch.Tensor) -> int:
     return sum(t.numel() * t.element_size() for t in ts)
 
 
+def _adaln_cases(rnd, mix: str, F_: int, tpf: int, D: int) -> list[Case]:
+    """adaln_modulate and gated_residual_adaln on F_ frames of tpf rows of width D; `mix` names the rows'
+    and the modulation's dtypes (bf16, fp32+bf16 as under autocast, fp32)."""
+    R = F_ * tpf
+    rows_dt = torch.bfloat16 if mix == "bf16" else torch.float32
+    mod_dt = torch.float32 if mix == "fp32" else torch.bfloat16
+    x = rnd(R, D, dtype=rows_dt, scale=2.0, shift=0.5)
+    y = rnd(R, D, dtype=mod_dt)
+    sh, gt = rnd(F_, D, dtype=mod_dt), rnd(F_, D, dtype=mod_dt)
+    sc = rnd(F_, D, scale=0.5, dtype=mod_dt)
+    label = f"R={R} D={D} tpf={tpf} {mix}"
+    return [
+        Case("adaln_modulate", label, dict(x=x, shift=sh, scale=sc),
+             lambda x, shift, scale: ops.adaln_modulate_ref(x, shift, scale, tokens_per_frame=tpf),
+             lambda be, x, shift, scale: ops.adaln_modulate(x, shift, scale, tokens_per_frame=tpf, backend=be),
+             _nbytes(x, sh, sc, x), grad_inputs=("x", "shift", "scale")),
+        Case("gated_residual_adaln", label, dict(residual=x, y=y, gate=gt, shift=sh, scale=sc),
+             lambda residual, y, gate, shift, scale: ops.gated_residual_adaln_ref(
+                 residual, y, gate, shift, scale, tokens_per_frame=tpf),
+             lambda be, residual, y, gate, shift, scale: ops.gated_residual_adaln(
+                 residual, y, gate, shift, scale, tokens_per_frame=tpf, backend=be),
+             _nbytes(x, y, gt, sh, sc, x, x), grad_inputs=("residual", "y", "gate", "shift", "scale")),
+    ]
+
+
 def cases(device: torch.device, quick: bool) -> list[Case]:
     """Production shapes (64 trajectories, 12 frames of 256 tokens, D 1152; paper latents; the policy's
     tokens; temporal attention at the cached step), or tiny odd shapes with --quick."""
@@ -116,25 +141,14 @@ def cases(device: torch.device, quick: bool) -> list[Case]:
 
     traj, frames, tpf, D = (2, 3, 4, 123) if quick else (64, 12, 256, 1152)
     F_ = traj * frames
-    R = F_ * tpf
     out: list[Case] = []
-    for mix in ("bf16", "fp32+bf16"):
-        rows_dt = torch.bfloat16 if mix == "bf16" else torch.float32
-        x = rnd(R, D, dtype=rows_dt, scale=2.0, shift=0.5)
-        y = rnd(R, D)
-        sh, gt = rnd(F_, D), rnd(F_, D)
-        sc = rnd(F_, D, scale=0.5)
-        label = f"R={R} D={D} tpf={tpf} {mix}"
-        out.append(Case("adaln_modulate", label, dict(x=x, shift=sh, scale=sc),
-                        lambda x, shift, scale: ops.adaln_modulate_ref(x, shift, scale, tokens_per_frame=tpf),
-                        lambda be, x, shift, scale: ops.adaln_modulate(x, shift, scale, tokens_per_frame=tpf, backend=be),
-                        _nbytes(x, sh, sc, x), grad_inputs=("x", "shift", "scale")))
-        out.append(Case("gated_residual_adaln", label, dict(residual=x, y=y, gate=gt, shift=sh, scale=sc),
-                        lambda residual, y, gate, shift, scale: ops.gated_residual_adaln_ref(
-                            residual, y, gate, shift, scale, tokens_per_frame=tpf),
-                        lambda be, residual, y, gate, shift, scale: ops.gated_residual_adaln(
-                            residual, y, gate, shift, scale, tokens_per_frame=tpf, backend=be),
-                        _nbytes(x, y, gt, sh, sc, x, x), grad_inputs=("residual", "y", "gate", "shift", "scale")))
+    # the AdaLN rows: bf16 and autocast's fp32+bf16 at the paper's D (the CUDA warp-per-row kernel), and
+    # one long-row shape (D 4608, fp32) that takes CUDA's block-per-row kernel (csrc/launch_geometry.h)
+    adaln_shapes = [(mix, F_, tpf, D) for mix in ("bf16", "fp32+bf16")]
+    if not quick:
+        adaln_shapes.append(("fp32", 48, 64, 4608))
+    for mix, n_frames, per_frame, width in adaln_shapes:
+        out.extend(_adaln_cases(rnd, mix, n_frames, per_frame, width))
     lat = (traj, frames, 4, 4, 4) if quick else (traj, frames, 4, 32, 32)
     c = min(4, frames - 1)
     x0, nz = rnd(*lat), rnd(*lat)

@@ -21,6 +21,29 @@ inline Grid2 params_grid(int64_t D, int64_t F, int64_t threads) {
   return {std::max<int64_t>(1, (D + threads - 1) / threads), std::max<int64_t>(1, std::min<int64_t>(F, kMaxGridY))};
 }
 
+// AdaLN forward (csrc/cuda/adaln.cuh): one warp per row, the row held in registers (`packs_per_lane`
+// vector packs per lane, a power of two) and reduced with warp shuffles only, kRowsPerBlock rows per
+// 256-thread block, when the row fits in kMaxPacksPerLane packs per lane at the full vector width;
+// otherwise one 256-thread block per row with the row staged in shared memory.
+constexpr int64_t kRowsPerBlock = 8;
+constexpr int kMaxPacksPerLane = 16;
+
+struct RowPlan {
+  bool warp_per_row;
+  int packs_per_lane;  // 0 for block-per-row
+  int64_t blocks;      // gridDim.x
+};
+
+inline RowPlan adaln_row_plan(int64_t R, int64_t D, int vec, int full_vec) {
+  const int64_t packs = D / std::max(vec, 1);
+  if (vec == full_vec && packs <= 32 * int64_t{kMaxPacksPerLane}) {
+    int p = 1;
+    while (32 * int64_t{p} < packs) p *= 2;
+    return {true, p, std::max<int64_t>(1, (R + kRowsPerBlock - 1) / kRowsPerBlock)};
+  }
+  return {false, 0, std::max<int64_t>(1, R)};
+}
+
 // Grid-stride elementwise kernels: enough blocks to fill the GPU (32 per SM), never more than needed.
 inline int64_t elementwise_grid(int64_t n, int64_t threads, int64_t sms) {
   return std::max<int64_t>(1, std::min<int64_t>((n + threads - 1) / threads, std::max<int64_t>(1, sms) * 32));

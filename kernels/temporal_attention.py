@@ -55,6 +55,18 @@ def _cast_operand(x, LOWP: tl.constexpr, IS_BF16: tl.constexpr, EMULATE: tl.cons
 
 
 @triton.jit
+def _row_offset(n, h, s_n, s_h, ROW_ALIGN: tl.constexpr):
+    """Element offset of the (n, h) rows (1-D, [BLOCK_R]). The batch and head strides are runtime values, and Triton
+    only learns alignment from those divisible by 16; a head stride such as hd = 72 (q a view of
+    [N, T, H, hd]) would leave every load scalar. ROW_ALIGN (row_alignment(), a power of two dividing
+    every batch and head stride) tells the compiler what the launcher checked."""
+    off = n * s_n + h * s_h
+    if ROW_ALIGN > 1:
+        off = tl.multiple_of(off, ROW_ALIGN)
+    return off
+
+
+@triton.jit
 def _frame_causal_attn_dot_kernel(
     q_ptr, k_ptr, v_ptr, o_ptr,
     R, H, num_cached, scale,
@@ -64,7 +76,7 @@ def _frame_causal_attn_dot_kernel(
     son, soh, sot: tl.constexpr, sod: tl.constexpr,
     T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_TK: tl.constexpr, BLOCK_D: tl.constexpr,
-    LOWP: tl.constexpr, IS_BF16: tl.constexpr, EMULATE: tl.constexpr,
+    LOWP: tl.constexpr, IS_BF16: tl.constexpr, EMULATE: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -72,8 +84,6 @@ def _frame_causal_attn_dot_kernel(
     n = (rows // H).to(tl.int64)
     h = (rows % H).to(tl.int64)
     r3 = row_ok[:, None, None]
-    n3 = n[:, None, None]
-    h3 = h[:, None, None]
     tq = tl.arange(0, BLOCK_TQ)[None, :, None]
     tk = tl.arange(0, BLOCK_TK)[None, :, None]
     d = tl.arange(0, BLOCK_D)[None, None, :]
@@ -81,9 +91,9 @@ def _frame_causal_attn_dot_kernel(
 
     q_mask = r3 & (tq < T_Q) & d_ok
     kv_mask = r3 & (tk < T_K) & d_ok
-    q = tl.load(q_ptr + n3 * sqn + h3 * sqh + tq * sqt + d * sqd, mask=q_mask, other=0.0).to(tl.float32)
-    k = tl.load(k_ptr + n3 * skn + h3 * skh + tk * skt + d * skd, mask=kv_mask, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + n3 * svn + h3 * svh + tk * svt + d * svd, mask=kv_mask, other=0.0).to(tl.float32)
+    q = tl.load(q_ptr + _row_offset(n, h, sqn, sqh, ROW_ALIGN)[:, None, None] + tq * sqt + d * sqd, mask=q_mask, other=0.0).to(tl.float32)
+    k = tl.load(k_ptr + _row_offset(n, h, skn, skh, ROW_ALIGN)[:, None, None] + tk * skt + d * skd, mask=kv_mask, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + _row_offset(n, h, svn, svh, ROW_ALIGN)[:, None, None] + tk * svt + d * svd, mask=kv_mask, other=0.0).to(tl.float32)
 
     kt = tl.permute(k, (0, 2, 1))  # [R, D, TK]
     q = _cast_operand(q, LOWP, IS_BF16, EMULATE)
@@ -114,7 +124,7 @@ def _frame_causal_attn_dot_kernel(
     if EMULATE and IS_BF16:
         o = _round_to_bf16(o)
     o_mask = q_mask
-    tl.store(o_ptr + n3 * son + h3 * soh + tq * sot + d * sod, o.to(o_ptr.dtype.element_ty), mask=o_mask)
+    tl.store(o_ptr + _row_offset(n, h, son, soh, ROW_ALIGN)[:, None, None] + tq * sot + d * sod, o.to(o_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit
@@ -127,7 +137,7 @@ def _frame_causal_attn_loop_kernel(
     son, soh, sot: tl.constexpr, sod: tl.constexpr,
     T_Q: tl.constexpr, T_K: tl.constexpr, HEAD_DIM: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_TQ: tl.constexpr, BLOCK_D: tl.constexpr,
-    EMULATE_BF16_STORE: tl.constexpr,
+    EMULATE_BF16_STORE: tl.constexpr, ROW_ALIGN: tl.constexpr,
 ):
     pid = tl.program_id(0)
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -137,13 +147,13 @@ def _frame_causal_attn_loop_kernel(
     tq = tl.arange(0, BLOCK_TQ)[None, :, None]
     d3 = tl.arange(0, BLOCK_D)[None, None, :]
     q_mask = row_ok[:, None, None] & (tq < T_Q) & (d3 < HEAD_DIM)
-    q = tl.load(q_ptr + n[:, None, None] * sqn + h[:, None, None] * sqh + tq * sqt + d3 * sqd,
+    q = tl.load(q_ptr + _row_offset(n, h, sqn, sqh, ROW_ALIGN)[:, None, None] + tq * sqt + d3 * sqd,
                 mask=q_mask, other=0.0).to(tl.float32) * scale  # [R, TQ, D]
 
     d2 = tl.arange(0, BLOCK_D)[None, :]
     kv_mask = row_ok[:, None] & (d2 < HEAD_DIM)
-    k_base = k_ptr + n[:, None] * skn + h[:, None] * skh + d2 * skd
-    v_base = v_ptr + n[:, None] * svn + h[:, None] * svh + d2 * svd
+    k_base = k_ptr + _row_offset(n, h, skn, skh, ROW_ALIGN)[:, None] + d2 * skd
+    v_base = v_ptr + _row_offset(n, h, svn, svh, ROW_ALIGN)[:, None] + d2 * svd
     qi = tl.arange(0, BLOCK_TQ)[None, :]
 
     m_i = tl.full((BLOCK_R, BLOCK_TQ), float("-inf"), tl.float32)
@@ -165,7 +175,7 @@ def _frame_causal_attn_loop_kernel(
     o = acc / l_i[:, :, None]
     if EMULATE_BF16_STORE:
         o = _round_to_bf16(o)
-    tl.store(o_ptr + n[:, None, None] * son + h[:, None, None] * soh + tq * sot + d3 * sod,
+    tl.store(o_ptr + _row_offset(n, h, son, soh, ROW_ALIGN)[:, None, None] + tq * sot + d3 * sod,
              o.to(o_ptr.dtype.element_ty), mask=q_mask)
 
 
@@ -214,11 +224,12 @@ def frame_causal_attention_triton(
         q, k, v, out, R, H, int(num_cached), float(scale),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
     )
+    row_align = row_alignment(q, k, v, out)
     if use_dot and q.device.type == "cuda" and _DOT_BROKEN:
         use_dot = False
     if use_dot:
         try:
-            _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, q.dtype, emulate, num_warps)
+            _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, q.dtype, emulate, num_warps, row_align)
             return out
         except Exception as e:  # noqa: BLE001 - 3-D tl.dot support varies by GPU / Triton version
             if q.device.type != "cuda" or not fallback_on_error:
@@ -232,7 +243,7 @@ def frame_causal_attention_triton(
             *common,
             T_Q=T_q, T_K=T_k, HEAD_DIM=hd,
             BLOCK_R=block_r, BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd),
-            EMULATE_BF16_STORE=emulate and out.dtype == torch.bfloat16,
+            EMULATE_BF16_STORE=emulate and out.dtype == torch.bfloat16, ROW_ALIGN=row_align,
             num_warps=num_warps,
         )
     return out
@@ -241,7 +252,19 @@ def frame_causal_attention_triton(
 _DOT_BROKEN: list[str] = []  # set after the first failed tl.dot launch on this process's GPU
 
 
-def _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, dtype, emulate, num_warps):
+def row_alignment(*ts: torch.Tensor) -> int:
+    """The largest power of two, up to 16, dividing the batch and head strides (elements) of every
+    tensor: the alignment _row_offset may promise the compiler. The base pointers' 16-byte alignment
+    Triton checks itself."""
+    align = 16
+    for t in ts:
+        for s, size in zip(t.stride()[:2], t.shape[:2]):
+            while size > 1 and align > 1 and s % align:
+                align //= 2
+    return align
+
+
+def _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, dtype, emulate, num_warps, row_align):
     with on_device(common[0]):
         _frame_causal_attn_dot_kernel[grid](
             *common,
@@ -249,6 +272,6 @@ def _launch_dot(grid, common, T_q, T_k, hd, block_r, block_d, dtype, emulate, nu
             BLOCK_R=block_r, BLOCK_TQ=max(16, triton.next_power_of_2(T_q)),
             BLOCK_TK=max(16, triton.next_power_of_2(T_k)), BLOCK_D=block_d,
             LOWP=dtype in (torch.bfloat16, torch.float16), IS_BF16=dtype == torch.bfloat16,
-            EMULATE=emulate,
+            EMULATE=emulate, ROW_ALIGN=row_align,
             num_warps=num_warps,
         )

@@ -198,12 +198,13 @@ try:
 except ImportError:
     import kernels.temporal_attention as ta
 
-def compile_one(use_dot, dtype, T_q, T_k, hd, block_r, num_warps):
+def compile_one(use_dot, dtype, T_q, T_k, hd, block_r, num_warps, row_align=16, div16=True):
     fn = ta._frame_causal_attn_dot_kernel if use_dot else ta._frame_causal_attn_loop_kernel
     ty = {"bf16": "*bf16", "fp32": "*fp32"}[dtype]
     sig = {n: "i32" for n in fn.arg_names}
     sig.update(q_ptr=ty, k_ptr=ty, v_ptr=ty, o_ptr=ty, scale="fp32")
-    cst = dict(sqt=hd, sqd=1, skt=hd, skd=1, svt=hd, svd=1, sot=hd, sod=1, T_Q=T_q, T_K=T_k, HEAD_DIM=hd, BLOCK_R=block_r)
+    cst = dict(sqt=hd, sqd=1, skt=hd, skd=1, svt=hd, svd=1, sot=hd, sod=1, T_Q=T_q, T_K=T_k, HEAD_DIM=hd, BLOCK_R=block_r,
+               ROW_ALIGN=row_align)
     if use_dot:
         cst.update(BLOCK_TQ=max(16, triton.next_power_of_2(T_q)), BLOCK_TK=max(16, triton.next_power_of_2(T_k)),
                    BLOCK_D=max(16, triton.next_power_of_2(hd)), LOWP=dtype == "bf16", IS_BF16=dtype == "bf16", EMULATE=False)
@@ -211,7 +212,9 @@ def compile_one(use_dot, dtype, T_q, T_k, hd, block_r, num_warps):
         cst.update(BLOCK_TQ=triton.next_power_of_2(T_q), BLOCK_D=triton.next_power_of_2(hd), EMULATE_BF16_STORE=False)
     for k in cst:
         sig[k] = "constexpr"
-    div = ["q_ptr", "k_ptr", "v_ptr", "o_ptr", "sqn", "sqh", "skn", "skh", "svn", "svh", "son", "soh"]
+    # div16=False: runtime batch/head strides Triton cannot see as multiples of 16 (hd = 72 heads of a
+    # [N, T, H, hd] view), so only ROW_ALIGN can tell the compiler they are aligned
+    div = ["q_ptr", "k_ptr", "v_ptr", "o_ptr"] + (["sqn", "sqh", "skn", "skh", "svn", "svh", "son", "soh"] if div16 else [])
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n in div}
     src = ASTSource(fn=fn, signature=sig, constexprs=cst, attrs=attrs)
     c = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
@@ -239,6 +242,10 @@ def ptxas_usage(ptx):
 out = {}
 for use_dot, dtype, T_q, nc in [(True, "bf16", 12, 0), (True, "bf16", 8, 4), (True, "fp32", 12, 0), (False, "bf16", 12, 0)]:
     out[f"{'dot' if use_dot else 'loop'}-{dtype}-{T_q}-{nc}"] = compile_one(use_dot, dtype, T_q, T_q + nc, 72, 4 if use_dot else 2, 4)
+for use_dot in (True, False):
+    for align in (8, 1):
+        out[f"strided-{'dot' if use_dot else 'loop'}-align{align}"] = compile_one(
+            use_dot, "bf16", 12, 12, 72, 4 if use_dot else 2, 4, row_align=align, div16=False)
 print(json.dumps(out))
 """
 
@@ -266,9 +273,35 @@ def test_triton_kernels_compile_for_sm90():
     assert res.returncode == 0, res.stderr[-3000:]
     info = json.loads(res.stdout.strip().splitlines()[-1])
     print(json.dumps(info))
+    # head stride 72 (not a multiple of 16): the ROW_ALIGN promise (8 elements = 16 bytes) is what
+    # vectorizes the loads; without it they are scalar
+    assert info["strided-dot-align1"]["ld_v4"] == 0 and info["strided-loop-align1"]["ld_v4"] == 0, info
+    info = {k: v for k, v in info.items() if not k.endswith("align1")}
     for name, r in info.items():
         if not name.startswith("dot-fp32"):
             assert r["spill_stores"] == 0 and r["spill_loads"] == 0, f"{name}: register spills {r}"
         assert r["ld_v4"] > 0, f"{name}: loads not vectorized {r}"
         if name.startswith("dot-bf16"):
             assert r["mma"] > 0, f"{name}: no tensor-core mma {r}"
+
+
+def test_row_alignment_is_what_the_strides_allow():
+    """The ROW_ALIGN promise the launcher makes to the compiler divides every batch and head stride of
+    q, k, v and out (dims of size 1 do not count) and is the largest such power of two up to 16."""
+    try:
+        from wmpo.kernels.temporal_attention import row_alignment
+    except ImportError:
+        from kernels.temporal_attention import row_alignment
+    N, T, H, hd = 3, 5, 4, 72
+    base = torch.zeros(N, T, H, hd, dtype=torch.bfloat16)
+    heads_view = base.permute(0, 2, 1, 3)  # head stride 72, batch stride 5*4*72
+    assert row_alignment(heads_view) == 8
+    assert row_alignment(torch.zeros(N, H, T, 64)) == 16
+    assert row_alignment(torch.zeros(N, H, T, 72), heads_view) == 8
+    odd = torch.zeros(N, T, H, 75).permute(0, 2, 1, 3)  # head stride 75
+    assert row_alignment(odd) == 1
+    one_head = torch.zeros(N, 1, T, 72).as_strided((N, 1, T, 72), (T * 72, 3, 72, 1))
+    assert row_alignment(one_head) == 8  # the size-1 head dim's stride 3 is never multiplied
+    for t in (heads_view, odd):
+        a = row_alignment(t)
+        assert all(s % a == 0 for s, n in zip(t.stride()[:2], t.shape[:2]) if n > 1)

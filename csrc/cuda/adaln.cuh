@@ -9,7 +9,7 @@
 namespace wmpo {
 namespace {
 
-// One block per row. GATED: out = res + gate[f]*y (rounded to T, stored), h = LN(out)*(1+scale[f])+shift[f].
+// One 256-thread block per row (rows too long for adaln_fwd_warp_kernel). GATED: out = res + gate[f]*y (rounded to T, stored), h = LN(out)*(1+scale[f])+shift[f].
 // Otherwise h = LN(x)*(1+scale[f])+shift[f]. The row is staged in shared memory as fp32 (D floats).
 // Rows (x, out, h) are T; y, gate, shift, scale are TM (T, or bf16/fp16 with fp32 rows).
 template <typename T, typename TM, int VEC, bool GATED>
@@ -68,6 +68,81 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
   }
 }
 
+static_assert(kLnThreads == 32 * kRowsPerBlock, "adaln_fwd_warp_kernel: one warp per row, kRowsPerBlock warps per block");
+
+// One warp per row, kRowsPerBlock rows per block (launch_geometry.h): the same arithmetic as
+// adaln_fwd_kernel with the row held in registers (NPACK packs of VEC per lane) and warp-shuffle sums,
+// no shared memory and no __syncthreads, so a short row is not one latency-bound block.
+template <typename T, typename TM, int VEC, int NPACK, bool GATED>
+__global__ void __launch_bounds__(kLnThreads) adaln_fwd_warp_kernel(
+    const T* __restrict__ x, const TM* __restrict__ yv, const TM* __restrict__ gate, const TM* __restrict__ shift,
+    const TM* __restrict__ scale, T* __restrict__ out, T* __restrict__ h, int64_t R, int64_t D, int64_t tpf,
+    float eps) {
+  using P = Pack<T, VEC>;
+  using PM = Pack<TM, VEC>;
+  const int lane = threadIdx.x & 31;
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5);
+  if (r >= R) return;  // the whole warp leaves together: no block-wide barrier follows
+  const int64_t ro = r * D, fo = (r / tpf) * D;
+  const int64_t nv = D / VEC;
+  float v[NPACK][VEC];
+  float s = 0.f;
+#pragma unroll
+  for (int j = 0; j < NPACK; ++j) {
+    const int64_t i = lane + 32 * j;
+    if (i < nv) {
+      const P a = reinterpret_cast<const P*>(x + ro)[i];
+      if (GATED) {
+        const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
+        const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
+        P o;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          o.v[k] = static_cast<T>(to_f(a.v[k]) + to_f(g.v[k]) * to_f(b.v[k]));
+          v[j][k] = to_f(o.v[k]);  // LN of the stored (rounded) residual, as in the block kernel
+          s += v[j][k];
+        }
+        reinterpret_cast<P*>(out + ro)[i] = o;
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          v[j][k] = to_f(a.v[k]);
+          s += v[j][k];
+        }
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) v[j][k] = 0.f;
+    }
+  }
+  const float mean = warp_sum(s) / static_cast<float>(D);
+  float q = 0.f;
+#pragma unroll
+  for (int j = 0; j < NPACK; ++j) {
+    if (lane + 32 * j < nv) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const float c = v[j][k] - mean;
+        q += c * c;
+      }
+    }
+  }
+  const float rstd = rsqrtf(warp_sum(q) / static_cast<float>(D) + eps);
+#pragma unroll
+  for (int j = 0; j < NPACK; ++j) {
+    const int64_t i = lane + 32 * j;
+    if (i < nv) {
+      const PM sh = reinterpret_cast<const PM*>(shift + fo)[i];
+      const PM sc = reinterpret_cast<const PM*>(scale + fo)[i];
+      P o;
+#pragma unroll
+      for (int k = 0; k < VEC; ++k)
+        o.v[k] = static_cast<T>((v[j][k] - mean) * rstd * (1.f + to_f(sc.v[k])) + to_f(sh.v[k]));
+      reinterpret_cast<P*>(h + ro)[i] = o;
+    }
+  }
+}
+
 // Elements per vector access: 16 bytes of the wider of the two dtypes, halved until D and every
 // pointer (each with its own element size) allow it.
 template <typename T, typename TM>
@@ -88,14 +163,30 @@ void launch_adaln_fwd(const T* x, const TM* yv, const TM* gate, const TM* shift,
                       int64_t R, int64_t D, int64_t tpf, float eps) {
   if (R == 0 || D == 0) return;
   const int vec = pick_vec<T, TM>(D, {x, out, h}, {yv, gate, shift, scale});
-  const size_t smem = static_cast<size_t>(D) * sizeof(float);
   auto stream = c10::cuda::getCurrentCUDAStream();
-  auto go = [&](auto kernel) {
-    if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
-    kernel<<<static_cast<unsigned>(R), kLnThreads, smem, stream>>>(x, yv, gate, shift, scale, out, h, D, tpf, eps);
-  };
   constexpr int full = 16 / (sizeof(T) > sizeof(TM) ? sizeof(T) : sizeof(TM));
   constexpr int half = full / 2 >= 1 ? full / 2 : 1;
+  const RowPlan plan = adaln_row_plan(R, D, vec, full);
+  if (plan.warp_per_row) {
+    auto go = [&](auto kernel) {
+      kernel<<<static_cast<unsigned>(plan.blocks), kLnThreads, 0, stream>>>(x, yv, gate, shift, scale, out, h, R, D,
+                                                                              tpf, eps);
+    };
+    switch (plan.packs_per_lane) {
+      case 1: go(adaln_fwd_warp_kernel<T, TM, full, 1, GATED>); break;
+      case 2: go(adaln_fwd_warp_kernel<T, TM, full, 2, GATED>); break;
+      case 4: go(adaln_fwd_warp_kernel<T, TM, full, 4, GATED>); break;
+      case 8: go(adaln_fwd_warp_kernel<T, TM, full, 8, GATED>); break;
+      default: go(adaln_fwd_warp_kernel<T, TM, full, kMaxPacksPerLane, GATED>); break;
+    }
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  const size_t smem = static_cast<size_t>(D) * sizeof(float);
+  auto go = [&](auto kernel) {
+    if (smem > 48 * 1024) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    kernel<<<static_cast<unsigned>(plan.blocks), kLnThreads, smem, stream>>>(x, yv, gate, shift, scale, out, h, D, tpf, eps);
+  };
   if (vec == full) go(adaln_fwd_kernel<T, TM, full, GATED>);
   else if (vec == half) go(adaln_fwd_kernel<T, TM, half, GATED>);
   else go(adaln_fwd_kernel<T, TM, 1, GATED>);
