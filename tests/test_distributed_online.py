@@ -159,3 +159,20 @@ def test_two_rank_online_run_killed_and_resumed_matches_uninterrupted(tmp_path):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
     for ha, hb in zip(sa["history"], sb["history"]):
         assert ha["grpo/loss"] == pytest.approx(hb["grpo/loss"], abs=1e-6)
+
+
+def test_pipeline_spreads_online_grpo_only_when_it_splits_into_whole_groups():
+    """The baselines stage spreads online GRPO over the ranks when B/G, M, the budget and the states split; else rank 0 runs it."""
+    from dataclasses import replace
+
+    from wmpo.config import get_preset
+    from wmpo.pipeline.run import _online_splits
+
+    micro = get_preset("micro", task="square").online  # B = G = 4: one group, not two ranks' worth
+    assert not _online_splits(micro, 2) and not _online_splits(micro, 1)
+    eight = replace(micro, grpo=replace(micro.grpo, batch_size=8))
+    assert _online_splits(eight, 2) and not _online_splits(eight, 4)
+    assert not _online_splits(replace(eight, num_initial_states=1), 2)
+    assert not _online_splits(replace(eight, grpo=replace(eight.grpo, minibatch_size=1)), 2)
+    cpu = get_preset("cpu", task="square").online  # B = 32 in groups of 8, M = 16, P = 128
+    assert _online_splits(cpu, 2) and _online_splits(cpu, 4) and not _online_splits(cpu, 8)
