@@ -120,6 +120,9 @@ def write_report(ctx: Any) -> Path:
     if d:  # docs/distributed.md
         lines += ["", f"WMPO and evaluation ran on world size {d.get('world_size', 1)} (torch.distributed backend "
                       f"{d.get('backend', 'none')}, update strategy {d.get('strategy', '-')})."]
+        online = outs.get("baselines", {}).get("online_grpo", {})
+        if online:
+            lines += [f"Online GRPO sampled its real rollouts and updated on world size {online.get('world_size', 1)}."]
     hist = outs.get("wmpo", {}).get("history", [])
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]

@@ -229,8 +229,18 @@ def stage_wmpo(ctx: Context) -> dict:
             "distributed": {**ctx.dist.describe(), "strategy": ctx.strategy if ctx.dist.enabled else "single process"}}
 
 
+def _online_splits(ocfg: Any, world_size: int) -> bool:
+    """Whether online GRPO can spread over `world_size` ranks: whole groups and mini-batch shares on every
+    rank (wmpo.rl.distributed.local_grpo_config), an initial state and a group of the budget per rank."""
+    g = ocfg.grpo
+    return (world_size > 1 and (g.batch_size // g.group_size) % world_size == 0 and g.minibatch_size % world_size == 0
+            and ocfg.num_initial_states >= world_size and ocfg.budget >= g.group_size * world_size)
+
+
 def stage_baselines(ctx: Context) -> dict:
-    """Online GRPO in the real simulator and offline DPO, on the same real-rollout budget P."""
+    """Online GRPO in the real simulator and offline DPO, on the same real-rollout budget P. Under torchrun
+    online GRPO runs on every rank (each simulates its share of the groups; docs/distributed.md); DPO and
+    every file are rank 0's."""
     from wmpo.data.batch import episodes_to_batch
     from wmpo.data.loader import load_episodes
     from wmpo.models.policy import save_policy
@@ -242,14 +252,24 @@ def stage_baselines(ctx: Context) -> dict:
     cfg = ctx.cfg
     spec = TASKS[cfg.task]
     out: dict[str, Any] = {}
-    # online GRPO
-    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    # online GRPO: on every rank when its batch splits over them, else on rank 0 alone
     ocfg = copy.deepcopy(cfg.online)
-    summary = run_online_grpo(policy, cfg.task, ocfg, tokenizer_decoder(tok), spec.instruction,
-                              horizon=cfg.max_episode_steps or spec.horizon, logger=ctx.logger)
+    spread = _online_splits(ocfg, ctx.dist.world_size)
+    if ctx.dist.enabled and not spread and ctx.dist.is_main:
+        g = ocfg.grpo
+        print(f"online GRPO runs on rank 0 alone: B = {g.batch_size} (G = {g.group_size}), M = {g.minibatch_size}, budget "
+              f"{ocfg.budget} and {ocfg.num_initial_states} initial states do not split into whole groups on {ctx.dist.world_size} ranks")
+    dist = ctx.dist if spread else SINGLE
+    if spread or ctx.dist.is_main:
+        policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+        summary = run_online_grpo(policy, cfg.task, ocfg, tokenizer_decoder(tok), spec.instruction,
+                                  horizon=cfg.max_episode_steps or spec.horizon, logger=ctx.logger, dist=dist,
+                                  strategy=ctx.strategy if spread else "ddp", state_path=ctx.path("baselines", "online_grpo_state.pt"))
+    if not ctx.dist.is_main:
+        return {}  # rank 0 writes the policies and the marker
     p = ctx.path("baselines", "online_grpo.pt")
     save_policy(p, policy, tok, cfg.policy_train.policy)
-    out["online_grpo"] = {"checkpoint": str(p), "summary": _jsonable(summary)}
+    out["online_grpo"] = {"checkpoint": str(p), "summary": _jsonable(summary), "world_size": dist.world_size}
     # DPO on the base policy's P real rollouts
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     ref, _ = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
@@ -339,7 +359,7 @@ def build_stages(cfg: RunConfig, corpus_as_is: bool = False, disruptions: bool =
         Stage("reward", stage_reward),
         Stage("diagnostics", stage_diagnostics, enabled=cfg.heldout_episodes > 0),
         Stage("wmpo", stage_wmpo, distributed=True),
-        Stage("baselines", stage_baselines, enabled=cfg.baselines),
+        Stage("baselines", stage_baselines, enabled=cfg.baselines, distributed=True),
         Stage("lifelong", stage_lifelong, enabled=cfg.lifelong_rounds > 0),
         Stage("lifelong_baselines", stage_lifelong_baselines, enabled=cfg.lifelong_rounds > 0),
         Stage("evaluate", stage_evaluate, distributed=True),
@@ -360,8 +380,8 @@ def run_pipeline(cfg: RunConfig, out_dir: str | Path, stop_after: str | None = N
     pretraining after a resume, on whatever slice it holds now). `disruptions`: also evaluate every
     policy on the task's disruption (an evaluation, not part of the config: a finished run gains the
     section by rerunning with it; the report is rewritten). dist / strategy: under torchrun
-    (wmpo.dist.init_distributed) rank 0 runs the single-process stages and writes every file; WMPO and
-    evaluation run on all ranks (docs/distributed.md)."""
+    (wmpo.dist.init_distributed) rank 0 runs the single-process stages and writes every file; WMPO, the
+    online GRPO baseline and evaluation run on all ranks (docs/distributed.md)."""
     from wmpo.sim.tasks import get_task
     from wmpo.utils.arg_checks import check_output_dir
 

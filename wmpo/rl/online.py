@@ -1,15 +1,26 @@
 """Online GRPO baseline in the real simulator, on the same real-rollout budget P as WMPO (appendix B).
 
-From each training initial state a group of G trajectories is rolled out in the real env with the
-current policy (sampling temperature, action tokens decoded to env-space actions); groups are
-assembled with dynamic sampling and, once B trajectories are kept, GRPOTrainer updates the policy.
-Every real trajectory started counts against P, kept or not. Appendix B: with small budgets the
-batch is 8 initial states (x G = 64 trajectories) with the learning rate divided by 8.
+From training initial states, groups of G trajectories are rolled out in the real env with the
+current policy (sampling temperature, action tokens decoded to env-space actions), in rounds of
+`num_envs`; dynamic sampling keeps the mixed groups until B trajectories are kept, then GRPOTrainer
+updates the policy; repeat until the budget is spent. Every real trajectory started counts against
+P, kept or not. Appendix B: with small budgets the batch is 8 initial states (x G = 64 trajectories)
+with the learning rate divided by 8.
+
+`RealGroupSampler` gives the real simulator the imagination engine's `sample_groups` contract, so
+across processes (`dist`, launched by torchrun; docs/distributed.md) the sampling is split over
+the ranks by wmpo.rl.dist_sampling exactly as WMPO's imagined sampling is: each rank rolls out whole
+groups from its share of the initial states with its own simulator workers and derived seeds, the
+kept counts are all-reduced so the batch is exactly B, and the update is wmpo.rl.distributed's
+data-parallel one (token mean over all ranks), so N ranks update as one process on the same batch.
+Rank 0 writes the checkpoint (atomically) that every rank resumes from.
 """
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -18,7 +29,11 @@ from torch import nn
 
 from wmpo.data.batch import TrajectoryBatch
 from wmpo.data.groups import assemble_batch, group_ids, group_starts
+from wmpo.dist import SINGLE, DistContext, derive_seed, shard_range
+from wmpo.rl.dist_sampling import sample_groups_across_ranks
+from wmpo.rl.distributed import DistributedGRPOTrainer, local_grpo_config
 from wmpo.rl.grpo import GRPOConfig, GRPOTrainer
+from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint
 from wmpo.utils.device import policy_device
 from wmpo.utils.frames import uint8_to_model
 from wmpo.utils.logging import ScalarLogger, progress
@@ -34,13 +49,13 @@ class OnlineGRPOConfig:
     budget: int = 128
     """P: real trajectories the baseline may roll out in total (kept or discarded)"""
     num_envs: int = 16
-    """parallel simulator envs (a multiple of grpo.group_size)"""
+    """parallel simulator envs (a multiple of grpo.group_size); under torchrun, per rank"""
     max_chunks: int | None = None
     """chunks per trajectory (None: ceil(task horizon / chunk_len))"""
     image_size: int = 128
     """env render size (the policy resizes on device)"""
     seed: int = 0
-    """env and sampling seed"""
+    """env and sampling seed (iteration i samples with seed * 1000 + i, derived per rank)"""
     num_initial_states: int = 128
     """size of the training initial-state pool cycled through"""
     update_on_partial: bool = True
@@ -135,6 +150,101 @@ def rollout_groups(
     )
 
 
+class RealGroupSampler:
+    """GRPO group sampling in the real simulator, with the imagination engine's `sample_groups`
+    contract (wmpo.rollout.engine.ImaginationEngine), so wmpo.rl.dist_sampling splits it over ranks.
+
+    A call rolls out rounds of up to `num_envs` trajectories: whole groups of G from consecutive
+    initial states of the pool it is given, starting at row `cursor` (cycling), with the policy
+    sampling under `seed`. Dynamic sampling keeps the mixed groups (wmpo.data.groups.assemble_batch)
+    until `num_trajectories` are kept or `budget` is spent. The caller sets `budget` (real
+    trajectories this sampler may still start; every one started counts, kept or not) and `cursor`.
+    Simulator envs are made once per round size and reused: `make_env(task, n, image_size, env_seed + k)`.
+    """
+
+    def __init__(self, policy: nn.Module, task: str, decode_actions: Any, make_env: Callable[[str, int, int, int], Any], *,
+                 num_envs: int, image_size: int, env_seed: int, adv_eps: float = 1e-6):
+        if num_envs < 1:
+            raise ValueError(f"num_envs: expected >= 1, got {num_envs}")
+        self.policy, self.task, self.make_env = policy, task, make_env
+        self.decode = as_action_decoder(decode_actions)
+        self.num_envs, self.image_size, self.env_seed, self.adv_eps = int(num_envs), int(image_size), int(env_seed), adv_eps
+        self.envs: dict[int, Any] = {}
+        self.budget = 0
+        """real trajectories this sampler may still start"""
+        self.cursor = 0
+        """pool row of the next group's initial state (modulo the pool size)"""
+        self.started = 0
+        self.successes = 0
+        """real trajectories started / successful over this sampler's life, kept or not"""
+
+    def _env(self, n: int) -> Any:
+        if n not in self.envs:
+            self.envs[n] = self.make_env(self.task, n, self.image_size, self.env_seed + len(self.envs))
+        return self.envs[n]
+
+    def close(self) -> None:
+        for e in self.envs.values():
+            close = getattr(e, "close", None)
+            if close is not None:
+                close()
+        self.envs = {}
+
+    def _empty(self, instruction: str, chunks: int) -> TrajectoryBatch:
+        K, D, S = self.policy.chunk_len, self.policy.action_dim, self.image_size
+        instr = self.policy.encode_instructions([instruction], device=policy_device(self.policy))[:0].cpu()
+        return TrajectoryBatch(obs=torch.zeros(0, chunks, S, S, 3, dtype=torch.uint8), instr=instr,
+                               tokens=torch.zeros(0, chunks, K, D, dtype=torch.int64), old_logp=torch.zeros(0, chunks, K, D),
+                               chunk_mask=torch.zeros(0, chunks, dtype=torch.bool), success=torch.zeros(0, dtype=torch.bool),
+                               group=torch.zeros(0, dtype=torch.int64), length=torch.zeros(0, dtype=torch.int64))
+
+    @torch.no_grad()
+    def sample_groups(self, initial_states: np.ndarray | torch.Tensor, instruction: str, *, group_size: int, num_trajectories: int,
+                      temperature: float, max_steps: int, dynamic_sampling: bool = True,
+                      seed: int | None = None) -> tuple[TrajectoryBatch, dict[str, Any]]:
+        """-> (up to num_trajectories kept trajectories in whole groups, ids 0.. in kept order, advantages set;
+        fewer when the budget ran out), stats: groups_tried, groups_dropped, trajectories, and init_index
+        (int64 [N], each trajectory's row in `initial_states`). max_steps: env steps per trajectory."""
+        G, B = int(group_size), int(num_trajectories)
+        if G < 1 or B < 1 or B % G:
+            raise ValueError(f"num_trajectories: expected a positive multiple of group_size={G}, got {B}")
+        states = np.asarray(initial_states.cpu() if isinstance(initial_states, torch.Tensor) else initial_states)
+        if len(states) == 0:
+            raise ValueError("initial_states: expected at least one initial state, got none")
+        chunks = -(-int(max_steps) // self.policy.chunk_len)
+        dev = policy_device(self.policy)
+        first, tried = self.cursor, 0
+        rounds: list[TrajectoryBatch] = []
+        kept, counts = None, {"groups_dropped": 0}
+        with torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            while (n_groups := min(self.num_envs, self.budget) // G) > 0:
+                n = n_groups * G
+                starts = group_starts(states, n_groups, G, offset=self.cursor)
+                instr = self.policy.encode_instructions([instruction] * n, device=dev)
+                batch = rollout_groups(self.policy, self._env(n), starts, instr, self.decode, chunks, temperature,
+                                       group_ids(n_groups, G, start=tried))
+                self.cursor += n_groups
+                tried += n_groups
+                self.budget -= n
+                self.started += n
+                self.successes += int(batch.success.sum())
+                rounds.append(batch)
+                kept, counts = assemble_batch(rounds, B, self.adv_eps, dynamic_sampling)
+                if kept is not None and len(kept) >= B:
+                    break
+        if kept is None:
+            batch, init = self._empty(instruction, chunks), torch.zeros(0, dtype=torch.int64)
+        else:
+            # group ids here run 0, 1, ... over the rounds and assemble_batch keeps them: group g started at row first + g
+            init = (first + kept.group.cpu()) % len(states)
+            batch = kept
+            batch.group = torch.unique(kept.group, return_inverse=True)[1].to(torch.int64)
+        return batch, {"groups_tried": tried, "groups_dropped": int(counts["groups_dropped"]), "trajectories": len(batch),
+                       "init_index": init.to(torch.int64)}
+
+
 def run_online_grpo(
     policy: nn.Module,
     task: str,
@@ -145,6 +255,10 @@ def run_online_grpo(
     make_env: Callable[[str, int, int, int], Any] | None = None,
     initial_states: np.ndarray | None = None,
     logger: ScalarLogger | None = None,
+    *,
+    dist: DistContext = SINGLE,
+    strategy: str = "ddp",
+    state_path: str | Path | None = None,
 ) -> dict[str, Any]:
     """Online GRPO in the real simulator until the budget P is spent. -> summary dict.
 
@@ -153,19 +267,32 @@ def run_online_grpo(
 
     make_env(task, num_envs, image_size, seed) defaults to wmpo.sim.vec_env.VecEnv; initial_states
     defaults to get_initial_states(task, "train", cfg.num_initial_states).
+
+    Each iteration spends at most the budget left: rank r of N may start its share
+    (`shard_range`) of the groups left, from its share of the initial states, starting at row
+    (groups started so far // G // N) of that share; the batch is B trajectories over all ranks
+    (wmpo.rl.dist_sampling; B/G and M divisible by N), short only when the budget runs out (updated
+    on when cfg.update_on_partial). dist / strategy: the process group (SINGLE: one process) and
+    the update's strategy (wmpo.rl.distributed). state_path: saved by rank 0 after every iteration
+    (atomically), resumed from by every rank.
     """
     G = cfg.grpo.group_size
+    N = dist.world_size
     if cfg.num_envs % G != 0:
         raise ValueError(f"num_envs: expected a multiple of group_size={G}, got {cfg.num_envs}")
-    if cfg.budget < G:
-        raise ValueError(f"budget: expected at least one group ({G} trajectories), got {cfg.budget}")
+    if cfg.budget < G * N:
+        raise ValueError(f"budget: expected at least one group ({G} trajectories) per rank ({N} ranks), got {cfg.budget}")
+    if dist.enabled or strategy != "ddp":
+        trainer: GRPOTrainer = DistributedGRPOTrainer(policy, local_grpo_config(cfg.grpo, N), dist, strategy)
+    else:
+        trainer = GRPOTrainer(policy, cfg.grpo)
     if make_env is None:
         from wmpo.sim.vec_env import VecEnv as make_env  # noqa: N813
     if initial_states is None:
         from wmpo.sim.initial_states import get_initial_states
 
         initial_states = get_initial_states(task, "train", cfg.num_initial_states)
-    initial_states = np.asarray(initial_states)
+    pool = torch.as_tensor(np.asarray(initial_states))
     if instruction is None or (horizon is None and cfg.max_chunks is None):
         from wmpo.sim.tasks import get_task
 
@@ -177,52 +304,59 @@ def run_online_grpo(
         if horizon is None:
             raise ValueError("horizon: expected the task horizon when cfg.max_chunks is None, got None")
         max_chunks = -(-horizon // policy.chunk_len)
-    torch.manual_seed(cfg.seed)
-    trainer = GRPOTrainer(policy, cfg.grpo)
-    envs: dict[int, Any] = {}
     dev = policy_device(policy)
-    used = 0
-    next_state = 0
-    next_gid = 0
-    pending: list[TrajectoryBatch] = []
+    used = successes = start = 0
     history: list[dict[str, float]] = []
-    real_success = []
-    n_rounds = -(-cfg.budget // cfg.num_envs)
-    for _ in progress(range(n_rounds), total=n_rounds, desc="online GRPO"):
-        n_groups = min(cfg.num_envs, cfg.budget - used) // G
-        if n_groups == 0:
-            break
-        n = n_groups * G
-        if n not in envs:
-            envs[n] = make_env(task, n, cfg.image_size, cfg.seed + len(envs))
-        starts = group_starts(initial_states, n_groups, G, offset=next_state)
-        next_state += n_groups
-        gid = group_ids(n_groups, G, start=next_gid)
-        next_gid += n_groups
-        instr = policy.encode_instructions([instruction] * n, device=dev)
-        batch = rollout_groups(policy, envs[n], starts, instr, decode_actions, max_chunks, cfg.grpo.temperature, gid)
-        used += n
-        real_success.append(batch.success.float().mean().item())
-        pending.append(batch)
-        assembled, counts = assemble_batch(pending, cfg.grpo.batch_size, cfg.grpo.adv_eps, cfg.grpo.dynamic_sampling)
-        last = used + G > cfg.budget
-        if assembled is not None and (len(assembled) >= cfg.grpo.batch_size or (last and cfg.update_on_partial)):
-            stats = trainer.update(assembled.to(dev) if dev.type != "cpu" else assembled)
-            stats.update({"online/real_trajectories": float(used), "online/kept": float(len(assembled)),
-                          "online/groups_dropped": float(counts["groups_dropped"]),
-                          "online/success_rate": float(np.mean(real_success[-1]))})
-            history.append(stats)
-            if logger is not None:
-                logger.scalars(stats, trainer.updates)
-            pending = []
-    for e in envs.values():
-        close = getattr(e, "close", None)
-        if close is not None:
-            close()
+    ckpt = Path(state_path) if state_path is not None else None
+    if ckpt is not None and ckpt.is_file():  # every rank reads the file rank 0 wrote
+        st = load_checkpoint(ckpt)
+        policy.load_state_dict(st["policy"])
+        trainer.load_state_dict(st["trainer"])
+        history, start, used, successes = st["history"], int(st["iteration"]), int(st["used"]), int(st["successes"])
+        was = int(st.get("world_size", 1))
+        if was != N and dist.is_main:
+            print(f"online GRPO: resuming a {was}-rank run on {N} ranks (the per-rank sampling seeds and shares change)")
+    sampler = RealGroupSampler(policy, task, decode_actions, make_env, num_envs=cfg.num_envs, image_size=cfg.image_size,
+                               env_seed=derive_seed(cfg.seed, dist.rank) % 2**31, adv_eps=cfg.grpo.adv_eps)
+    most = math.ceil(cfg.budget / G)  # every iteration starts at least one group
+    try:
+        for it in progress(range(start, most), total=most, desc="online GRPO", disable=None if dist.is_main else True):
+            left = (cfg.budget - used) // G  # groups the budget still allows, over all ranks
+            if left < N:  # a batch needs a whole group on every rank
+                break
+            lo, hi = shard_range(left, dist.rank, N)
+            sampler.budget, sampler.cursor = (hi - lo) * G, used // G // N
+            started, succeeded = sampler.started, sampler.successes
+            policy.eval()
+            batch, rstats = sample_groups_across_ranks(sampler, pool, instruction, dist, group_size=G,
+                                                       num_trajectories=cfg.grpo.batch_size, temperature=cfg.grpo.temperature,
+                                                       max_steps=max_chunks * policy.chunk_len,
+                                                       dynamic_sampling=cfg.grpo.dynamic_sampling, seed=cfg.seed * 1000 + it)
+            spent, won = dist.all_reduce([sampler.started - started, sampler.successes - succeeded], "sum")
+            used, successes = used + int(spent), successes + int(won)
+            if len(batch) > 0 and (not rstats["short"] or cfg.update_on_partial):  # equal on every rank
+                stats = trainer.update(batch.to(dev) if dev.type != "cpu" else batch)
+                stats.update({"online/real_trajectories": float(used), "online/kept": float(rstats["trajectories"]),
+                              "online/groups_dropped": float(rstats["groups_dropped"]),
+                              "online/success_rate": float(won / max(spent, 1))})
+                if dist.enabled:
+                    stats["online/world_size"] = float(N)
+                history.append(stats)
+                if logger is not None and dist.is_main:
+                    logger.scalars(stats, trainer.updates)
+            if ckpt is not None:
+                tstate = trainer.state_dict()  # a collective under FSDP2 / ZeRO-2: every rank takes part
+                if dist.is_main:
+                    save_checkpoint(ckpt, {"policy": policy.state_dict(), "trainer": tstate, "history": history,
+                                           "iteration": it + 1, "used": used, "successes": successes, "world_size": N})
+                dist.barrier()  # no rank runs ahead of the checkpoint it would resume from
+    finally:
+        sampler.close()
     return {
         "real_trajectories": used,
         "updates": trainer.updates,
         "optimizer_steps": trainer.step,
-        "rollout_success_rate": float(np.mean(real_success)) if real_success else 0.0,
+        "rollout_success_rate": successes / used if used else 0.0,
         "history": history,
+        "world_size": N,
     }
