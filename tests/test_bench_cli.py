@@ -191,3 +191,22 @@ def test_a_run_folder_times_teacher_and_student_in_one_run(tmp_path):
     assert all(r["reward_model"].startswith("trained") and r["horizon_steps"] == 8 for r in grpo)
     assert doc["subjects"]["initial_frames"].startswith("the run's cached")
     assert doc["subjects"]["config"]["checkpoints"]["student"].endswith("student.pt")
+
+
+def test_the_cli_silences_robosuites_start_up_messages(tmp_path):
+    """`wmpo bench` imports the task registry (robosuite): none of robosuite's start-up lines reach stderr,
+    while a plain `import wmpo.sim` outside the CLI still shows them (the filter is the CLI's choice)."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("WMPO_QUIET_ROBOSUITE", "WMPO_NO_PROGRESS")}
+    cli = subprocess.run([sys.executable, "-m", "wmpo.cli", "bench", "--modes", "imagine", "--no-reference", "--repeats", "1",
+                          "--chunks", "1", "--batch", "1", "--out", str(tmp_path / "q.json")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    assert "[wmpo bench]" in cli.stderr and "[robosuite" not in cli.stderr, cli.stderr
+    if importlib.util.find_spec("robosuite.macros_private") is None:  # robosuite warns about it at import
+        plain = subprocess.run([sys.executable, "-c", "import wmpo.sim"], env=env, capture_output=True, text=True, timeout=300)
+        assert "No private macro file" in plain.stderr

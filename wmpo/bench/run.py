@@ -205,12 +205,13 @@ def _row_json(row: R.Row, peak: float | None) -> dict[str, Any]:
 def _document(o: BenchOptions, subj: S.Subjects, rows: list[R.Row], skipped: dict, device: torch.device) -> dict[str, Any]:
     peak = peak_flops(device, o.peak_tflops)
     out_rows = [_row_json(r, peak) for r in rows]
-    # speedups over the reference row of the same (steps, batch)
-    ref = {(r["steps"], r["batch"]): r["frames_per_sec"]["median"] for r in out_rows
+    # speedups over the reference row of the same (model, steps, batch)
+    ref = {(r["model"], r["steps"], r["batch"]): r["frames_per_sec"]["median"] for r in out_rows
            if r["mode"] == "imagine_reference" and "frames_per_sec" in r}
     for r in out_rows:
-        if r["mode"] == "imagine" and "frames_per_sec" in r and (r["steps"], r["batch"]) in ref:
-            r["speedup_vs_reference"] = r["frames_per_sec"]["median"] / ref[(r["steps"], r["batch"])]
+        key = (r["model"], r["steps"], r["batch"])
+        if r["mode"] == "imagine" and "frames_per_sec" in r and key in ref:
+            r["speedup_vs_reference"] = r["frames_per_sec"]["median"] / ref[key]
     ok = [r for r in out_rows if "frames_per_sec" in r]
     head = next((r for r in ok if r["mode"] == "imagine" and r["model"] == "teacher"), None) or (ok[0] if ok else None)
     teach = {(r["steps"], r["batch"]): r for r in ok if r["mode"] == "imagine" and r["model"] == "teacher"}
