@@ -1,4 +1,4 @@
-"""noisy_context with mixed dtypes (fp32 latents with bf16 / fp16 noise under autocast, or the reverse) is
+"""Mixed dtypes in the elementwise ops. noisy_context with mixed dtypes (fp32 latents with bf16 / fp16 noise under autocast, or the reverse) is
 fused on the C++ and Triton paths: each input read in its own dtype, fp32 math, x_t rounded once to x0's
 dtype; against a float64 reference within the 2x rule, with no fallback to the reference and no warning.
 Pairs outside fp32 / bf16 / fp16 still run the reference (warned)."""
@@ -69,3 +69,33 @@ def test_other_pairs_still_run_the_reference_with_a_warning(monkeypatch):
         xt, _ = ops.noisy_context(x0, noise, t, num_context=1, t_context=0.05)
     assert torch.equal(xt, want)
     assert any("mixed dtypes" in str(m.message) for m in w)
+
+
+@pytest.mark.parametrize("backend", FUSED)
+def test_action_logprob_bf16_logits_with_fp32_gradients_stay_fused(monkeypatch, backend):
+    """action_logprob has one floating input (logits); its outputs and their gradients are fp32, so bf16 logits
+    (autocast) meet fp32 gradients in the backward: both directions run the kernels, no reference, no warning."""
+    al = importlib.import_module("wmpo.ops.action_logprob")
+    g = torch.Generator().manual_seed(2)
+    logits = (3 * torch.randn(6, 7, 256, generator=g)).bfloat16().requires_grad_()
+    tokens = torch.randint(0, 256, (6, 7), generator=g)
+    ref64 = logits.detach().double().requires_grad_()
+    lp64, en64 = al.action_logprob_ref(ref64, tokens, temperature=1.6)
+    (lp64.sum() + 0.3 * en64.sum()).backward()
+
+    def boom(*a, **k):
+        raise AssertionError("fell back to the reference implementation")
+
+    monkeypatch.setattr(al, "action_logprob_ref", boom)
+    if backend == "cpp":  # the backward kernel is C++ / CUDA; Triton's backward is the reference math
+        monkeypatch.setattr(al, "action_logprob_backward_ref", boom)
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
+        lp, en = ops.action_logprob(logits, tokens, temperature=1.6, backend=backend)
+        (lp.sum() + 0.3 * en.sum()).backward()
+    assert not [str(m.message) for m in w if "wmpo" in str(m.message)]  # no fallback warning (numpy's may appear)
+    assert lp.dtype == en.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(lp.double(), lp64.detach().double(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(en.double(), en64.detach().double(), atol=1e-4, rtol=1e-4)
+    scale = ref64.grad.abs().max().item()
+    assert (logits.grad.double() - ref64.grad).abs().max().item() <= ULP[torch.bfloat16] * scale
