@@ -210,3 +210,16 @@ def test_the_cli_silences_robosuites_start_up_messages(tmp_path):
     if importlib.util.find_spec("robosuite.macros_private") is None:  # robosuite warns about it at import
         plain = subprocess.run([sys.executable, "-c", "import wmpo.sim"], env=env, capture_output=True, text=True, timeout=300)
         assert "No private macro file" in plain.stderr
+
+
+def test_without_the_simulator_packages_the_task_falls_back_and_says_so(monkeypatch):
+    import sys
+
+    from wmpo.bench import subjects
+
+    monkeypatch.setitem(sys.modules, "wmpo.sim.tasks", None)  # as if robosuite / the sim package were missing
+    info = subjects._task_spec("square")
+    assert info.horizon == subjects.FALLBACK_HORIZON and "not importable" in info.note
+    monkeypatch.undo()
+    real = subjects._task_spec("square")
+    assert real.note == "" and real.instruction != "do the task"

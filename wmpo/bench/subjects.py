@@ -50,10 +50,27 @@ class Subjects:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _task_spec(task: str):
-    from wmpo.sim.tasks import get_task
+FALLBACK_HORIZON = 400
+"""env steps of an imagined trajectory when neither the run / preset nor the task registry gives one"""
 
-    return get_task(task)
+
+@dataclass
+class _TaskInfo:
+    instruction: str
+    horizon: int
+    note: str = ""
+
+
+def _task_spec(task: str) -> _TaskInfo:
+    """The task's instruction and horizon from the task registry; without the simulator packages (a plain
+    `pip install wmpo` has no robosuite) a generic instruction and FALLBACK_HORIZON, said in the notes."""
+    try:
+        from wmpo.sim.tasks import get_task
+    except ModuleNotFoundError as e:
+        return _TaskInfo("do the task", FALLBACK_HORIZON, f"task registry not importable ({e.name} missing): generic "
+                         f"instruction, horizon {FALLBACK_HORIZON} unless the run / preset sets imagined_horizon")
+    spec = get_task(task)
+    return _TaskInfo(spec.instruction, int(spec.horizon))
 
 
 def _random_frames(n: int, size: int, seed: int = 0) -> torch.Tensor:
@@ -100,6 +117,7 @@ def from_preset(cfg: Any, device: torch.device, seed: int = 0) -> Subjects:
     spec = _task_spec(task)
     horizon = int(cfg.imagined_horizon or spec.horizon)
     return Subjects(
+        notes={"task": spec.note} if spec.note else {},
         source=f"preset {name} (random weights)", vae=vae, world_models={"teacher": wm}, policy=policy, tokenizer=tok,
         reward=reward, reward_trained=False, initial_frames=_random_frames(8, cfg.image_size, seed),
         frames_note="random uint8 frames (preset: no run data)", instruction=spec.instruction, horizon_steps=horizon,
@@ -165,6 +183,8 @@ def from_checkpoint(run_dir: str | Path, device: torch.device) -> Subjects:
         notes["reward"] = "none: the run has no finished reward stage (loop and grpo rows need one)"
     task = str(cfg.get("task", "square"))
     spec = _task_spec(task)
+    if spec.note:
+        notes["task"] = spec.note
     try:
         frames = torch.as_tensor(_cached_initial_frames(run, "train"))
         frames_note = "the run's cached training initial frames (data/initial_train_*.npz)"
@@ -276,6 +296,8 @@ def from_factory(spec: str, device: torch.device, cfg: Any) -> Subjects:
             notes["action_stats"] = "none given: the random policy's actions are taken as already normalized"
     policy, tok, reward = _random_rollout_models(cfg, int(wc.chunk_len), int(wc.action_dim), device)
     spec_t = _task_spec(task)
+    if spec_t.note:
+        notes["task"] = spec_t.note
     horizon = int(cfg.imagined_horizon or spec_t.horizon)
     return Subjects(
         source=f"model {spec}" + (f" ({parts['name']})" if parts.get("name") else ""), vae=vae, world_models=wms,
