@@ -26,6 +26,7 @@ LAYERS: list[set[str]] = [
     {"rl", "train"},
     {"config"},
     {"pipeline"},
+    {"bench"},
     {"cli", "__main__"},
 ]
 

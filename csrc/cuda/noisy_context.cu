@@ -5,8 +5,9 @@ namespace wmpo {
 namespace {
 
 // I: the index type, int32 below 2^31 elements (no 64-bit division per element), else int64.
-template <typename T, typename I>
-__global__ void noisy_context_kernel(const T* __restrict__ x0, const T* __restrict__ noise, const float* __restrict__ t,
+// x0 / x_t in T, noise in TN (one dtype, or mixed fp32 / bf16 / fp16: each read as it is, fp32 math).
+template <typename T, typename TN, typename I>
+__global__ void noisy_context_kernel(const T* __restrict__ x0, const TN* __restrict__ noise, const float* __restrict__ t,
                                      T* __restrict__ xt, float* __restrict__ tf, I N, I S, I T_, I num_context,
                                      float t_context) {
   const I stride = static_cast<I>(gridDim.x) * blockDim.x;
@@ -21,7 +22,10 @@ __global__ void noisy_context_kernel(const T* __restrict__ x0, const T* __restri
 std::tuple<Tensor, Tensor> noisy_context_cuda(const Tensor& x0_, const Tensor& noise_, const Tensor& t_,
                                               int64_t num_context, double t_context) {
   TORCH_CHECK(x0_.dim() >= 2 && noise_.sizes() == x0_.sizes(), "wmpo_C: x0/noise must be [B, T, ...] and match");
-  TORCH_CHECK(noise_.scalar_type() == x0_.scalar_type(), "wmpo_C: x0/noise must share one dtype");
+  const auto xt_dtype = x0_.scalar_type(), n_dtype = noise_.scalar_type();
+  auto reduced_or_float = [](at::ScalarType d) { return d == at::kFloat || d == at::kBFloat16 || d == at::kHalf; };
+  TORCH_CHECK(n_dtype == xt_dtype || (reduced_or_float(xt_dtype) && reduced_or_float(n_dtype)),
+              "wmpo_C: x0/noise must share one dtype, or be fp32/bf16/fp16 (got ", xt_dtype, " and ", n_dtype, ")");
   TORCH_CHECK(x0_.is_cuda() && noise_.device() == x0_.device() && t_.device() == x0_.device(), "wmpo_C: device mismatch");
   const c10::cuda::CUDAGuard guard(x0_.device());
   const int64_t B = x0_.size(0), T_ = x0_.size(1);
@@ -37,15 +41,23 @@ std::tuple<Tensor, Tensor> noisy_context_cuda(const Tensor& x0_, const Tensor& n
   }
   const int64_t S = N / (B * T_);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x0.scalar_type(), "noisy_context_cuda", [&] {
-    auto launch = [&](auto idx) {
-      using I = decltype(idx);
-      noisy_context_kernel<scalar_t, I><<<elementwise_blocks(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
-          x0.data_ptr<scalar_t>(), noise.data_ptr<scalar_t>(), t.data_ptr<float>(), xt.data_ptr<scalar_t>(),
-          tf.data_ptr<float>(), static_cast<I>(N), static_cast<I>(S), static_cast<I>(T_), static_cast<I>(num_context),
-          static_cast<float>(t_context));
+    using TX = scalar_t;
+    auto run = [&](auto noise_tag) {
+      using TN = decltype(noise_tag);
+      auto launch = [&](auto idx) {
+        using I = decltype(idx);
+        noisy_context_kernel<TX, TN, I><<<elementwise_blocks(N), 256, 0, c10::cuda::getCurrentCUDAStream()>>>(
+            x0.data_ptr<TX>(), noise.data_ptr<TN>(), t.data_ptr<float>(), xt.data_ptr<TX>(),
+            tf.data_ptr<float>(), static_cast<I>(N), static_cast<I>(S), static_cast<I>(T_), static_cast<I>(num_context),
+            static_cast<float>(t_context));
+      };
+      if (fits_int32(N)) launch(int32_t{0});
+      else launch(int64_t{0});
     };
-    if (fits_int32(N)) launch(int32_t{0});
-    else launch(int64_t{0});
+    if (n_dtype == xt_dtype) run(TX{});
+    else if (n_dtype == at::kFloat) run(float{});
+    else if (n_dtype == at::kBFloat16) run(at::BFloat16{});
+    else run(at::Half{});
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {xt, tf};

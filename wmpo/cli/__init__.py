@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "import": ("wmpo.cli.data:import_main", "import robomimic / LeRobot-style HDF5 episodes into a new trajectory store"),
     "export": ("wmpo.cli.data:export_main", "write a trajectory store as one self-contained HDF5 file (--single-file)"),
     "run": ("wmpo.cli.run:main", "the whole WMPO pipeline for one task and preset, resumable stage by stage"),
+    "bench": ("wmpo.cli.bench:main", "imagined frames/s (median, spread, MFU) of a preset, a run's models or your own world model"),
 }
 
 
@@ -45,6 +46,7 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("WMPO_QUIET_ROBOSUITE", "1")  # robosuite's start-up warnings, once per worker (wmpo.sim)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())

@@ -22,8 +22,19 @@ def noisy_context_ref(x0, noise, t, *, num_context: int, t_context: float):
     return xt, tf
 
 
+_MIXABLE = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _pick(backend: str, x0: Tensor, noise: Tensor) -> str:
+    """One dtype, or x0 and noise both among fp32 / bf16 / fp16 (autocast), run fused: the kernels read each
+    input in its own dtype and compute in fp32, as the reference does. Other pairs run the reference."""
+    if x0.dtype != noise.dtype and x0.dtype in _MIXABLE and noise.dtype in _MIXABLE:
+        return dispatch.resolve_backend(x0.device, backend or None)
+    return dispatch.pick(backend, x0, noise)
+
+
 def _impl(x0: Tensor, noise: Tensor, t: Tensor, num_context: int, t_context: float, backend: str) -> tuple[Tensor, Tensor]:
-    be = dispatch.pick(backend, x0, noise)
+    be = _pick(backend, x0, noise)
     if be == "triton":
         return dispatch.kernel("noisy_context").noisy_context(x0, noise, t, num_context, t_context)
     if be in ("cpp", "cuda"):

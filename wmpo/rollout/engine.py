@@ -171,6 +171,9 @@ class ImaginationEngine:
         """-> wmpo.accel.memory_plan.MemoryPlan of this engine's env and models (None: not a WorldModelEnv)."""
         if not (hasattr(self.wm_env, "wm") and hasattr(self.wm_env, "vae")):
             return None
+        wm = self.wm_env.wm
+        if not hasattr(getattr(wm, "cfg", None) or getattr(getattr(wm, "world_model", None), "cfg", None), "hidden"):
+            return None  # not a wmpo DiT (e.g. a DenoiserWorldModel): its memory cannot be planned from its config
         from wmpo.accel.memory_plan import plan_for_env
 
         extra = {"policy": self.policy}

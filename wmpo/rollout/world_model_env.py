@@ -16,6 +16,7 @@ import torch
 from wmpo.diffusion.fewstep import FUSED_MAX_STEPS, fused_euler_sample_cached
 from wmpo.diffusion.sampler import FlowMatchEulerSampler
 from wmpo.utils.checks import check_tensor
+from wmpo.utils.device import module_device
 
 
 class WorldModelEnv:
@@ -36,7 +37,7 @@ class WorldModelEnv:
             raise ValueError(f"num_context: expected {cfg.num_context} (the world model's), got {self.c}")
         tc = cfg.t_context if t_context is None else float(t_context)
         self.t_context = tc / 1000.0 if tc > 1.0 else tc
-        self.device = torch.device(device) if device is not None else next(world_model.parameters()).device
+        self.device = torch.device(device) if device is not None else (module_device(world_model) or torch.device("cpu"))
         self.dtype = torch.float32  # latents, context and Euler state stay fp32 (the model casts its inputs)
         self.K, self.A = cfg.chunk_len, cfg.action_dim
         self.C, self.h = cfg.latent_channels, cfg.latent_size

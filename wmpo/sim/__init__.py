@@ -49,6 +49,24 @@ def _headless_gl() -> None:
             pass
 
 
+ROBOSUITE_STARTUP_NOISE = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run:",
+                           "Could not import robosuite_models", "Could not load the mink-based whole-body IK",
+                           "Loading controller configuration from")
+"""robosuite's start-up messages (its optional setup, the default controller file it loads for every env; none
+about wmpo's use of it)"""
+
+
+def _quiet_robosuite_startup() -> None:
+    """WMPO_QUIET_ROBOSUITE=1 (the `wmpo` command sets it; its worker processes inherit it): drop robosuite's
+    start-up messages, which every worker process would print again. Other robosuite messages pass."""
+    if os.environ.get("WMPO_QUIET_ROBOSUITE") != "1":
+        return
+    import logging
+
+    logging.getLogger("robosuite_logs").addFilter(lambda rec: not str(rec.msg).startswith(ROBOSUITE_STARTUP_NOISE))
+
+
+_quiet_robosuite_startup()
 _disable_numba_jit()
 _headless_gl()
 
