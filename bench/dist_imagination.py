@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -97,18 +95,14 @@ def worker(args) -> None:
 
 
 def main() -> int:
+    from bench.world_sizes import add_world_size_args
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="tiny", help="model sizes of this wmpo.config preset (micro | tiny | cpu)")
     ap.add_argument("--batch", type=int, default=16, help="B, trajectories per iteration (global, both world sizes)")
     ap.add_argument("--group", type=int, default=4, help="G")
     ap.add_argument("--horizon", type=int, default=32, help="imagined env steps per trajectory")
-    ap.add_argument("--iterations", type=int, default=3, help="timed iterations per world size (after one warm-up)")
-    ap.add_argument("--world-sizes", default="1,2")
-    ap.add_argument("--out", default=None, help="result JSON (default: print only)")
-    ap.add_argument("--note", default="", help="free text stored with the result (e.g. the machine's other load)")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
-    ap.add_argument("--threads", type=int, default=1, help=argparse.SUPPRESS)
+    add_world_size_args(ap)
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -116,34 +110,16 @@ def main() -> int:
     import torch
 
     from bench.common import result_header
+    from bench.world_sizes import run_world_sizes, write_comparison
 
-    runs = []
-    for n in [int(x) for x in args.world_sizes.split(",")]:
-        if args.batch % (args.group * n):
-            raise SystemExit(f"error: --batch {args.batch} is not whole groups of {args.group} on {n} ranks")
-        with tempfile.TemporaryDirectory() as tmp:
-            res = Path(tmp) / "r.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(n), __file__, "--worker",
-                   "--worker-out", str(res), "--preset", args.preset, "--batch", str(args.batch), "--group", str(args.group),
-                   "--horizon", str(args.horizon), "--iterations", str(args.iterations), "--threads", "1"]
-            env = {**os.environ, "WMPO_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-            t0 = time.time()
-            p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-            if p.returncode != 0:
-                raise SystemExit(f"error: the {n}-rank run failed:\n{(p.stdout + p.stderr)[-3000:]}")
-            r = json.loads(res.read_text())
-            r["launch_wall_s"] = time.time() - t0
-            runs.append(r)
-            print(f"world size {n}: {r['imagined_trajectories_per_s']:.2f} imagined trajectories/s "
-                  f"({r['imagined_frames_per_s']:.1f} frames/s), with updates {r['iteration_trajectories_per_s']:.2f}/s")
-    out = {**result_header("dist_imagination", torch.device("cpu")), "preset": args.preset, "batch": args.batch,
-           "group_size": args.group, "horizon": args.horizon, "cpu_count": os.cpu_count(), "note": args.note, "runs": runs}
-    if len(runs) >= 2:
-        out["speedup"] = runs[-1]["imagined_trajectories_per_s"] / runs[0]["imagined_trajectories_per_s"]
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-        print(f"wrote {args.out}")
+    wargs = ["--preset", args.preset, "--batch", str(args.batch), "--group", str(args.group),
+             "--horizon", str(args.horizon), "--iterations", str(args.iterations)]
+    runs = run_world_sizes(__file__, wargs, [int(x) for x in args.world_sizes.split(",")], args.batch, args.group,
+                           lambda r: (f"{r['imagined_trajectories_per_s']:.2f} imagined trajectories/s "
+                                  f"({r['imagined_frames_per_s']:.1f} frames/s), with updates {r['iteration_trajectories_per_s']:.2f}/s"))
+    write_comparison({**result_header("dist_imagination", torch.device("cpu")), "preset": args.preset, "batch": args.batch,
+           "group_size": args.group, "horizon": args.horizon, "cpu_count": os.cpu_count(), "note": args.note},
+                     runs, "imagined_trajectories_per_s", args.out)
     return 0
 
 

@@ -9,6 +9,31 @@
 namespace wmpo {
 namespace {
 
+// Pack i of row r (offsets ro of the row, fo of its frame) as the VEC fp32 values AdaLN normalises: x, or
+// with GATED the residual update res + gate*y, rounded to T and stored to `out` (LN sees the stored value).
+template <typename T, typename TM, int VEC, bool GATED>
+__device__ __forceinline__ void adaln_load_pack(const T* __restrict__ x, const TM* __restrict__ yv,
+                                                const TM* __restrict__ gate, T* __restrict__ out, int64_t ro,
+                                                int64_t fo, int64_t i, float* f) {
+  using P = Pack<T, VEC>;
+  using PM = Pack<TM, VEC>;
+  const P a = reinterpret_cast<const P*>(x + ro)[i];
+  if (GATED) {
+    const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
+    const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
+    P o;
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) {
+      o.v[k] = static_cast<T>(to_f(a.v[k]) + to_f(g.v[k]) * to_f(b.v[k]));
+      f[k] = to_f(o.v[k]);
+    }
+    reinterpret_cast<P*>(out + ro)[i] = o;
+  } else {
+#pragma unroll
+    for (int k = 0; k < VEC; ++k) f[k] = to_f(a.v[k]);
+  }
+}
+
 // One 256-thread block per row (rows too long for adaln_fwd_warp_kernel). GATED: out = res + gate[f]*y (rounded to T, stored), h = LN(out)*(1+scale[f])+shift[f].
 // Otherwise h = LN(x)*(1+scale[f])+shift[f]. The row is staged in shared memory as fp32 (D floats).
 // Rows (x, out, h) are T; y, gate, shift, scale are TM (T, or bf16/fp16 with fp32 rows).
@@ -25,27 +50,9 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_kernel(
   const int64_t nv = D / VEC;
   float s = 0.f;
   for (int64_t i = threadIdx.x; i < nv; i += kLnThreads) {
-    const P a = reinterpret_cast<const P*>(x + ro)[i];
-    if (GATED) {
-      const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
-      const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
-      P o;
+    adaln_load_pack<T, TM, VEC, GATED>(x, yv, gate, out, ro, fo, i, buf + i * VEC);
 #pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        o.v[k] = static_cast<T>(to_f(a.v[k]) + to_f(g.v[k]) * to_f(b.v[k]));
-        const float f = to_f(o.v[k]);
-        buf[i * VEC + k] = f;
-        s += f;
-      }
-      reinterpret_cast<P*>(out + ro)[i] = o;
-    } else {
-#pragma unroll
-      for (int k = 0; k < VEC; ++k) {
-        const float f = to_f(a.v[k]);
-        buf[i * VEC + k] = f;
-        s += f;
-      }
-    }
+    for (int k = 0; k < VEC; ++k) s += buf[i * VEC + k];
   }
   const float mean = block_sum<kLnThreads>(s, red) / static_cast<float>(D);
   float q = 0.f;
@@ -91,25 +98,9 @@ __global__ void __launch_bounds__(kLnThreads) adaln_fwd_warp_kernel(
   for (int j = 0; j < NPACK; ++j) {
     const int64_t i = lane + 32 * j;
     if (i < nv) {
-      const P a = reinterpret_cast<const P*>(x + ro)[i];
-      if (GATED) {
-        const PM b = reinterpret_cast<const PM*>(yv + ro)[i];
-        const PM g = reinterpret_cast<const PM*>(gate + fo)[i];
-        P o;
+      adaln_load_pack<T, TM, VEC, GATED>(x, yv, gate, out, ro, fo, i, v[j]);
 #pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          o.v[k] = static_cast<T>(to_f(a.v[k]) + to_f(g.v[k]) * to_f(b.v[k]));
-          v[j][k] = to_f(o.v[k]);  // LN of the stored (rounded) residual, as in the block kernel
-          s += v[j][k];
-        }
-        reinterpret_cast<P*>(out + ro)[i] = o;
-      } else {
-#pragma unroll
-        for (int k = 0; k < VEC; ++k) {
-          v[j][k] = to_f(a.v[k]);
-          s += v[j][k];
-        }
-      }
+      for (int k = 0; k < VEC; ++k) s += v[j][k];
     } else {
 #pragma unroll
       for (int k = 0; k < VEC; ++k) v[j][k] = 0.f;
