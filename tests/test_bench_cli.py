@@ -223,3 +223,22 @@ def test_without_the_simulator_packages_the_task_falls_back_and_says_so(monkeypa
     monkeypatch.undo()
     real = subjects._task_spec("square")
     assert real.note == "" and real.instruction != "do the task"
+
+
+def test_a_simulator_env_under_the_cli_prints_none_of_robosuites_startup_lines():
+    """What every `wmpo` command's simulator workers would print per env without WMPO_QUIET_ROBOSUITE:
+    the default controller file line and (coffee's robot) its parts for other robots' bodies; with it, none of those."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from wmpo.sim.env import make_env\ne = make_env('coffee', image_size=32)\ne.reset()\ne.close()\n"
+    base = {k: v for k, v in os.environ.items() if k != "WMPO_QUIET_ROBOSUITE"}
+    base.setdefault("MUJOCO_GL", "egl")
+    loud = subprocess.run([sys.executable, "-c", code], env=base, capture_output=True, text=True, timeout=300)
+    quiet = subprocess.run([sys.executable, "-c", code], env={**base, "WMPO_QUIET_ROBOSUITE": "1"}, capture_output=True,
+                           text=True, timeout=300)
+    assert loud.returncode == 0 and quiet.returncode == 0, loud.stderr[-2000:] + quiet.stderr[-2000:]
+    assert "The config has defined for the controller" in loud.stderr  # what is being silenced exists
+    assert "The config has defined for the controller" not in quiet.stderr, quiet.stderr[-2000:]
+    assert "Loading controller configuration" not in quiet.stderr

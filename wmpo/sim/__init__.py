@@ -51,9 +51,9 @@ def _headless_gl() -> None:
 
 ROBOSUITE_STARTUP_NOISE = ("No private macro file found", "It is recommended to use a private macro file", "To setup, run:",
                            "Could not import robosuite_models", "Could not load the mink-based whole-body IK",
-                           "Loading controller configuration from")
-"""robosuite's start-up messages (its optional setup, the default controller file it loads for every env; none
-about wmpo's use of it)"""
+                           "Loading controller configuration from", "The config has defined for the controller")
+"""robosuite's start-up messages (its optional setup, the default controller file it loads for every env, and
+that file's parts for other robots' bodies, five lines per env for a Panda arm; none about wmpo's use of it)"""
 
 
 def _quiet_robosuite_startup() -> None:
