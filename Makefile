@@ -67,7 +67,7 @@ CU_JOBS   ?= 2
 
 $(CU_VENV)/.installed: requirements-build.txt
 	test -x $(CU_VENV)/bin/python || $(PY) -m venv $(CU_VENV)
-	env -u PIP_FIND_LINKS $(CU_VENV)/bin/python -m pip install -q --isolated --index-url $(CU_INDEX) "$(CU_TORCH)"
+	env -u PIP_FIND_LINKS $(CU_VENV)/bin/python -m pip install -q --isolated --disable-pip-version-check --index-url $(CU_INDEX) "$(CU_TORCH)"
 	$(CU_VENV)/bin/python -m pip install -q -r requirements-build.txt
 	$(CU_VENV)/bin/python -c "import sys, torch; sys.exit(0 if torch.version.cuda else 'wmpo: $(CU_TORCH) from $(CU_INDEX) is not a CUDA build of torch')"
 	touch $@
@@ -77,4 +77,4 @@ wheel-cuda: $(CU_VENV)/.installed
 	  TORCH_CUDA_ARCH_LIST="$(CU_ARCHS)" CMAKE_BUILD_PARALLEL_LEVEL=$(CU_JOBS))
 
 clean:
-	rm -rf build dist $(VENV)
+	rm -rf build dist $(VENV) $(CU_VENV)
