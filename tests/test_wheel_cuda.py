@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # the build in `wheel` alone takes 5-10 min here
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHS = os.environ.get("WMPO_CUDA_ARCHS", "8.0;9.0")  # the TORCH_CUDA_ARCH_LIST the wheel was built with
