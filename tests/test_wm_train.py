@@ -6,7 +6,7 @@ from wmpo.data.loader import action_stats
 from wmpo.models.vae import FrameVAE, VAEConfig
 from wmpo.models.world_model import WorldModel, WorldModelConfig
 from wmpo.train.wm_eval import evaluate_world_model
-from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset, train_world_model
+from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset, ema_decay_at, train_world_model
 from wmpo.utils.checkpoint import load_checkpoint
 
 torch.set_num_threads(1)
@@ -179,3 +179,28 @@ def test_fidelity_eval_uses_the_world_models_own_stats(tmp_path):
     save_checkpoint(tmp_path / "bare.pt", wm.state())
     assert wm_eval_main(["--store", str(tmp_path / "held_out.h5"), "--vae", str(tmp_path / "vae.pt"), "--world-model",
                          str(tmp_path / "bare.pt"), "--out", str(tmp_path / "eval2"), "--steps", "1", "--device", "cpu"]) == 2
+
+
+def test_ema_warmup_tracks_a_short_run():
+    cfg = WMTrainConfig(model=WorldModelConfig(), ema_decay=0.99, ema_warmup=True)
+    assert [round(ema_decay_at(n, cfg), 4) for n in (0, 1, 90, 10_000)] == [0.1, 0.1818, 0.91, 0.99]
+    assert ema_decay_at(0, WMTrainConfig(model=WorldModelConfig(), ema_decay=0.99)) == 0.99  # off: as before
+    eps, vae, mcfg = small_setup()
+    data = build_dataset(vae, eps, action_stats(eps), mcfg, "cpu")
+
+    def init_share(warmup: bool) -> float:
+        """the share of the initial weights left in the EMA after 20 updates (one parameter, measured)"""
+        torch.manual_seed(0)
+        tr = WMTrainer(WMTrainConfig(model=mcfg, batch_size=2, lr=1e-3, ema_decay=0.99, ema_warmup=warmup), data, torch.device("cpu"))
+        p0 = next(tr.model.parameters()).detach().clone()
+        trajectory = [p0]
+        for _ in range(20):
+            tr.step()
+            trajectory.append(next(tr.model.parameters()).detach().clone())
+        # the EMA is a weighted mean of the trajectory: solve for the weight on p0 along the largest move
+        e, last = next(tr.ema.parameters()), trajectory[-1]
+        i = (last - p0).abs().argmax()
+        return float((e.flatten()[i] - last.flatten()[i]) / (p0.flatten()[i] - last.flatten()[i]))
+
+    off, on = init_share(False), init_share(True)
+    assert off > 0.8 and on < 0.2, (off, on)  # measured 0.90 and 0.08

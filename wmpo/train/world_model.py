@@ -35,6 +35,10 @@ class WMTrainConfig(TrainLoopConfig):
     """AdamW betas (paper)"""
     ema_decay: float = 0.9999
     """EMA of the weights (paper 0.9999); 0 disables"""
+    ema_warmup: bool = False
+    """decay min(ema_decay, (1 + n) / (10 + n)) at this trainer's update n (`ema_decay_at`), so the EMA of a
+    short run is not mostly its initialization (0.99 over 250 steps keeps 8% of it); False: ema_decay
+    from the first update, as runs written before this field"""
     lr_schedule: str = "constant"
     """'constant' (paper) or 'cosine': linear warmup over warmup_steps, then cosine to lr * min_lr_ratio"""
     warmup_steps: int = 0
@@ -50,6 +54,11 @@ class WMTrainConfig(TrainLoopConfig):
     steps: int = 100000  # (loop defaults of the world model)
     grad_clip: float = 0.1
     log_every: int = 25
+
+
+def ema_decay_at(n: int, cfg: WMTrainConfig) -> float:
+    """The EMA decay of update n (0-based): cfg.ema_decay, capped by (1 + n) / (10 + n) under ema_warmup."""
+    return min(cfg.ema_decay, (1 + n) / (10 + n)) if cfg.ema_warmup else cfg.ema_decay
 
 
 def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
@@ -116,9 +125,10 @@ class WMTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.opt.step()
         if self.ema is not None:
+            decay = ema_decay_at(self.step_count, self.cfg)
             with torch.no_grad():
                 for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
-                    pe.lerp_(pm, 1 - self.cfg.ema_decay)
+                    pe.lerp_(pm, 1 - decay)
         self.step_count += 1
         return loss.item()
 
