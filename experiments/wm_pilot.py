@@ -26,7 +26,21 @@ from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModelConfig
 from wmpo.pipeline.diagnostics import open_loop_fidelity
+from wmpo.train import world_model as wm_train
 from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset
+
+
+def motion_weighted_flow_loss(weight: float):
+    """flow_loss with the squared error of latent pixels that change (> 0.1 from the last context frame)
+    weighted 1 + `weight` (normalized so the mean weight is 1)."""
+    def loss(model, x0, actions, t, noise):
+        c = model.cfg.num_context
+        xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
+        v = model(xt, tf, actions)
+        err = (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
+        w = 1.0 + weight * ((x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2, keepdim=True) > 0.1).float()
+        return (err * w).sum() / (w.expand_as(err).sum())
+    return loss
 
 
 @torch.no_grad()
@@ -47,6 +61,24 @@ def motion_errors(model, x0: torch.Tensor, act: torch.Tensor, times=(0.3, 0.7), 
     return out
 
 
+def context_noise_flow_loss(t_max: float, motion_weight: float = 0.0):
+    """flow_loss with noise augmentation of the context frames: each window's context frames at a flow time
+    drawn from U(0, t_max) (and told so through their per-frame time), not the fixed t_context; inference
+    keeps t_context. The model can no longer extrapolate the motion exactly from clean context frames."""
+    def loss(model, x0, actions, t, noise):
+        c, B = model.cfg.num_context, x0.shape[0]
+        tc = torch.rand(B, generator=torch.Generator().manual_seed(int(noise[0, 0, 0, 0, 0].abs().item() * 1e6))) * t_max
+        T = x0.shape[1]
+        tf = torch.cat([tc[:, None].expand(B, c), t[:, None].expand(B, T - c)], 1).to(x0.dtype)
+        w = tf[:, :, None, None, None]
+        xt = (1 - w) * x0 + w * noise
+        v = model(xt, tf, actions)
+        err = (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
+        wt = 1.0 + motion_weight * ((x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2, keepdim=True) > 0.1).float()
+        return (err * wt).sum() / wt.expand_as(err).sum()
+    return loss
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train", nargs="+", required=True, help="trajectory stores to train on")
@@ -60,6 +92,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--minutes", type=float, default=20.0, help="training wall time")
     ap.add_argument("--max-steps", type=int, default=100_000)
+    ap.add_argument("--context-noise-max", type=float, default=0.0,
+                    help="noise augmentation: context frames at a flow time from U(0, this) in training (0: t_context)")
+    ap.add_argument("--motion-weight", type=float, default=0.0,
+                    help="extra loss weight of the latent pixels that move (0: the library's flow loss)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -71,6 +107,10 @@ def main() -> None:
                             patch=args.patch, hidden=args.hidden, spatial_blocks=args.blocks, temporal_blocks=args.blocks,
                             heads=args.heads, num_context=4, chunk_len=8, action_dim=train_eps[0].actions.shape[-1])
     cfg = WMTrainConfig(model=mcfg, steps=args.max_steps, batch_size=args.batch, lr=args.lr, grad_clip=1.0, ema_decay=0.0)
+    if args.context_noise_max > 0:
+        wm_train.flow_loss = context_noise_flow_loss(args.context_noise_max, args.motion_weight)
+    elif args.motion_weight > 0:
+        wm_train.flow_loss = motion_weighted_flow_loss(args.motion_weight)
     data = build_dataset(vae, train_eps, stats, mcfg, dev)
     tr = WMTrainer(cfg, data, dev)
     tr.model.set_action_stats(stats)
@@ -85,10 +125,13 @@ def main() -> None:
             print(f"step {tr.step_count} loss {sum(losses[-100:]) / 100:.4f} ({time.time() - t0:.0f} s)", flush=True)
     train_s = time.time() - t0
     model = tr.model.eval()
+    train_x0, train_act = data.sample(64, torch.Generator().manual_seed(0))
+    train_motion = motion_errors(model, train_x0, train_act)
     held_data = build_dataset(vae, held, stats, mcfg, dev)
     x0, act = held_data.sample(64, torch.Generator().manual_seed(0))
     res = {"config": vars(args), "params": n_params, "steps": tr.step_count, "train_s": train_s,
-           "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "motion": motion_errors(model, x0, act)}
+           "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "motion": motion_errors(model, x0, act),
+           "motion_on_training_windows": train_motion}
     fid = open_loop_fidelity(vae, model, held[:8], stats, steps=10, device=dev, max_frames=48)
     res["open_loop"] = {h: {"imagined": v["imagined_psnr"], "first_frame": v["first_frame_psnr"]} for h, v in fid["at"].items()}
     Path(args.out).write_text(json.dumps(res, indent=1))
@@ -96,6 +139,7 @@ def main() -> None:
     print(json.dumps({"steps": res["steps"], "loss": round(res["final_loss"], 4),
                       "moving_err_t0.7": round(m["t0.7"]["moving"], 3), "action_gap_t0.7": round(m["t0.7"]["action_gap"], 3),
                       "static_err_t0.7": round(m["t0.7"]["static"], 4),
+                      "train_moving_err_t0.7": round(train_motion["t0.7"]["moving"], 3),
                       "psnr": {h: round(v["imagined"], 1) for h, v in res["open_loop"].items()},
                       "ff": {h: round(v["first_frame"], 1) for h, v in res["open_loop"].items()}}))
 
