@@ -1,6 +1,6 @@
 """Open-loop probe of a world-model checkpoint: its EMA and its trained (raw) weights, next to the
 first-frame and VAE references, on episodes it never trained on; and whether it uses its actions
-(the moving-pixel velocity error and the action gap of experiments/wm_pilot.py, on 64 windows).
+(wmpo.pipeline.diagnostics.action_sensitivity: moving-pixel velocity error and action gap, 64 windows).
 
     python experiments/probe_wm.py --store heldout.h5 --vae RUN/vae/vae.pt \
         --world-model RUN/wm_pretrain/world_model.pt --episodes 4 --max-frames 64 --steps 10 --out probe.json
@@ -19,10 +19,7 @@ import torch
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModel
-from wmpo.pipeline.diagnostics import open_loop_fidelity
-from wmpo.train.world_model import build_dataset
-
-from wm_pilot import motion_errors  # experiments/wm_pilot.py: moving-pixel error and action gap
+from wmpo.pipeline.diagnostics import action_sensitivity, open_loop_fidelity
 
 
 def main() -> None:
@@ -50,8 +47,7 @@ def main() -> None:
                                max_frames=args.max_frames)
         r.pop("frames")
         out[label] = r
-        x0, act = build_dataset(vae, episodes, wm.action_stats, wm.cfg, dev).sample(64, torch.Generator().manual_seed(0))
-        r["motion"] = motion_errors(wm, x0, act)
+        r["motion"] = action_sensitivity(vae, wm, episodes, wm.action_stats, device=dev)
         row = "  ".join(f"{h}: {v['imagined_psnr']:.1f}" for h, v in r["at"].items())
         m = r["motion"]["t0.7"]
         print(f"{label:>4} PSNR  {row}   moving err {m['moving']:.3f}  action gap {m['action_gap']:.3f} (t 0.7)")

@@ -6,9 +6,9 @@ needs from it: does it predict the moving part of the scene (the arm), and does 
         --minutes 20 --out pilot_p2.json
 
 Measures, on windows of the held-out episodes (fixed seed, so every pilot sees the same windows):
-- the velocity error of the predicted frames split into static latent pixels (changed < 0.01 from
-  the last context frame) and moving ones (> 0.1), with the real actions and with the actions of other
-  windows (permuted): `action_gap` = error(permuted) / error(real) on moving pixels, 1.0 = actions unused;
+- wmpo.pipeline.diagnostics.action_sensitivity: the velocity error of the predicted frames on static
+  and on moving latent pixels, with the real actions and with other windows' (`action_gap` =
+  permuted / real on moving pixels; 1.0 = actions unused);
 - open-loop PSNR (wmpo.pipeline.diagnostics.open_loop_fidelity) at frames 8 / 24 / 48 next to the
   first-frame reference.
 """
@@ -25,7 +25,7 @@ from wmpo import ops
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModelConfig
-from wmpo.pipeline.diagnostics import open_loop_fidelity
+from wmpo.pipeline.diagnostics import action_sensitivity, open_loop_fidelity
 from wmpo.train import world_model as wm_train
 from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset
 
@@ -41,24 +41,6 @@ def motion_weighted_flow_loss(weight: float):
         w = 1.0 + weight * ((x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2, keepdim=True) > 0.1).float()
         return (err * w).sum() / (w.expand_as(err).sum())
     return loss
-
-
-@torch.no_grad()
-def motion_errors(model, x0: torch.Tensor, act: torch.Tensor, times=(0.3, 0.7), seed: int = 2) -> dict:
-    c = model.cfg.num_context
-    move = (x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2)  # [B, K, h, w]
-    static, moving = move < 0.01, move > 0.1
-    perm = torch.roll(torch.arange(x0.shape[0]), 1)
-    out = {"moving_fraction": float(moving.float().mean())}
-    for t in times:
-        noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(seed))
-        xt, tf = ops.noisy_context(x0, noise, torch.full((x0.shape[0],), t), num_context=c, t_context=model.cfg.t_context)
-        target = noise[:, c:] - x0[:, c:]
-        err = {k: (model(xt, tf, a)[:, c:] - target).pow(2).mean(2) for k, a in (("real", act), ("permuted", act[perm]))}
-        out[f"t{t}"] = {"static": float(err["real"][static].mean()), "moving": float(err["real"][moving].mean()),
-                        "moving_permuted": float(err["permuted"][moving].mean()),
-                        "action_gap": float(err["permuted"][moving].mean() / err["real"][moving].mean())}
-    return out
 
 
 def context_noise_flow_loss(t_max: float, motion_weight: float = 0.0):
@@ -125,12 +107,9 @@ def main() -> None:
             print(f"step {tr.step_count} loss {sum(losses[-100:]) / 100:.4f} ({time.time() - t0:.0f} s)", flush=True)
     train_s = time.time() - t0
     model = tr.model.eval()
-    train_x0, train_act = data.sample(64, torch.Generator().manual_seed(0))
-    train_motion = motion_errors(model, train_x0, train_act)
-    held_data = build_dataset(vae, held, stats, mcfg, dev)
-    x0, act = held_data.sample(64, torch.Generator().manual_seed(0))
+    train_motion = action_sensitivity(vae, model, train_eps[:: max(1, len(train_eps) // 16)], stats, device=dev)
     res = {"config": vars(args), "params": n_params, "steps": tr.step_count, "train_s": train_s,
-           "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "motion": motion_errors(model, x0, act),
+           "final_loss": sum(losses[-100:]) / max(1, len(losses[-100:])), "motion": action_sensitivity(vae, model, held, stats, device=dev),
            "motion_on_training_windows": train_motion}
     fid = open_loop_fidelity(vae, model, held[:8], stats, steps=10, device=dev, max_frames=48)
     res["open_loop"] = {h: {"imagined": v["imagined_psnr"], "first_frame": v["first_frame_psnr"]} for h, v in fid["at"].items()}

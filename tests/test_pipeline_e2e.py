@@ -74,6 +74,7 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     at8 = diag["fidelity"]["2_steps"]["at"]["8"]
     assert {"imagined_psnr", "first_frame_psnr", "vae_psnr"} <= set(at8) and at8["episodes"] == 2
     assert 0.0 <= diag["outcome_agreement"] <= 1.0 and diag["closed_loop"]["trajectories"] == 2
+    assert diag["action_sensitivity"]["windows"] == 64 and {"t0.3", "t0.7"} <= set(diag["action_sensitivity"])
     res = json.loads((out / "result.json").read_text())
     for key in ("task", "preset", "methods", "wmpo_vs_base_mcnemar_p", "outcome_agreement", "reward_f1_policy",
                 "imagined_vs_real_base", "wall_s"):
@@ -81,7 +82,7 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     assert set(res["methods"]) >= {"base", "wmpo", "online_grpo", "dpo"}
     assert all({"successes", "episodes", "ci95", "mean_success_length"} <= set(m) for m in res["methods"].values())
     assert 0.0 <= res["wmpo_vs_base_mcnemar_p"] <= 1.0 and res["wall_s"]["total"] > 0
-    assert "## Diagnostics" in report
+    assert "## Diagnostics" in report and "Action sensitivity" in report
     # evaluation resumes per policy: a run killed during evaluation keeps the policies already evaluated
     base_json = (out / "eval" / "base.json").read_text()
     (out / "stages" / "evaluate.json").unlink()

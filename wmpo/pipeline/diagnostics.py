@@ -9,7 +9,11 @@ On real base-policy episodes that no model trained on (`heldout` rollouts, train
 - outcome agreement: the reward model's verdict on the imagined video vs the real outcome;
 - the reward model's precision / recall / F1 on the real held-out episodes themselves;
 - closed loop: the base policy's success rate inside the world model vs in the simulator, from the
-  same initial states at the same temperature.
+  same initial states at the same temperature;
+- action sensitivity: does the world model use its actions at all? The velocity error of its
+  predicted frames on the latent pixels that move (the arm and what it carries) with the real actions
+  and with other windows' actions; a world model that ignores them (ratio 1.0) gives WMPO groups whose
+  imagined outcome does not depend on what the policy does.
 """
 from __future__ import annotations
 
@@ -92,6 +96,47 @@ def open_loop_fidelity(vae, world_model, episodes: Sequence, action_stats: dict,
             "vae": {"psnr": curves["vae_psnr"], "ssim": curves["vae_ssim"]},
             "at": at, "num_episodes": B, "lengths": lengths.tolist(),
             "frames": torch.cat(imag_u8, 1).numpy()}
+
+
+MOVING = 0.1
+"""a latent pixel moves when its mean squared change over channels from the last context frame exceeds this"""
+STATIC = 0.01
+"""... and is static below this"""
+
+
+@torch.no_grad()
+def action_sensitivity(vae, world_model, episodes: Sequence, action_stats: dict, *, device: torch.device,
+                       windows: int = 64, times: Sequence[float] = (0.3, 0.7), seed: int = 0) -> dict[str, Any]:
+    """On `windows` random windows (c + K frames) of the episodes: the world model's velocity error on the
+    predicted frames at flow times `times`, split into static and moving latent pixels (change from the
+    last context frame < STATIC, > MOVING), with the real actions and with those of another window.
+
+    -> {"windows", "moving_fraction", "t<time>": {"static", "moving", "moving_permuted", "action_gap"}}, where
+    action_gap = moving_permuted / moving: 1.0 when the model ignores its actions, above 1 when it uses them
+    (None where no latent pixel of the windows moves, or none is static)."""
+    from wmpo import ops
+    from wmpo.train.world_model import build_dataset
+
+    data = build_dataset(vae, episodes, action_stats, world_model.cfg, device)
+    gen = torch.Generator().manual_seed(seed)
+    x0, act = data.sample(windows, gen)
+    x0, act = x0.to(device), act.to(device)
+    c = world_model.cfg.num_context
+    change = (x0[:, c:] - x0[:, c - 1:c]).float().pow(2).mean(2)  # [B, K, h, w]
+    static, moving = change < STATIC, change > MOVING
+    other = torch.roll(torch.arange(windows, device=device), 1)  # each window gets its neighbour's actions
+    out: dict[str, Any] = {"windows": windows, "moving_fraction": float(moving.float().mean())}
+    for t in times:
+        noise = torch.randn(x0.shape, generator=gen).to(device)
+        xt, tf = ops.noisy_context(x0, noise, torch.full((windows,), float(t), device=device), num_context=c,
+                                   t_context=world_model.cfg.t_context)
+        target = (noise[:, c:] - x0[:, c:]).float()
+        err = {k: (world_model(xt, tf, a)[:, c:].float() - target).pow(2).mean(2) for k, a in (("real", act), ("other", act[other]))}
+        mean = lambda e, m: float(e[m].mean()) if m.any() else None  # noqa: E731  (None: no such pixel)
+        real_m, other_m = mean(err["real"], moving), mean(err["other"], moving)
+        out[f"t{t}"] = {"static": mean(err["real"], static), "moving": real_m, "moving_permuted": other_m,
+                        "action_gap": other_m / real_m if real_m else None}
+    return out
 
 
 def outcome_agreement(reward_model, imagined: np.ndarray, lengths: Sequence[int], real_success: Sequence[bool],

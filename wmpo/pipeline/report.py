@@ -74,6 +74,14 @@ def _diagnostics_lines(diag: dict | None, cfg: Any) -> list[str]:
               f"F1 {_f(rw.get('f1'))} ({rw.get('positives', '-')} successes of {rw.get('episodes', '-')}; target F1 >= 0.9).",
               f"- Closed loop, base policy from the same initial states at T = {cfg.grpo.temperature}: imagined success "
               f"{_pct(cl.get('imagined_success_rate'))}% vs real {_pct(cl.get('real_success_rate'))}% (target within 10 points)."]
+    sens = diag.get("action_sensitivity")
+    if sens:
+        at = {k: v for k, v in sens.items() if k.startswith("t") and isinstance(v, dict)}
+        lines.append("- Action sensitivity (velocity error on the latent pixels that move, real actions vs another window's; "
+                     "gap 1.00 = the world model ignores its actions): "
+                     + "; ".join(f"t = {k[1:]}: {_f(v['moving'])} vs {_f(v['moving_permuted'])}, gap {_f(v['action_gap'])}"
+                                 for k, v in at.items())
+                     + f" ({sens['windows']} windows, {_pct(sens['moving_fraction'])}% of latent pixels moving).")
     return lines
 
 

@@ -78,6 +78,7 @@ def result_summary(cfg: Any, outputs: dict[str, dict], out_dir: Path) -> dict[st
         "reward_f1_policy": (diag.get("reward_on_heldout") or {}).get("f1"),
         "imagined_vs_real_base": {"imagined": closed.get("imagined_success_rate"), "real": closed.get("real_success_rate")},
         "fidelity_at_48": (fid.get("at") or {}).get("48"),
+        "action_gap": ((diag.get("action_sensitivity") or {}).get("t0.7") or {}).get("action_gap"),
         "diagnostics": diag or None,
         "wall_s": stage_seconds(out_dir),
         "wmpo_history": outputs.get("wmpo", {}).get("history"),

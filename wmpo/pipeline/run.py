@@ -183,6 +183,7 @@ def stage_diagnostics(ctx: Context) -> dict:
     main_key = f"{cfg.sampler_steps}_steps"
     out["outcome_agreement"] = fidelity[main_key]["outcome"]["agreement"]
     out["reward_on_heldout"] = dg.reward_on_real(reward, eps, ctx.device)
+    out["action_sensitivity"] = dg.action_sensitivity(vae, wm, eps, stats, device=ctx.device, seed=cfg.seed)
     # closed loop: the base policy in the world model from the held-out episodes' initial states
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
     engine = ctx.imagination_engine(policy, tok, wm_path, ctx.output("reward")["reward_path"])
