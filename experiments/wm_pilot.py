@@ -25,38 +25,32 @@ from wmpo import ops
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
 from wmpo.models.world_model import WorldModelConfig
-from wmpo.pipeline.diagnostics import action_sensitivity, open_loop_fidelity
+from wmpo.pipeline.diagnostics import MOVING, action_sensitivity, open_loop_fidelity
 from wmpo.train import world_model as wm_train
 from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset
 
 
-def motion_weighted_flow_loss(weight: float):
-    """flow_loss with the squared error of latent pixels that change (> 0.1 from the last context frame)
-    weighted 1 + `weight` (normalized so the mean weight is 1)."""
-    def loss(model, x0, actions, t, noise):
-        c = model.cfg.num_context
-        xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
-        v = model(xt, tf, actions)
-        err = (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
-        w = 1.0 + weight * ((x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2, keepdim=True) > 0.1).float()
-        return (err * w).sum() / (w.expand_as(err).sum())
-    return loss
+def pilot_flow_loss(context_noise_max: float, motion_weight: float, seed: int = 0):
+    """The library's flow loss with two pilot options:
+    - context noise augmentation (context_noise_max > 0): each window's context frames at a flow time from
+      U(0, context_noise_max), told to the model through their per-frame time, instead of the fixed
+      t_context (sampling keeps t_context), so the motion cannot be extrapolated exactly from clean context;
+    - motion weighting (motion_weight > 0): the squared error of the latent pixels that move
+      (wmpo.pipeline.diagnostics.MOVING) weighted 1 + motion_weight, normalized to a mean weight of 1."""
+    gen = torch.Generator().manual_seed(seed)
 
-
-def context_noise_flow_loss(t_max: float, motion_weight: float = 0.0):
-    """flow_loss with noise augmentation of the context frames: each window's context frames at a flow time
-    drawn from U(0, t_max) (and told so through their per-frame time), not the fixed t_context; inference
-    keeps t_context. The model can no longer extrapolate the motion exactly from clean context frames."""
     def loss(model, x0, actions, t, noise):
-        c, B = model.cfg.num_context, x0.shape[0]
-        tc = torch.rand(B, generator=torch.Generator().manual_seed(int(noise[0, 0, 0, 0, 0].abs().item() * 1e6))) * t_max
-        T = x0.shape[1]
-        tf = torch.cat([tc[:, None].expand(B, c), t[:, None].expand(B, T - c)], 1).to(x0.dtype)
-        w = tf[:, :, None, None, None]
-        xt = (1 - w) * x0 + w * noise
-        v = model(xt, tf, actions)
-        err = (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
-        wt = 1.0 + motion_weight * ((x0[:, c:] - x0[:, c - 1:c]).pow(2).mean(2, keepdim=True) > 0.1).float()
+        c, (B, T) = model.cfg.num_context, x0.shape[:2]
+        if context_noise_max > 0:
+            tc = torch.rand(B, generator=gen) * context_noise_max
+            tf = torch.cat([tc[:, None].expand(B, c), t[:, None].expand(B, T - c)], 1).to(x0.dtype)
+            w = tf[:, :, None, None, None]
+            xt = (1 - w) * x0 + w * noise
+        else:
+            xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
+        err = (model(xt, tf, actions)[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
+        moving = (x0[:, c:] - x0[:, c - 1:c]).float().pow(2).mean(2, keepdim=True) > MOVING
+        wt = 1.0 + motion_weight * moving.float()
         return (err * wt).sum() / wt.expand_as(err).sum()
     return loss
 
@@ -89,10 +83,8 @@ def main() -> None:
                             patch=args.patch, hidden=args.hidden, spatial_blocks=args.blocks, temporal_blocks=args.blocks,
                             heads=args.heads, num_context=4, chunk_len=8, action_dim=train_eps[0].actions.shape[-1])
     cfg = WMTrainConfig(model=mcfg, steps=args.max_steps, batch_size=args.batch, lr=args.lr, grad_clip=1.0, ema_decay=0.0)
-    if args.context_noise_max > 0:
-        wm_train.flow_loss = context_noise_flow_loss(args.context_noise_max, args.motion_weight)
-    elif args.motion_weight > 0:
-        wm_train.flow_loss = motion_weighted_flow_loss(args.motion_weight)
+    if args.context_noise_max > 0 or args.motion_weight > 0:
+        wm_train.flow_loss = pilot_flow_loss(args.context_noise_max, args.motion_weight)
     data = build_dataset(vae, train_eps, stats, mcfg, dev)
     tr = WMTrainer(cfg, data, dev)
     tr.model.set_action_stats(stats)

@@ -125,6 +125,10 @@ def action_sensitivity(vae, world_model, episodes: Sequence, action_stats: dict,
     change = (x0[:, c:] - x0[:, c - 1:c]).float().pow(2).mean(2)  # [B, K, h, w]
     static, moving = change < STATIC, change > MOVING
     other = torch.roll(torch.arange(windows, device=device), 1)  # each window gets its neighbour's actions
+
+    def mean(e: torch.Tensor, mask: torch.Tensor) -> float | None:  # None: no such pixel
+        return float(e[mask].mean()) if mask.any() else None
+
     out: dict[str, Any] = {"windows": windows, "moving_fraction": float(moving.float().mean())}
     for t in times:
         noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -132,7 +136,6 @@ def action_sensitivity(vae, world_model, episodes: Sequence, action_stats: dict,
                                    t_context=world_model.cfg.t_context)
         target = (noise[:, c:] - x0[:, c:]).float()
         err = {k: (world_model(xt, tf, a)[:, c:].float() - target).pow(2).mean(2) for k, a in (("real", act), ("other", act[other]))}
-        mean = lambda e, m: float(e[m].mean()) if m.any() else None  # noqa: E731  (None: no such pixel)
         real_m, other_m = mean(err["real"], moving), mean(err["other"], moving)
         out[f"t{t}"] = {"static": mean(err["real"], static), "moving": real_m, "moving_permuted": other_m,
                         "action_gap": other_m / real_m if real_m else None}
