@@ -3,6 +3,7 @@ or run under torchrun as a script (`python -m torch.distributed.run ... tests/di
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -74,6 +75,10 @@ def update_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         if rank == 0:
             torch.save({"params": {k: v.detach().clone() for k, v in pol.state_dict().items()}, "stats": stats},
                        Path(out_dir) / f"{name}.pt")
+        del tr, pol, batch
+    # free the DDP/FSDP2 wrappers (FSDP2's hooks make reference cycles) while the interpreter is whole:
+    # a wrapper finalised at interpreter exit can abort the rank in gloo's teardown (SIGABRT, seen in CI)
+    gc.collect()
     tdist.barrier()
     tdist.destroy_process_group()
 
@@ -110,7 +115,7 @@ def toy_components(seed: int = 0):
 
 
 def wmpo_main(argv: list[str]) -> int:
-    from wmpo.dist import init_distributed
+    from wmpo.dist import init_distributed, shutdown_distributed
     from wmpo.rl.wmpo import wmpo_train
 
     ap = argparse.ArgumentParser()
@@ -138,6 +143,7 @@ def wmpo_main(argv: list[str]) -> int:
         torch.save({k: v.detach().clone() for k, v in pol.state_dict().items()}, out / "params.pt")
         (out / "history.json").write_text(json.dumps({"history": hist, "ran": len(done), "world_size": ctx.world_size}))
     ctx.barrier()
+    shutdown_distributed()
     return 0
 
 

@@ -8,6 +8,7 @@ gradients travel through DDP / FSDP2 themselves.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -148,7 +149,10 @@ def init_distributed(backend: str | None = None, timeout_s: float | None = None)
 
 
 def shutdown_distributed() -> None:
+    """Destroy the process group. Collect garbage first: DDP/FSDP2 wrappers left in reference cycles would
+    otherwise be finalised during interpreter teardown, where gloo's worker threads can abort the process."""
     global _current
+    gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
     _current = SINGLE
