@@ -24,7 +24,7 @@ import torch
 from wmpo import ops
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
-from wmpo.models.world_model import WorldModelConfig
+from wmpo.models.world_model import WorldModelConfig, generation_window
 from wmpo.pipeline.diagnostics import MOVING, action_sensitivity, open_loop_fidelity
 from wmpo.train import world_model as wm_train
 from wmpo.train.world_model import WMTrainConfig, WMTrainer, build_dataset
@@ -41,6 +41,8 @@ def pilot_flow_loss(context_noise_max: float, motion_weight: float, seed: int = 
 
     def loss(model, x0, actions, t, noise):
         c, (B, T) = model.cfg.num_context, x0.shape[:2]
+        moving = (x0[:, c:] - x0[:, c - 1:c]).float().pow(2).mean(2, keepdim=True) > MOVING
+        x0 = generation_window(model.cfg, x0)
         if context_noise_max > 0:
             tc = torch.rand(B, generator=gen) * context_noise_max
             tf = torch.cat([tc[:, None].expand(B, c), t[:, None].expand(B, T - c)], 1).to(x0.dtype)
@@ -49,7 +51,6 @@ def pilot_flow_loss(context_noise_max: float, motion_weight: float, seed: int = 
         else:
             xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
         err = (model(xt, tf, actions)[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2)
-        moving = (x0[:, c:] - x0[:, c - 1:c]).float().pow(2).mean(2, keepdim=True) > MOVING
         wt = 1.0 + motion_weight * moving.float()
         return (err * wt).sum() / wt.expand_as(err).sum()
     return loss
@@ -72,6 +73,8 @@ def main() -> None:
                     help="noise augmentation: context frames at a flow time from U(0, this) in training (0: t_context)")
     ap.add_argument("--motion-weight", type=float, default=0.0,
                     help="extra loss weight of the latent pixels that move (0: the library's flow loss)")
+    ap.add_argument("--delta-target", action="store_true",
+                    help="WorldModelConfig.delta_target: generate differences from the last context frame")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 
@@ -81,7 +84,8 @@ def main() -> None:
     held, _ = load_episodes(args.heldout, limit=16)
     mcfg = WorldModelConfig(latent_channels=vae.cfg.latent_channels, latent_size=vae.frame_size // vae.downsample,
                             patch=args.patch, hidden=args.hidden, spatial_blocks=args.blocks, temporal_blocks=args.blocks,
-                            heads=args.heads, num_context=4, chunk_len=8, action_dim=train_eps[0].actions.shape[-1])
+                            heads=args.heads, num_context=4, chunk_len=8, action_dim=train_eps[0].actions.shape[-1],
+                            delta_target=args.delta_target)
     cfg = WMTrainConfig(model=mcfg, steps=args.max_steps, batch_size=args.batch, lr=args.lr, grad_clip=1.0, ema_decay=0.0)
     if args.context_noise_max > 0 or args.motion_weight > 0:
         wm_train.flow_loss = pilot_flow_loss(args.context_noise_max, args.motion_weight)

@@ -79,6 +79,10 @@ class WorldModelConfig:
     step_conditioned: bool = False
     """also read the Euler step size d per frame (a shortcut-model student of `wmpo distill-wm`); False: a
     plain flow model, which ignores any step size (it integrates its instantaneous velocity, the d -> 0 limit)"""
+    delta_target: bool = False
+    """generate each predicted frame as its latent's difference from the last context frame (added back after
+    sampling; `generation_window`), so an unchanged scene is the zero target and only the change is learned;
+    False: the frames themselves (the paper)"""
 
     @property
     def tokens_per_frame(self) -> int:
@@ -87,6 +91,16 @@ class WorldModelConfig:
     @property
     def window(self) -> int:
         return self.num_context + self.chunk_len
+
+
+def generation_window(cfg, window: torch.Tensor) -> torch.Tensor:
+    """A clean latent window [B, c + K, C, h, w] as the model generates it: unchanged, or with cfg.delta_target
+    its K predicted frames as differences from the last context frame (the flow target of training,
+    distillation and the diagnostics; WorldModelEnv adds the last context frame back after sampling)."""
+    if not getattr(cfg, "delta_target", False):
+        return window
+    c = cfg.num_context
+    return torch.cat([window[:, :c], window[:, c:] - window[:, c - 1:c]], 1)
 
 
 def frame_causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_cached: int = 0) -> torch.Tensor:

@@ -26,6 +26,7 @@ import torch
 from wmpo.data.clips import episode_frames, normalize_actions
 from wmpo.models.reward import prf1
 from wmpo.models.vae import psnr
+from wmpo.models.world_model import generation_window
 from wmpo.train.reward import video_scores
 from wmpo.train.wm_eval import ssim
 from wmpo.utils.frames import model_to_uint8
@@ -132,9 +133,10 @@ def action_sensitivity(vae, world_model, episodes: Sequence, action_stats: dict,
     out: dict[str, Any] = {"windows": windows, "moving_fraction": float(moving.float().mean())}
     for t in times:
         noise = torch.randn(x0.shape, generator=gen).to(device)
-        xt, tf = ops.noisy_context(x0, noise, torch.full((windows,), float(t), device=device), num_context=c,
+        xg = generation_window(world_model.cfg, x0)
+        xt, tf = ops.noisy_context(xg, noise, torch.full((windows,), float(t), device=device), num_context=c,
                                    t_context=world_model.cfg.t_context)
-        target = (noise[:, c:] - x0[:, c:]).float()
+        target = (noise[:, c:] - xg[:, c:]).float()
         err = {k: (world_model(xt, tf, a)[:, c:].float() - target).pow(2).mean(2) for k, a in (("real", act), ("other", act[other]))}
         real_m, other_m = mean(err["real"], moving), mean(err["other"], moving)
         out[f"t{t}"] = {"static": mean(err["real"], static), "moving": real_m, "moving_permuted": other_m,

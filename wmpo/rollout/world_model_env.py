@@ -44,6 +44,7 @@ class WorldModelEnv:
         self.sampler = FlowMatchEulerSampler()
         self.sampler.set_timesteps(steps, self.device)
         self.use_cache, self.noise_context = use_cache, noise_context
+        self.delta_target = bool(getattr(cfg, "delta_target", False))  # WorldModelConfig.delta_target
         self.decode_last_only = decode_last_only
         self.generator = generator
         self.vae_max_batch = vae_max_batch
@@ -142,6 +143,8 @@ class WorldModelEnv:
                 v = self.wm(full, tf, acts, step_size=d).to(full.dtype)
                 full = sampler.step(v, i, full)
             out = full[:, self.c:]
+        if self.delta_target:  # the model generated differences from the last (clean) context frame
+            out = out + self.ctx[:, -1:].to(out.dtype)
         # clip-level autoregression: the last c frames (and their actions) become the next context
         self.ctx.copy_(torch.cat([self.ctx, out], 1)[:, -self.c:])
         self.ctx_actions.copy_(torch.cat([self.ctx_actions, act], 1)[:, -self.c:])

@@ -25,7 +25,7 @@ import torch
 from wmpo import ops
 from wmpo.data.loader import load_episodes
 from wmpo.models.vae import FrameVAE
-from wmpo.models.world_model import WorldModel
+from wmpo.models.world_model import WorldModel, generation_window
 from wmpo.train.loop import LoopState, TrainLoopConfig, optimizer_step
 from wmpo.train.world_model import build_dataset, sample_t
 from wmpo.utils.checkpoint import save_checkpoint, save_json
@@ -95,6 +95,7 @@ def distill_loss(student: WorldModel, teacher: WorldModel, x0: torch.Tensor, act
     """One batch's loss (x0/noise [B, c+K, C, h, w], actions [B, c+K, A]); `level` k: the shortcut rows'
     step size d = 2^-k. Randomness from the global torch RNG. -> (loss, {"velocity", "shortcut"} MSEs)."""
     c, tc = student.cfg.num_context, student.cfg.t_context
+    x0 = generation_window(student.cfg, x0)  # the teacher's config: the student is a copy of it
     B, T = x0.shape[:2]
     dev = x0.device
     nv = min(B - 1, max(1, round(B * cfg.velocity_fraction)))

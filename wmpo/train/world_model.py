@@ -17,7 +17,7 @@ from wmpo.data.clips import LatentWindowDataset, encode_episodes, normalize_acti
 from wmpo.data.loader import action_stats as episode_action_stats
 from wmpo.data.loader import check_action_stats, load_episodes, same_action_stats
 from wmpo.models.vae import FrameVAE
-from wmpo.models.world_model import WorldModel, WorldModelConfig, legacy_action_stats
+from wmpo.models.world_model import WorldModel, WorldModelConfig, generation_window, legacy_action_stats
 from wmpo.train.loop import TrainLoopConfig, warmup_cosine_lr
 from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint, save_json
 from wmpo.utils.device import autocast_dtype, default_device, seed_everything
@@ -70,8 +70,10 @@ def sample_t(n: int, how: str, gen: torch.Generator) -> torch.Tensor:
 
 
 def flow_loss(model: WorldModel, x0: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """MSE between predicted velocity and noise - x0 on the predicted frames; context at t_context."""
+    """MSE between predicted velocity and noise - x0 on the predicted frames; context at t_context. x0: clean
+    latent frames (generation_window turns them into the model's targets)."""
     c = model.cfg.num_context
+    x0 = generation_window(model.cfg, x0)
     xt, tf = ops.noisy_context(x0, noise, t, num_context=c, t_context=model.cfg.t_context)
     v = model(xt, tf, actions)
     return (v[:, c:].float() - (noise[:, c:] - x0[:, c:]).float()).pow(2).mean()
