@@ -146,6 +146,7 @@ def test_persist_saves_the_small_part_and_restores_it(tmp_path):
     assert torch.load(dest / "wm" / "small.pt", weights_only=False)["optim"] is not None  # small: copied as is
     res = subprocess.run(cmd + ["save", str(run), str(tmp_path / "capped"), "--max-mb", "0.5"], capture_output=True, text=True)
     assert res.returncode == 2 and "--max-mb" in res.stderr
+    assert (tmp_path / "capped" / "wm" / "world_model.pt").is_file()  # over the cap: copied all the same, nothing lost
     fresh = tmp_path / "fresh"
     res = subprocess.run(cmd + ["restore", str(dest), str(fresh)], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
