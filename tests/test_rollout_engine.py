@@ -478,3 +478,14 @@ def test_engine_feeds_the_world_model_actions_in_its_own_normalization():
     bad.K = K + 1
     with pytest.raises(ValueError, match=f"chunk_len {K}"):
         ImaginationEngine(bad, TinyPolicy(), TinySuccess(), tok, RolloutConfig(num_slots=3))
+
+
+def test_stats_count_successes_of_dropped_groups():
+    # states 0 (always succeeds) and 1 (never): every group is uniform, so dynamic sampling drops both;
+    # the imagined success count still covers them (WMPO's imagined success rate is over every trajectory)
+    torch.manual_seed(0)
+    eng = make_engine()
+    pool = make_pool(2)
+    batch, stats = eng.sample_groups(pool, ["stack the cubes"] * 2, group_size=4, num_trajectories=4, seed=3, max_groups=2)
+    assert len(batch) == 0 and stats["groups_dropped"] == 2
+    assert stats["trajectories_finished"] == 8 and stats["trajectories_succeeded"] == 4

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from wmpo.pipeline.disruptions import disruption_report_lines
+from wmpo.rl.wmpo import upgrade_history_record
 
 LABELS = {"base": "Base policy (SFT)", "online_grpo": "Online GRPO (real env)", "dpo": "DPO (offline)", "wmpo": "WMPO (ours)",
           "lifelong": "Lifelong WMPO (ours)"}
@@ -131,9 +132,11 @@ def write_report(ctx: Any) -> Path:
         online = outs.get("baselines", {}).get("online_grpo", {})
         if online:
             lines += [f"Online GRPO sampled its real rollouts and updated on world size {online.get('world_size', 1)}."]
-    hist = outs.get("wmpo", {}).get("history", [])
+    hist = [upgrade_history_record(h) for h in outs.get("wmpo", {}).get("history", [])]
     if _plot_curves(hist, out / "wmpo_curves.png"):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]
+        lines += ["Imagined success is over every imagined trajectory of the iteration, kept or dropped by dynamic sampling "
+                  "(an iteration without it is from a run that recorded only the kept groups' rate).", ""]
         lines += ["| iteration | trajectories | imagined success | groups kept / tried | clip fraction | ratio | entropy | "
                   "real success (held-out train states) | rollout s |", "|---|---|---|---|---|---|---|---|---|"]
         for h in hist:

@@ -25,8 +25,8 @@ def sample_groups_across_ranks(engine: Any, pool: torch.Tensor, instruction: str
                                max_rounds: int = 3) -> tuple[TrajectoryBatch, dict[str, Any]]:
     """-> (this rank's trajectories: num_trajectories / N of them unless the rounds ran out, global stats).
 
-    stats: trajectories (global), success (global count), groups_tried / groups_dropped (global
-    sums), rounds, short (True when the global batch is < num_trajectories), rollout_seconds (slowest rank).
+    stats: trajectories (global, kept), success (global count, kept), groups_tried / groups_dropped (global
+    sums), trajectories_finished / trajectories_succeeded (global, every finished trajectory, kept or dropped), rounds, short (True when the global batch is < num_trajectories), rollout_seconds (slowest rank).
     """
     N, r, G, B = dist.world_size, dist.rank, int(group_size), int(num_trajectories)
     if B % (G * N):
@@ -41,7 +41,7 @@ def sample_groups_across_ranks(engine: Any, pool: torch.Tensor, instruction: str
     t0 = time.time()
     parts: list[TrajectoryBatch] = []
     inits: list[torch.Tensor] = []
-    have = tried = dropped = 0
+    have = tried = dropped = finished = succeeded = 0
     rounds = 0
     last: TrajectoryBatch | None = None  # an empty batch of the right shapes when nothing was kept
     for rnd in range(max(1, max_rounds)):
@@ -54,6 +54,8 @@ def sample_groups_across_ranks(engine: Any, pool: torch.Tensor, instruction: str
             last = batch
             tried += int(st.get("groups_tried", 0))
             dropped += int(st.get("groups_dropped", 0))
+            finished += int(st.get("trajectories_finished", len(batch)))
+            succeeded += int(st.get("trajectories_succeeded", int(batch.success.sum())))
             if len(batch):
                 batch.group = batch.group + have // G  # group ids stay unique across rounds
                 parts.append(batch)
@@ -69,9 +71,11 @@ def sample_groups_across_ranks(engine: Any, pool: torch.Tensor, instruction: str
     else:
         batch = last
         init_index = torch.zeros(0, dtype=torch.int64)
-    n_total, n_succ, g_tried, g_dropped = dist.all_reduce([len(batch), float(batch.success.sum()), tried, dropped], "sum")
+    n_total, n_succ, g_tried, g_dropped, n_fin, n_fin_succ = dist.all_reduce(
+        [len(batch), float(batch.success.sum()), tried, dropped, finished, succeeded], "sum")
     wall = dist.all_reduce([time.time() - t0], "max")[0]
     stats = {"trajectories": int(n_total), "success": int(n_succ), "groups_tried": int(g_tried), "groups_dropped": int(g_dropped),
+             "trajectories_finished": int(n_fin), "trajectories_succeeded": int(n_fin_succ),
              "rounds": rounds, "short": int(n_total) < B, "rollout_seconds": wall, "init_index": init_index}
     return batch, stats
 

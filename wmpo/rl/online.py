@@ -242,7 +242,8 @@ class RealGroupSampler:
             batch = kept
             batch.group = torch.unique(kept.group, return_inverse=True)[1].to(torch.int64)
         return batch, {"groups_tried": tried, "groups_dropped": int(counts["groups_dropped"]), "trajectories": len(batch),
-                       "init_index": init.to(torch.int64)}
+                       "trajectories_finished": sum(len(b) for b in rounds),
+                       "trajectories_succeeded": sum(int(b.success.sum()) for b in rounds), "init_index": init.to(torch.int64)}
 
 
 def run_online_grpo(

@@ -33,6 +33,17 @@ from wmpo.utils.checkpoint import load_checkpoint, save_checkpoint
 from wmpo.utils.logging import ScalarLogger, progress
 
 
+def upgrade_history_record(rec: dict[str, Any]) -> dict[str, Any]:
+    """A history record written before `imagined_success_rate` covered every imagined trajectory (when it
+    was the kept groups' rate) -> today's keys: that rate becomes `kept_success_rate`, and the rate over
+    every imagined trajectory, which such a record does not hold, is left out (not estimated)."""
+    if "imagined_trajectories" in rec or "imagined_success_rate" not in rec:
+        return rec
+    out = {k: v for k, v in rec.items() if k != "imagined_success_rate"}
+    out["kept_success_rate"] = rec["imagined_success_rate"]
+    return out
+
+
 def wmpo_train(
     wm_env: Any,
     policy: nn.Module,
@@ -86,7 +97,7 @@ def wmpo_train(
         st = load_checkpoint(ckpt)
         policy.load_state_dict(st["policy"])
         trainer.load_state_dict(st["trainer"])
-        history, start = st["history"], st["iteration"]
+        history, start = [upgrade_history_record(h) for h in st["history"]], st["iteration"]
         was = int(st.get("world_size", 1))
         if was != dist.world_size and dist.is_main:
             print(f"{tag}: resuming a {was}-rank run on {dist.world_size} ranks (the per-rank sampling seeds change)")
@@ -100,16 +111,20 @@ def wmpo_train(
                                                        num_trajectories=grpo.batch_size, temperature=grpo.temperature,
                                                        max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
                                                        seed=seed * 1000 + it)
-            n_traj, succ_rate = rstats["trajectories"], rstats["success"] / max(rstats["trajectories"], 1)
+            n_traj, kept_succ = rstats["trajectories"], rstats["success"] / max(rstats["trajectories"], 1)
         else:
             batch, rstats = engine.sample_groups(initial_frames, instruction, group_size=grpo.group_size,
                                                  num_trajectories=grpo.batch_size, temperature=grpo.temperature,
                                                  max_steps=horizon, dynamic_sampling=grpo.dynamic_sampling,
                                                  seed=seed * 1000 + it)
-            n_traj, succ_rate = len(batch), float(batch.success.float().mean()) if len(batch) else 0.0
+            n_traj, kept_succ = len(batch), float(batch.success.float().mean()) if len(batch) else 0.0
+        n_imagined = int(rstats.get("trajectories_finished", n_traj))
         rec: dict[str, Any] = {
             "iteration": it + 1, "trajectories": n_traj, "rollout_seconds": time.time() - t0,
-            "imagined_success_rate": succ_rate,
+            # over every imagined trajectory that finished, kept or dropped by dynamic sampling
+            "imagined_trajectories": n_imagined,
+            "imagined_success_rate": int(rstats.get("trajectories_succeeded", round(kept_succ * n_traj))) / max(n_imagined, 1),
+            "kept_success_rate": kept_succ,  # over the kept (mixed) groups only: between 1/G and 1 - 1/G by construction
             "groups_tried": int(rstats.get("groups_tried", 0)), "groups_dropped": int(rstats.get("groups_dropped", 0)),
         }
         if dist.enabled:

@@ -167,6 +167,7 @@ class GroupSampler:
             "groups_dropped": self.dropped,
             "hit_max_groups": len(self.kept_groups) < self.need_groups,
             "trajectories_finished": int(self.group_done.sum()),
+            "trajectories_succeeded": int(self.group_succ.sum()),  # over every finished trajectory, kept or dropped
             "frames_computed": frames_computed,
             "frames_active": frames_active,
             "slot_utilization": slot_busy / max(1, chunks * S),
