@@ -53,6 +53,8 @@ def test_micro_pipeline_end_to_end_and_resume(tmp_path):
     hist = json.loads((out / "policy_wmpo" / "history.json").read_text())
     assert len(hist) == 1
     assert 0.0 <= hist[0]["real/success_rate"] <= 1.0 and hist[0]["real/episodes"] == 2  # the real-check curve
+    base_point = json.loads((out / "policy_wmpo" / "real_eval_base.json").read_text())  # the curve's start: the base policy
+    assert 0.0 <= base_point["success_rate"] <= 1.0 and base_point["episodes"] == 2 and "| 0 (base policy) |" in report
     assert list((out / "videos" / "imagined_vs_real").glob("*.mp4"))
     lifelong = json.loads((out / "lifelong" / "lifelong.json").read_text())
     assert lifelong["done"] == 1 and len(lifelong["data"]) == 1

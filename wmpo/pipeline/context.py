@@ -126,10 +126,10 @@ class Context:
         return wmpo_train(self.world_model_env(wm_path, steps), policy, tok, self.success_detector(reward_path), pool, spec.instruction,
                           grpo=cfg.grpo, rollout=cfg.rollout, iterations=cfg.wmpo_iterations, horizon=cfg.imagined_horizon or spec.horizon,
                           seed=cfg.seed, state_path=Path(out_dir) / "state.pt", logger=self.logger, tag=tag,
-                          real_eval=self._real_eval_curve(tok, dist), real_eval_every=cfg.wmpo_real_eval_every,
+                          real_eval=self.real_eval_curve(tok, dist), real_eval_every=cfg.wmpo_real_eval_every,
                           dist=dist, strategy=self.strategy)
 
-    def _real_eval_curve(self, tok, dist: DistContext):
+    def real_eval_curve(self, tok, dist: DistContext):
         """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
         real check; the evaluation states stay untouched until the final comparison). None: no curve."""
         cfg = self.cfg

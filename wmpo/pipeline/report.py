@@ -23,7 +23,8 @@ def _ci(res: dict) -> str:
     return "-"
 
 
-def _plot_curves(history: list[dict], path: Path) -> bool:
+def _plot_curves(history: list[dict], path: Path, real_base: dict | None = None) -> bool:
+    """WMPO's per-iteration curves; the real check starts from the base policy's point (iteration 0) when given."""
     if not history:
         return False
     import matplotlib
@@ -39,7 +40,10 @@ def _plot_curves(history: list[dict], path: Path) -> bool:
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
     for ax, (k, title) in zip(axes[0], keys):
         xs = [i for i, h in zip(it, history) if k in h]
-        ax.plot(xs, [h[k] for h in history if k in h], marker="o")
+        ys = [h[k] for h in history if k in h]
+        if k == "real/success_rate" and real_base is not None:
+            xs, ys = [0] + xs, [real_base["success_rate"]] + ys
+        ax.plot(xs, ys, marker="o")
         ax.set_title(title)
         ax.set_xlabel("WMPO iteration")
     fig.tight_layout()
@@ -133,12 +137,15 @@ def write_report(ctx: Any) -> Path:
         if online:
             lines += [f"Online GRPO sampled its real rollouts and updated on world size {online.get('world_size', 1)}."]
     hist = [upgrade_history_record(h) for h in outs.get("wmpo", {}).get("history", [])]
-    if _plot_curves(hist, out / "wmpo_curves.png"):
+    real_base = outs.get("wmpo", {}).get("real_eval_base")
+    if _plot_curves(hist, out / "wmpo_curves.png", real_base):
         lines += ["", "## WMPO training curves", "", "![WMPO curves](wmpo_curves.png)", ""]
         lines += ["Imagined success is over every imagined trajectory of the iteration, kept or dropped by dynamic sampling "
                   "(an iteration without it is from a run that recorded only the kept groups' rate).", ""]
         lines += ["| iteration | trajectories | imagined success | groups kept / tried | clip fraction | ratio | entropy | "
                   "real success (held-out train states) | rollout s |", "|---|---|---|---|---|---|---|---|---|"]
+        if real_base is not None:
+            lines.append(f"| 0 (base policy) | - | - | - | - | - | - | {_pct(real_base.get('success_rate'))} | - |")
         for h in hist:
             tried = h.get("groups_tried", 0)
             lines.append(f"| {h['iteration']} | {h['trajectories']} | {_pct(h.get('imagined_success_rate'))} | "

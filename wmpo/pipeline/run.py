@@ -214,6 +214,22 @@ def stage_reward(ctx: Context) -> dict:
     return _jsonable(res)
 
 
+def _real_eval_base(ctx: Context) -> dict | None:
+    """The start of WMPO's real-check curve: the base policy, greedy, on the same held-out training states
+    as the curve's every-few-iterations points (once; kept in policy_wmpo/real_eval_base.json). None: no curve."""
+    path = ctx.out / "policy_wmpo" / "real_eval_base.json"
+    if ctx.dist.broadcast_object(path.is_file()):
+        return json.loads(path.read_text())
+    policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
+    curve = ctx.real_eval_curve(tok, ctx.dist)
+    if curve is None:
+        return None
+    res = {k: float(v) for k, v in curve(policy.eval()).items()}
+    if ctx.dist.is_main:
+        save_json(path, res)
+    return res
+
+
 def stage_wmpo(ctx: Context) -> dict:
     """WMPO from the base policy with the fine-tuned world model and the reward model."""
     from wmpo.models.policy import save_policy
@@ -226,7 +242,7 @@ def stage_wmpo(ctx: Context) -> dict:
     if ctx.dist.is_main:  # every rank holds the same policy; rank 0 writes it
         save_policy(final, policy, tok, cfg.policy_train.policy)
         save_json(ctx.path("policy_wmpo", "history.json"), history)
-    return {"checkpoint": str(final), "iterations": len(history), "history": history,
+    return {"checkpoint": str(final), "iterations": len(history), "history": history, "real_eval_base": _real_eval_base(ctx),
             "distributed": {**ctx.dist.describe(), "strategy": ctx.strategy if ctx.dist.enabled else "single process"}}
 
 
