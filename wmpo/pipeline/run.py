@@ -217,14 +217,13 @@ def stage_reward(ctx: Context) -> dict:
 def _real_eval_base(ctx: Context) -> dict | None:
     """The start of WMPO's real-check curve: the base policy, greedy, on the same held-out training states
     as the curve's every-few-iterations points (once; kept in policy_wmpo/real_eval_base.json). None: no curve."""
+    if ctx.cfg.wmpo_real_eval_every <= 0:
+        return None
     path = ctx.out / "policy_wmpo" / "real_eval_base.json"
     if ctx.dist.broadcast_object(path.is_file()):
         return json.loads(path.read_text())
     policy, tok = ctx.load_policy(ctx.output("policy_sft")["policy_path"])
-    curve = ctx.real_eval_curve(tok, ctx.dist)
-    if curve is None:
-        return None
-    res = {k: float(v) for k, v in curve(policy.eval()).items()}
+    res = {k: float(v) for k, v in ctx.real_eval_curve(tok, ctx.dist)(policy.eval()).items()}
     if ctx.dist.is_main:
         save_json(path, res)
     return res
