@@ -2,7 +2,8 @@
 # One session of the coffee `cpu` experiment on a fresh machine, stopped in time to save it:
 #   bash experiments/coffee-cpu/session.sh SESSION STOP_AT      e.g.  bash experiments/coffee-cpu/session.sh 2 09:20
 # SESSION numbers the machine (its corpus slice gets new D0 seeds); STOP_AT (HH:MM, UTC, today) is when
-# the run is stopped and its small part saved back into this checkout (commit it afterwards).
+# the run is stopped and its small part saved back into this checkout (commit it afterwards); a time already
+# past today is read as tomorrow's.
 # Runs in the background-friendly way: niced, logs under $EXP. Safe to rerun (everything resumes).
 set -euo pipefail
 SESSION=${1:?session number}
@@ -12,7 +13,9 @@ EXP=${EXP:-/root/wmpo-exp}
 SAVED=$REPO/experiments/coffee-cpu/run
 RUN=$EXP/coffee
 CORPUS=$EXP/corpus
-stop_epoch=$(date -d "$STOP_AT" +%s)
+# HH:MM already past today means tomorrow (a session that starts before midnight and ends after it)
+stop_epoch=$(date -d "$STOP_AT" +%s) || { echo "session.sh: cannot read stop time '$STOP_AT'" >&2; exit 2; }
+[ "$stop_epoch" -gt "$(date +%s)" ] || stop_epoch=$(date -d "tomorrow $STOP_AT" +%s)
 left() { echo $(( stop_epoch - $(date +%s) )); }
 
 mkdir -p "$EXP"
