@@ -129,11 +129,16 @@ class Context:
                           real_eval=self.real_eval_curve(tok, dist), real_eval_every=cfg.wmpo_real_eval_every,
                           dist=dist, strategy=self.strategy)
 
+    @property
+    def has_real_eval_curve(self) -> bool:
+        """Whether WMPO's training curve has real checks (RunConfig.wmpo_real_eval_every > 0)."""
+        return self.cfg.wmpo_real_eval_every > 0
+
     def real_eval_curve(self, tok, dist: DistContext):
         """Greedy real-simulator success on a fixed set of held-out training states (the WMPO curve's
         real check; the evaluation states stay untouched until the final comparison). None: no curve."""
         cfg = self.cfg
-        if cfg.wmpo_real_eval_every <= 0:
+        if not self.has_real_eval_curve:
             return None
         from wmpo.sim.evaluate_ranks import evaluate_across_ranks
 

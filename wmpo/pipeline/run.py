@@ -217,7 +217,7 @@ def stage_reward(ctx: Context) -> dict:
 def _real_eval_base(ctx: Context) -> dict | None:
     """The start of WMPO's real-check curve: the base policy, greedy, on the same held-out training states
     as the curve's every-few-iterations points (once; kept in policy_wmpo/real_eval_base.json). None: no curve."""
-    if ctx.cfg.wmpo_real_eval_every <= 0:
+    if not ctx.has_real_eval_curve:  # checked before loading the base policy, which the curve needs
         return None
     path = ctx.out / "policy_wmpo" / "real_eval_base.json"
     if ctx.dist.broadcast_object(path.is_file()):
